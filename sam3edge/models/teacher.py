@@ -1,0 +1,200 @@
+"""The SAM3 teacher: a transformers ``Sam3Model`` behind one call.
+
+``Sam3Teacher(images, phrases)`` returns, for every image x phrase, what the heads consume
+(multi-level image features, text embeddings) and what they produce (scores, boxes in pixels of
+the original image, mask logits, presence). The vision trunk runs once per image however many
+phrases are asked. Pre- and post-processing (resize, normalise, un-resize) are ours, with no
+torchvision on this path.
+
+The same loader reads the bundled toy teacher, a local ``facebook/sam3`` download, or - where a
+hub is reachable - a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sam3edge.data.images import to_rgb_array
+from sam3edge.models.sam3_heads import HeadOutputs, run_heads, select_images
+from sam3edge.models.sam3_load import load_sam3_model, load_tokenizer
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher outputs for B images x P phrases.
+
+    image_features / image_pos: the FPN levels the heads consume, each [B, C, h_l, w_l].
+    text_features [P, L, D], text_mask [P, L]; scores, logits [B, P, Q]; presence [B, P] (probability);
+    boxes [B, P, Q, 4] xyxy in pixels of each original image; boxes_normalized the same in [0, 1];
+    mask_logits [B, P, Q, h, w] (low resolution); semantic_logits [B, P, h, w].
+    """
+
+    image_features: list[torch.Tensor]
+    image_pos: list[torch.Tensor]
+    text_features: torch.Tensor
+    text_mask: torch.Tensor
+    scores: torch.Tensor
+    logits: torch.Tensor
+    presence: torch.Tensor
+    boxes: torch.Tensor
+    boxes_normalized: torch.Tensor
+    mask_logits: torch.Tensor
+    semantic_logits: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    phrases: list[str]
+
+    def instances(self, b: int, p: int, score_threshold: float = 0.5, mask_threshold: float = 0.5) -> dict:
+        """Kept instances of image ``b`` for phrase ``p``: scores [K], boxes [K, 4] (pixels), masks [K, H, W] bool.
+
+        Masks are upsampled to the original size as SAM3's post-processing does (bilinear on
+        probabilities, then thresholded).
+        """
+        keep = self.scores[b, p] >= score_threshold
+        h, w = self.image_sizes[b]
+        logits = self.mask_logits[b, p][keep]
+        if logits.shape[0]:
+            probs = F.interpolate(logits[None].float().sigmoid(), size=(h, w), mode="bilinear", align_corners=False)[0]
+            masks = probs > mask_threshold
+        else:
+            masks = torch.zeros(0, h, w, dtype=torch.bool)
+        return {"scores": self.scores[b, p][keep], "boxes": self.boxes[b, p][keep], "masks": masks}
+
+
+class Sam3Teacher(torch.nn.Module):
+    """A transformers ``Sam3Model`` with our pre/post-processing and per-image feature reuse."""
+
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+
+    def __init__(self, model, tokenizer, pair_chunk: int = 16):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pair_chunk = pair_chunk
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
+                        attn_implementation: str | None = None) -> Sam3Teacher:
+        """Load from a ``save_pretrained`` directory (the toy teacher, a local ``facebook/sam3``) or a hub id."""
+        model = load_sam3_model(source, dtype=dtype, attn_implementation=attn_implementation)
+        return cls(model.to(device).eval(), load_tokenizer(source))
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.backbone_config.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- pre-processing -------------------------------------------------------------------------
+    def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images (paths are not accepted here: pass arrays or PIL) -> pixel_values [B, 3, S, S], sizes (H, W).
+
+        Resize to S x S (bilinear, aspect not kept - as SAM3's processor does), scale to [-1, 1].
+        """
+        if isinstance(images, (np.ndarray, Image.Image)) or torch.is_tensor(images):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("no images given: pass at least one HxWx3 uint8 RGB image")
+        s = self.image_size
+        batch, sizes = [], []
+        for i, im in enumerate(images):
+            arr = to_rgb_array(im.cpu().numpy() if torch.is_tensor(im) else im, f"image {i}")
+            sizes.append(arr.shape[:2])
+            if arr.shape[:2] != (s, s):
+                arr = np.asarray(Image.fromarray(arr).resize((s, s), Image.BILINEAR))
+            batch.append(torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)))
+        x = torch.stack(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.device, self._dtype), sizes
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ---- encoders -------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor):
+        """Vision trunk + FPN: ``Sam3VisionEncoderOutput`` with ``fpn_hidden_states`` per level."""
+        return self.model.get_vision_features(pixel_values=pixel_values)
+
+    def tokenize(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP token ids and attention mask [P, 32] of ``phrases`` (validated: no empty phrase)."""
+        ids, mask = self.tokenizer.encode(list(phrases))
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def encode_text(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected text features [P, L, D] and their mask [P, L] (True = token)."""
+        ids, mask = self.tokenize(phrases)
+        feats = self.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        return feats, mask.bool()
+
+    # ---- the one call ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, images, phrases: list[str], input_boxes: torch.Tensor | None = None,
+                input_boxes_labels: torch.Tensor | None = None) -> TeacherOutput:
+        """Segment every phrase in every image.
+
+        images: a list of B images (uint8 HxWx3 arrays or PIL), or pixel_values [B, 3, S, S] already
+        preprocessed (then sizes are S x S). phrases: P noun phrases. input_boxes [B, K, 4] optional
+        exemplar boxes (normalised cxcywh, per image, applied with every phrase) with labels [B, K].
+        """
+        if isinstance(phrases, str):
+            phrases = [phrases]
+        if torch.is_tensor(images) and images.ndim == 4 and images.is_floating_point():
+            pixel_values = images.to(self.device, self._dtype)
+            sizes = [(images.shape[2], images.shape[3])] * len(images)
+        else:
+            pixel_values, sizes = self.preprocess(images)
+        vision = self.encode_images(pixel_values)
+        text, text_mask = self.encode_text(phrases)
+        b, p = pixel_values.shape[0], len(phrases)
+        img_idx = torch.arange(b, device=self.device).repeat_interleave(p)
+        txt_idx = torch.arange(p, device=self.device).repeat(b)
+        outs = []
+        for s in range(0, b * p, self.pair_chunk):
+            ii, tt = img_idx[s:s + self.pair_chunk], txt_idx[s:s + self.pair_chunk]
+            boxes = input_boxes[ii].to(self.device, self._dtype) if input_boxes is not None else None
+            labels = input_boxes_labels[ii].to(self.device) if input_boxes_labels is not None else None
+            outs.append(run_heads(self.model, select_images(vision, ii), text[tt], text_mask[tt], boxes, labels))
+        return self._assemble(outs, vision, text, text_mask, b, p, sizes, list(phrases))
+
+    def _assemble(self, outs: list[HeadOutputs], vision, text, text_mask, b, p, sizes, phrases) -> TeacherOutput:
+        def cat(name):
+            return torch.cat([getattr(o, name) for o in outs]).unflatten(0, (b, p))
+
+        logits, presence_logits, boxes_n = cat("logits"), cat("presence_logits")[..., 0], cat("boxes")
+        scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=boxes_n.dtype, device=boxes_n.device)
+        return TeacherOutput(
+            image_features=list(vision.fpn_hidden_states[:-1]), image_pos=list(vision.fpn_position_encoding[:-1]),
+            text_features=text, text_mask=text_mask,
+            scores=logits.sigmoid() * presence_logits.sigmoid()[..., None], logits=logits,
+            presence=presence_logits.sigmoid(), boxes=boxes_n * scale[:, None, None, :], boxes_normalized=boxes_n,
+            mask_logits=cat("mask_logits"), semantic_logits=cat("semantic_logits")[:, :, 0],
+            image_sizes=[tuple(int(v) for v in s) for s in sizes], phrases=phrases,
+        )
+
+
+def describe(teacher: Sam3Teacher) -> dict:
+    """Size and shape facts of a teacher, for logs and manifests."""
+    c = teacher.config
+    n = sum(p.numel() for p in teacher.model.parameters())
+    return {
+        "parameters": n, "image_size": teacher.image_size,
+        "num_queries": c.detr_decoder_config.num_queries, "hidden_size": c.detr_decoder_config.hidden_size,
+        "text_hidden_size": c.text_config.hidden_size,
+        "vision_hidden_size": c.vision_config.backbone_config.hidden_size,
+        "config": json.loads(c.to_json_string()),
+    }
