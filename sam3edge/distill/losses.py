@@ -1,0 +1,141 @@
+"""SAM3 set-prediction losses: scores, presence, boxes, masks, semantic map, on every decoder layer.
+
+Following SAM3, the presence token decides *whether* the concept is in the image and the
+queries decide *which* regions are its instances; so query scores are supervised only on pairs
+whose concept is present, and presence on every pair. Scores use a sigmoid focal loss (``gamma``
+0 gives plain BCE, which calibrates scores around SAM3's 0.5 threshold better); with
+``iou_aware`` a matched query's target is its box IoU with the instance, so a sloppy box cannot
+claim a confident score. Box L1 + GIoU and (last layer) mask BCE + dice apply to matched queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sam3edge.distill.boxes import paired_iou_giou
+from sam3edge.distill.matcher import MatchCosts, hungarian_match
+from sam3edge.distill.targets import PairTarget
+from sam3edge.models.sam3_heads import HeadOutputs
+
+
+@dataclass
+class LossWeights:
+    score: float = 2.0
+    presence: float = 2.0
+    l1: float = 5.0
+    giou: float = 2.0
+    mask: float = 5.0
+    dice: float = 5.0
+    semantic: float = 1.0
+    aux: float = 1.0  # multiplier of the score/box/presence losses of earlier decoder layers
+    focal_gamma: float = 0.0
+    focal_alpha: float = -1.0  # < 0: no alpha weighting
+    iou_aware: bool = True
+    costs: MatchCosts = field(default_factory=MatchCosts)
+
+
+def sigmoid_focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
+    """Element-wise sigmoid focal loss with soft targets (gamma = 0, alpha < 0: BCE)."""
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if gamma:
+        p = logits.sigmoid()
+        ce = ce * ((1 - p) * targets + p * (1 - targets)).abs().pow(gamma)
+    if alpha >= 0:
+        ce = ce * (alpha * targets + (1 - alpha) * (1 - targets))
+    return ce
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row dice loss of logits [n, P] against soft targets [n, P]."""
+    p = logits.sigmoid()
+    return 1 - (2 * (p * targets).sum(-1) + 1) / (p.sum(-1) + targets.sum(-1) + 1)
+
+
+class SetCriterion(torch.nn.Module):
+    """Loss of a SAM3-family model's :class:`HeadOutputs` on N pairs against N :class:`PairTarget`."""
+
+    def __init__(self, weights: LossWeights | None = None):
+        super().__init__()
+        self.w = weights or LossWeights()
+
+    def forward(self, out: HeadOutputs, targets: list[PairTarget]) -> tuple[torch.Tensor, dict[str, float]]:
+        w = self.w
+        n_layers = out.aux_logits.shape[0]
+        num_inst = max(1.0, float(sum(t.num for t in targets)))
+        terms: dict[str, torch.Tensor] = {}
+
+        def add(name, value, weight):
+            terms[name] = terms.get(name, 0.0) + weight * value
+
+        final_matches = None
+        for layer in range(n_layers):
+            last = layer == n_layers - 1
+            lw = 1.0 if last else w.aux
+            logits, boxes = out.aux_logits[layer], out.aux_boxes[layer]
+            matches = [
+                hungarian_match(logits[i], boxes[i], t.boxes,
+                                out.mask_logits[i] if last else None, t.masks if last else None, w.costs)
+                for i, t in enumerate(targets)
+            ]
+            if last:
+                final_matches = matches
+            score_l, l1_l, giou_l = logits.new_zeros(()), logits.new_zeros(()), logits.new_zeros(())
+            for i, (t, (qi, ti)) in enumerate(zip(targets, matches)):
+                if t.num:
+                    iou, giou = paired_iou_giou(boxes[i, qi], t.boxes[ti])
+                    l1_l = l1_l + F.l1_loss(boxes[i, qi], t.boxes[ti], reduction="sum")
+                    giou_l = giou_l + (1 - giou).sum()
+                if t.present > 0.5 or t.num:
+                    tgt = torch.zeros_like(logits[i])
+                    if t.num:
+                        s = t.scores[ti].to(tgt.dtype)
+                        tgt[qi] = s * iou.detach().clamp(min=0.05) if w.iou_aware else s
+                    score_l = score_l + sigmoid_focal(logits[i], tgt, w.focal_gamma, w.focal_alpha).sum()
+            present = torch.tensor([t.present for t in targets], dtype=logits.dtype, device=logits.device)
+            pres_l = F.binary_cross_entropy_with_logits(out.aux_presence_logits[layer][:, 0], present)
+            add("score", score_l / num_inst, lw * w.score)
+            add("l1", l1_l / num_inst, lw * w.l1)
+            add("giou", giou_l / num_inst, lw * w.giou)
+            add("presence", pres_l, lw * w.presence)
+
+        mask_l, dice_l = self._mask_losses(out, targets, final_matches)
+        add("mask", mask_l / num_inst, w.mask)
+        add("dice", dice_l / num_inst, w.dice)
+        add("semantic", self._semantic_loss(out, targets), w.semantic)
+        total = sum(terms.values())
+        return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()} | {
+            "total": float(total.detach())}
+
+    @staticmethod
+    def _mask_losses(out: HeadOutputs, targets, matches):
+        bce, dice = out.mask_logits.new_zeros(()), out.mask_logits.new_zeros(())
+        for i, (t, (qi, ti)) in enumerate(zip(targets, matches)):
+            if not t.num:
+                continue
+            pred = out.mask_logits[i, qi]
+            tgt = t.masks[ti].to(pred.dtype)
+            if tgt.shape[-2:] != pred.shape[-2:]:
+                tgt = F.interpolate(tgt[None], size=pred.shape[-2:], mode="bilinear", align_corners=False)[0]
+            bce = bce + F.binary_cross_entropy_with_logits(pred, tgt, reduction="none").flatten(1).mean(1).sum()
+            dice = dice + dice_loss(pred.flatten(1), tgt.flatten(1)).sum()
+        return bce, dice
+
+    @staticmethod
+    def _semantic_loss(out: HeadOutputs, targets) -> torch.Tensor:
+        """BCE + dice of the semantic map against the union of the pair's instance masks."""
+        sem = out.semantic_logits[:, 0]
+        union = []
+        for t in targets:
+            if t.num:
+                m = (t.masks * t.scores[:, None, None]).amax(0)
+                if m.shape != sem.shape[-2:]:
+                    m = F.interpolate(m[None, None], size=sem.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+            else:
+                m = sem.new_zeros(sem.shape[-2:])
+            union.append(m.to(sem.dtype))
+        u = torch.stack(union)
+        bce = F.binary_cross_entropy_with_logits(sem, u)
+        return bce + dice_loss(sem.flatten(1), u.flatten(1)).mean()

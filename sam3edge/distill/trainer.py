@@ -1,0 +1,178 @@
+"""A trainer for any SAM3-family model against abstract pair targets.
+
+The model maps a :class:`~sam3edge.distill.targets.PairBatch` to
+:class:`~sam3edge.models.sam3_heads.HeadOutputs`; ``batches[k]`` is the batch of step ``k`` (so a
+resumed run continues the exact data stream); the criterion turns outputs and targets into a loss.
+AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA, a progress
+bar, periodic evaluation, atomic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sam3edge.data.coco import atomic_write_text
+from sam3edge.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 1.0
+    amp: bool | None = None  # None: bf16 autocast when training on CUDA
+    log_every: int = 10
+    eval_every: int = 0
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 0
+    lr_mult: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr multiplier
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based): linear warm-up, then cosine to ``min_lr_ratio``."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+class Trainer:
+    """Train ``model`` for ``config.steps`` steps, writing logs and checkpoints under ``run_dir``."""
+
+    def __init__(self, model: torch.nn.Module, criterion: Callable, batches, config: TrainConfig,
+                 run_dir: str | Path, eval_fn: Callable[[torch.nn.Module, int], dict] | None = None,
+                 device: str | torch.device = "cpu", progress: bool = True):
+        self.model, self.criterion, self.batches, self.cfg = model.to(device), criterion, batches, config
+        self.run_dir, self.eval_fn, self.device, self.progress = Path(run_dir), eval_fn, torch.device(device), progress
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.opt = torch.optim.AdamW(self._param_groups(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.history: list[dict] = []
+
+    def _param_groups(self) -> list[dict]:
+        groups: dict[float, list] = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            mult = next((m for prefix, m in self.cfg.lr_mult.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(mult, []).append(p)
+        return [{"params": ps, "lr_mult": m} for m, ps in groups.items()]
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda" if self.cfg.amp is None else self.cfg.amp
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of ``run_dir`` if there is one; True if it did."""
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.opt)
+        self.step = int(state["step"])
+        self.history = [r for r in state.get("history", []) if r["step"] <= self.step]
+        self._truncate_log(self.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from: they will be written again."""
+        log = self.run_dir / "log.csv"
+        if not log.is_file():
+            return
+        with log.open(newline="") as f:
+            rows = list(csv.reader(f))
+        if rows:
+            keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+            atomic_write_text(log, "".join(",".join(r) + "\n" for r in keep))
+
+    def _log(self, row: dict) -> None:
+        log = self.run_dir / "log.csv"
+        new = not log.is_file()
+        with log.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def save(self) -> Path:
+        return save_checkpoint(self.ckpt_dir, self.step, self.model, self.opt,
+                               {"config": asdict(self.cfg), "history": self.history}, self.cfg.keep_checkpoints)
+
+    def fit(self, resume: bool = True, time_limit_s: float | None = None) -> list[dict]:
+        """Train from the current (or resumed) step to ``config.steps``; returns the evaluation history."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(self.cfg), indent=1))
+        if resume:
+            self.resume()
+        else:
+            torch.manual_seed(self.cfg.seed)
+        start = time.time()
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", disable=not self.progress, unit="step")
+        running: dict[str, float] = {}
+        self.model.train()
+        while self.step < self.cfg.steps:
+            parts = self._train_step(self.batches[self.step])
+            for k, v in parts.items():
+                running[k] = running.get(k, 0.0) + v
+            self.step += 1
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                n = self.step % self.cfg.log_every or self.cfg.log_every
+                row = {"step": self.step, "lr": self.cfg.lr_at(self.step - 1)} | {k: v / n for k, v in running.items()}
+                self._log(row)
+                bar.set_postfix(loss=f"{row['total']:.3f}")
+                running = {}
+            if self.eval_fn and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                self.evaluate()
+            if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                self.save()
+            if time_limit_s is not None and time.time() - start > time_limit_s:
+                self.save()
+                break
+        bar.close()
+        return self.history
+
+    def evaluate(self) -> dict:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = {"step": self.step} | self.eval_fn(self.model, self.step)
+        self.model.train()
+        self.history.append(metrics)
+        atomic_write_text(self.run_dir / "eval_history.json", json.dumps(self.history, indent=1))
+        return metrics
+
+    def _train_step(self, batch) -> dict[str, float]:
+        lr = self.cfg.lr_at(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model(batch)
+        loss, parts = self.criterion(_float_outputs(out), batch.targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}: lower the learning rate")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            parts["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        self.opt.step()
+        return parts
+
+
+def _float_outputs(out):
+    """Losses are computed in fp32 even when the forward ran under bf16 autocast."""
+    for name, v in vars(out).items():
+        if torch.is_tensor(v) and v.is_floating_point():
+            setattr(out, name, v.float())
+    return out
