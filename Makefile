@@ -1,0 +1,28 @@
+# The two commands of a new user: `make demo` and `make test`. Each creates or reuses .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sam3edge-installed
+
+.PHONY: demo test test-slow lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[distill,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sam3edge data orchard --out runs/demo/orchard --n 100 --seed 12345
+	$(VENV)/bin/sam3edge eval --model orchard-toy --data runs/demo/orchard/annotations.json --json runs/demo/report.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sam3edge tests benchmarks
+
+clean:
+	rm -rf runs/demo .pytest_cache

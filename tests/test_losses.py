@@ -1,0 +1,103 @@
+"""Hungarian matching and the SAM3 set-prediction losses."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from sam3edge.distill.boxes import paired_iou_giou, pairwise_iou_giou
+from sam3edge.distill.losses import LossWeights, SetCriterion, sigmoid_focal
+from sam3edge.distill.matcher import MatchCosts, hungarian_match
+from sam3edge.distill.targets import PairTarget, masks_to_target
+from sam3edge.models.sam3_heads import HeadOutputs
+
+
+def _outputs(logits, boxes, masks, presence, layers=2):
+    n, q = logits.shape
+    return HeadOutputs(
+        logits=logits, boxes=boxes, presence_logits=presence, mask_logits=masks,
+        semantic_logits=masks.amax(1, keepdim=True),
+        aux_logits=logits[None].repeat(layers, 1, 1), aux_boxes=boxes[None].repeat(layers, 1, 1, 1),
+        aux_presence_logits=presence[None].repeat(layers, 1, 1),
+    )
+
+
+def _square(x0, y0, x1, y1, size=16):
+    m = torch.zeros(1, size, size, dtype=torch.bool)
+    m[0, y0:y1, x0:x1] = True
+    return m
+
+
+def test_giou_matches_hand_computed_values():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    iou, giou = pairwise_iou_giou(a, b)
+    # intersection 1, union 7, enclosing box 9 -> giou = 1/7 - 2/9
+    assert abs(iou.item() - 1 / 7) < 1e-6 and abs(giou.item() - (1 / 7 - 2 / 9)) < 1e-6
+    iou2, giou2 = paired_iou_giou(a, b)
+    assert torch.allclose(iou2, iou[0]) and torch.allclose(giou2, giou[0])
+
+
+def test_hungarian_match_is_the_optimal_assignment_where_greedy_fails():
+    # Query 0 is close to both targets; greedy would give it target 0 and leave query 1 a bad match.
+    boxes = torch.tensor([[0.10, 0.10, 0.30, 0.30], [0.62, 0.62, 0.80, 0.80], [0.12, 0.12, 0.32, 0.32]])
+    tgt = torch.tensor([[0.11, 0.11, 0.31, 0.31], [0.6, 0.6, 0.8, 0.8]])
+    logits = torch.zeros(3)
+    costs = MatchCosts(mask=0, dice=0)
+    qi, ti = hungarian_match(logits, boxes, tgt, costs=costs)
+    best = min(itertools.permutations(range(3), 2), key=lambda perm: sum(
+        5 * (boxes[q] - tgt[t]).abs().sum() - 2 * pairwise_iou_giou(boxes[q:q + 1], tgt[t:t + 1])[1][0, 0]
+        for t, q in enumerate(perm)))
+    assert dict(zip(ti.tolist(), qi.tolist())) == {0: best[0], 1: best[1]}
+
+
+def test_no_targets_match_nothing():
+    qi, ti = hungarian_match(torch.zeros(4), torch.rand(4, 4), torch.zeros(0, 4))
+    assert qi.numel() == 0 and ti.numel() == 0
+
+
+def test_masks_to_target_gives_tight_normalised_boxes_and_area_fractions():
+    t = masks_to_target(_square(4, 2, 12, 10), (8, 8))
+    assert torch.allclose(t.boxes, torch.tensor([[4 / 16, 2 / 16, 12 / 16, 10 / 16]]))
+    assert abs(t.masks.sum().item() * 4 - 64) < 1e-4  # 64 pixels, each low-res cell covers 4
+    assert t.present == 1.0 and t.scores.tolist() == [1.0]
+
+
+def test_perfect_prediction_costs_less_than_a_shifted_one_and_gradients_flow():
+    target = masks_to_target(_square(2, 2, 8, 8), (16, 16))
+    good_mask = torch.where(target.masks > 0.5, 8.0, -8.0)
+    boxes = torch.cat([target.boxes, torch.tensor([[0.5, 0.5, 0.9, 0.9]])])[None]
+    masks = torch.cat([good_mask, torch.full_like(good_mask, -8.0)])[None]
+    logits = torch.tensor([[6.0, -6.0]])
+    crit = SetCriterion(LossWeights())
+    good, parts = crit(_outputs(logits, boxes, masks, torch.tensor([[6.0]])), [target])
+    shifted_boxes = boxes.clone()
+    shifted_boxes[0, 0] += 0.1
+    bad_logits = logits.clone().requires_grad_(True)
+    bad, _ = crit(_outputs(bad_logits, shifted_boxes, masks.roll(3, -1), torch.tensor([[6.0]])), [target])
+    assert good < bad
+    assert parts["l1"] < 1e-5 and parts["giou"] < 1e-4
+    bad.backward()
+    assert bad_logits.grad is not None and bad_logits.grad.abs().sum() > 0
+
+
+def test_negative_pair_trains_presence_but_not_query_scores():
+    empty = PairTarget(torch.zeros(0, 4), torch.zeros(0, 8, 8), torch.zeros(0), 0.0)
+    logits = torch.full((1, 3), 5.0, requires_grad=True)
+    presence = torch.tensor([[4.0]], requires_grad=True)
+    out = _outputs(logits, torch.rand(1, 3, 4), torch.zeros(1, 3, 8, 8), presence)
+    loss, parts = SetCriterion()(out, [empty])
+    loss.backward()
+    assert parts["score"] == 0.0 and parts["presence"] > 1.0
+    assert logits.grad is None or logits.grad.abs().sum() == 0
+    assert presence.grad.abs().sum() > 0
+
+
+def test_focal_reduces_to_bce_at_gamma_zero_and_down_weights_easy_examples():
+    x = torch.tensor([3.0, -3.0, 0.2])
+    t = torch.tensor([1.0, 0.0, 1.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none")
+    assert torch.allclose(sigmoid_focal(x, t, 0.0, -1.0), bce)
+    focal = sigmoid_focal(x, t, 2.0, -1.0)
+    assert (focal[:2] / bce[:2]).max() < 0.01 and focal[2] / bce[2] > 0.2
