@@ -51,8 +51,18 @@ def test_pair_without_phrase_and_annotation_of_unknown_pair_are_rejected(tmp_pat
     base = {"id": 1, "file_name": "a.png", "width": 4, "height": 4}
     with pytest.raises(ValueError, match="no 'text_input'"):
         ConceptDataset({"images": [base]}, tmp_path)
-    with pytest.raises(ValueError, match="unknown pair ids"):
-        ConceptDataset({"images": [base | {"text_input": "leaf"}], "annotations": [{"image_id": 9}]}, tmp_path)
+    with pytest.raises(ValueError, match="image_id 9 is not the id of any entry"):
+        ann = {"image_id": 9, "segmentation": encode_mask(np.ones((4, 4), bool)), "bbox": [0, 0, 4, 4]}
+        ConceptDataset({"images": [base | {"text_input": "leaf"}], "annotations": [ann]}, tmp_path)
+
+
+def test_malformed_rle_in_an_annotation_file_is_named_at_load(orchard_small):
+    data = json.loads(orchard_small.read_text())
+    data["annotations"][2]["segmentation"]["counts"] = "0000zzzz~~~~"
+    bad = orchard_small.parent / "bad_rle.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"bad_rle.json.*annotations\[2\]"):
+        ConceptDataset.load(bad)
 
 
 def test_image_folder_lists_images_only_and_reports_unreadable_ones(tmp_path):

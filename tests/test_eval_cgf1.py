@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sam3edge.data.rle import validate_rle_counts
 from sam3edge.eval import SAM3_IOU_THRESHOLDS, cgf1_counts, evaluate_cgf1, match_pair
-from sam3edge.eval.masks import validate_rle_counts
 
 H, W = 20, 20
 

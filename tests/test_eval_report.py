@@ -18,9 +18,9 @@ import pycocotools.mask as mask_utils
 import pytest
 
 import sam3edge.eval.report as report_module
+from sam3edge.data.rle import decode_segmentation
+from sam3edge.data.saco import load_gt
 from sam3edge.eval import ConceptReport, evaluate, evaluate_cgf1
-from sam3edge.eval.dataset import load_gt
-from sam3edge.eval.masks import decode_segmentation
 
 H, W = 20, 20
 NAMES = ["ripe apple", "unripe apple", "bruised apple", "leaf", "branch"]

@@ -87,3 +87,19 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_periodic_evaluation_is_recorded_and_survives_resume(tmp_path):
+    calls = []
+
+    def eval_fn(model, step):
+        calls.append(step)
+        assert not model.training  # evaluation runs in eval mode
+        return {"probe": float(step)}
+
+    cfg = TrainConfig(steps=4, warmup=1, log_every=2, eval_every=2, ckpt_every=2)
+    trainer = Trainer(_model(), SetCriterion(), _batches(), cfg, tmp_path, eval_fn=eval_fn, progress=False)
+    history = trainer.fit()
+    assert calls == [2, 4] and [h["step"] for h in history] == [2, 4]
+    again = Trainer(_model(), SetCriterion(), _batches(), cfg, tmp_path, eval_fn=eval_fn, progress=False)
+    assert again.resume() and [h["probe"] for h in again.history] == [2.0, 4.0]

@@ -12,11 +12,13 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from sam3edge.data.rle import to_rle
+from sam3edge.data.saco import Pair, load_gt
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -29,20 +31,14 @@ def encode_mask(mask: np.ndarray) -> dict:
 
 
 def decode_mask(rle: dict, where: str = "segmentation") -> np.ndarray:
-    """Boolean [H, W] mask from a COCO RLE (compressed or uncompressed); clear error if malformed."""
+    """Boolean [H, W] mask from a COCO RLE, validated first (pycocotools does not check counts)."""
+    if not isinstance(rle, dict) or "size" not in rle:
+        raise ValueError(f"{where}: expected a COCO RLE {{'size': [H, W], 'counts': ...}}, got {rle!r:.60}")
     try:
-        size = [int(v) for v in rle["size"]]
-        if isinstance(rle["counts"], list):
-            rle = mask_utils.frPyObjects(rle, *size)
-        else:
-            counts = rle["counts"]
-            rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        m = mask_utils.decode(rle)
-    except Exception as e:  # pycocotools raises bare Exceptions and TypeErrors
-        raise ValueError(f"{where}: malformed RLE ({e!s}); expected {{'size': [H, W], 'counts': str}}") from e
-    if m.shape != tuple(size):
-        raise ValueError(f"{where}: RLE decodes to {m.shape}, but its size says {size}")
-    return m.astype(bool)
+        h, w = (int(v) for v in rle["size"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: RLE 'size' must be [H, W], got {rle['size']!r}") from e
+    return mask_utils.decode(to_rle(rle, h, w, where=where)).astype(bool)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -62,54 +58,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-@dataclass
-class Pair:
-    """One (image, phrase) pair with its ground-truth instances (empty for a negative)."""
-
-    id: int
-    file_name: str
-    width: int
-    height: int
-    phrase: str
-    annotations: list[dict] = field(default_factory=list)
-    exhaustive: bool = True
-
-    @property
-    def is_negative(self) -> bool:
-        return not self.annotations
-
-    def masks(self) -> np.ndarray:
-        """Boolean [N, H, W] ground-truth masks (decoded on demand)."""
-        if not self.annotations:
-            return np.zeros((0, self.height, self.width), dtype=bool)
-        return np.stack([decode_mask(a["segmentation"], f"annotation {a.get('id')} of pair {self.id}")
-                         for a in self.annotations])
-
-
 class ConceptDataset:
-    """An SA-Co style annotation file: pairs grouped by image, images resolved on disk."""
+    """An SA-Co style annotation file, validated, with its pairs grouped by image file.
 
-    def __init__(self, data: dict, root: Path, source: str = "<dict>"):
-        self.data, self.root, self.source = data, Path(root), source
-        if not isinstance(data, dict) or "images" not in data:
-            raise ValueError(f"{source}: not a COCO/SA-Co file (no 'images' list)")
-        self.categories = {int(c["id"]): c["name"] for c in data.get("categories", [])}
-        by_pair: dict[int, list[dict]] = defaultdict(list)
-        for a in data.get("annotations", []):
-            by_pair[int(a["image_id"])].append(a)
-        self.pairs: list[Pair] = []
-        for i, im in enumerate(data["images"]):
-            missing = [k for k in ("id", "file_name", "width", "height") if k not in im]
-            if missing:
-                raise ValueError(f"{source}: images[{i}] lacks {missing}")
-            phrase = im.get("text_input") or self.categories.get(im.get("queried_category"), "")
-            if not str(phrase).strip():
-                raise ValueError(f"{source}: images[{i}] (id {im['id']}) has no 'text_input' phrase")
-            self.pairs.append(Pair(int(im["id"]), im["file_name"], int(im["width"]), int(im["height"]),
-                                   str(phrase), by_pair.pop(int(im["id"]), []),
-                                   bool(im.get("is_instance_exhaustive", True))))
-        if by_pair:
-            raise ValueError(f"{source}: annotations refer to unknown pair ids {sorted(by_pair)[:5]}")
+    ``pairs`` are :class:`~sam3edge.data.saco.Pair` (``id``, ``file_name``, ``phrase``, ``masks()``,
+    ``is_negative``); ``by_file`` maps each image file to the pairs that ask about it.
+    """
+
+    def __init__(self, data: dict, root: str | Path, source: str = "<dict>"):
+        self.root, self.source = Path(root), source
+        try:
+            gt = load_gt(data)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+        self.categories = gt.categories
+        self.pairs: list[Pair] = list(gt.pairs.values())
+        for p in self.pairs:
+            if not p.phrase.strip():
+                raise ValueError(f"{source}: pair {p.id!r} ({p.file_name}) has no 'text_input' phrase")
         self.by_file: dict[str, list[Pair]] = defaultdict(list)
         for p in self.pairs:
             self.by_file[p.file_name].append(p)
@@ -134,7 +100,8 @@ class ConceptDataset:
 
     def image_path(self, file_name: str) -> Path:
         p = self.root / file_name
-        return p if p.exists() or not (self.root / "images" / file_name).exists() else self.root / "images" / file_name
+        alt = self.root / "images" / file_name
+        return alt if not p.exists() and alt.exists() else p
 
     @property
     def files(self) -> list[str]:

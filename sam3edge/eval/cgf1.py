@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3edge.eval.dataset import SacoGT, load_gt, load_predictions
+from sam3edge.data.saco import SacoGT, load_gt, load_predictions
 from sam3edge.eval.matching import (
     EPS_IMAGE,
     EPS_INSTANCE,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sam3edge.data.rle import box_l1, image_diagonal, mask_iou_matrix
+from sam3edge.data.saco import Pair, SacoGT, load_gt, load_predictions
 from sam3edge.eval.cgf1 import SAM3_IOU_THRESHOLDS, CGF1Result, ScoredPair, cgf1_counts, score_pairs
-from sam3edge.eval.dataset import Pair, SacoGT, load_gt, load_predictions
-from sam3edge.eval.masks import box_l1, image_diagonal, mask_iou_matrix
 from sam3edge.eval.report import AttributeConfusion, ConceptReport, PhraseMetrics
 
 __all__ = ["evaluate", "attribute_confusion"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from sam3edge.eval.dataset import Pair, Prediction, SacoGT
-from sam3edge.eval.masks import mask_iou_matrix
+from sam3edge.data.rle import mask_iou_matrix
+from sam3edge.data.saco import Pair, Prediction, SacoGT
 
 __all__ = [
     "SAM3_IOU_THRESHOLDS",

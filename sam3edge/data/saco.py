@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3edge.eval.masks import rle_bbox, to_rle, validate_bbox
+from sam3edge.data.rle import decode_segmentation, rle_bbox, to_rle, validate_bbox
 
 __all__ = ["Instance", "Pair", "Prediction", "SacoGT", "load_json", "load_gt", "load_predictions"]
 
@@ -52,6 +52,17 @@ class Pair:
     def gt(self) -> tuple[Instance, ...]:
         """Instances that count for matching: SAM3 (like COCOeval) ignores crowd regions entirely."""
         return tuple(inst for inst in self.instances if not inst.iscrowd)
+
+    @property
+    def is_negative(self) -> bool:
+        """A hard negative: the phrase has no (non-crowd) instance in the image."""
+        return not self.gt
+
+    def masks(self) -> np.ndarray:
+        """Boolean [N, H, W] masks of the non-crowd instances (decoded on demand)."""
+        if not self.gt:
+            return np.zeros((0, self.height, self.width), dtype=bool)
+        return np.stack([decode_segmentation(i.rle, self.height, self.width) for i in self.gt])
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Mask and box primitives for concept-segmentation evaluation.
+"""Mask and box primitives of COCO / SA-Co files: RLE validation and conversion, IoU, boxes.
 
 Segmentations follow COCO conventions: compressed RLE (``{"size": [h, w], "counts": str}``),
 uncompressed RLE (``counts`` as a list of run lengths) or polygons (list of flat ``[x0, y0, x1, y1, ...]``
