@@ -21,6 +21,7 @@ import torch
 
 from sam3edge.data.coco import ConceptDataset, atomic_write_text
 from sam3edge.data.orchard_dataset import write_orchard_dataset
+from sam3edge.distill.init import init_sam3_reference_grid
 from sam3edge.distill.losses import LossWeights, SetCriterion
 from sam3edge.distill.scene_batches import OrchardBatches
 from sam3edge.distill.trainer import TrainConfig, Trainer
@@ -66,6 +67,7 @@ def main(argv=None):
     torch.manual_seed(0)
     config = tiny_sam3_config(**TOY_CONFIG)
     model = build_sam3(config, seed=0)
+    init_sam3_reference_grid(model)
     tokenizer = load_tokenizer(args.run_dir)  # the packaged CLIP BPE tokenizer
     g = TOY_CONFIG["image_size"] // 14 * 4
     batches = OrchardBatches(tokenizer, seed=TRAIN_SEED, images_per_batch=args.images, pairs_per_image=args.pairs,

@@ -103,3 +103,19 @@ def test_periodic_evaluation_is_recorded_and_survives_resume(tmp_path):
     assert calls == [2, 4] and [h["step"] for h in history] == [2, 4]
     again = Trainer(_model(), SetCriterion(), _batches(), cfg, tmp_path, eval_fn=eval_fn, progress=False)
     assert again.resume() and [h["probe"] for h in again.history] == [2.0, 4.0]
+
+
+def test_reference_grid_spreads_queries_and_positions_are_not_decayed(tmp_path):
+    from sam3edge.distill.init import grid_reference_boxes, init_sam3_reference_grid
+
+    boxes = grid_reference_boxes(16, 0.2).sigmoid()
+    assert len({(round(x, 3), round(y, 3)) for x, y in boxes[:, :2].tolist()}) == 16
+    assert boxes[:, :2].min() > 0.1 and boxes[:, :2].max() < 0.9
+    torch.testing.assert_close(boxes[:, 2:], torch.full((16, 2), 0.2))
+    model = _model()
+    init_sam3_reference_grid(model.model)
+    trainer = Trainer(model, SetCriterion(), _batches(), TrainConfig(weight_decay=0.1), tmp_path, progress=False)
+    decay_of = {id(p): g["weight_decay"] for g in trainer.opt.param_groups for p in g["params"]}
+    ref = model.model.detr_decoder.reference_points.weight
+    assert decay_of[id(ref)] == 0.0 and decay_of[id(model.model.detr_decoder.query_embed.weight)] == 0.0
+    assert decay_of[id(model.model.vision_encoder.backbone.embeddings.patch_embeddings.projection.weight)] == 0.1

@@ -23,6 +23,10 @@ from tqdm import tqdm
 from sam3edge.data.coco import atomic_write_text
 from sam3edge.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
+# Learned positions and lookup tables: decay would pull them to zero (reference boxes to the centre).
+NO_DECAY_SUFFIXES = ("query_embed.weight", "reference_points.weight", "presence_token.weight", "position_embeddings",
+                     "position_embedding.weight", "token_embedding.weight", "label_embed.weight", "cls_embed.weight")
+
 
 @dataclass
 class TrainConfig:
@@ -62,13 +66,17 @@ class Trainer:
         self.history: list[dict] = []
 
     def _param_groups(self) -> list[dict]:
-        groups: dict[float, list] = {}
+        """Groups by lr multiplier and by weight decay: biases, norms, embeddings, query and reference
+        boxes get none (decay would pull learned positions back to the image centre)."""
+        groups: dict[tuple[float, bool], list] = {}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             mult = next((m for prefix, m in self.cfg.lr_mult.items() if name.startswith(prefix)), 1.0)
-            groups.setdefault(mult, []).append(p)
-        return [{"params": ps, "lr_mult": m} for m, ps in groups.items()]
+            decay = p.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)
+            groups.setdefault((mult, decay), []).append(p)
+        return [{"params": ps, "lr_mult": m, "weight_decay": self.cfg.weight_decay if d else 0.0}
+                for (m, d), ps in groups.items()]
 
     @property
     def amp(self) -> bool:

@@ -1,0 +1,32 @@
+"""Initialisations that make DETR-style heads trainable from scratch in minutes, not days.
+
+transformers initialises SAM3's decoder reference boxes near zero, so every query starts at the
+image centre with the same box (sigmoid(0) = 0.5) and weight decay keeps them there: measured on
+the orchard toy teacher, after 1000 steps all 16 reference boxes were still within 0.02 of
+(0.5, 0.5, 0.5, 0.5) and box GIoU had stalled at ~0.13. Spreading the queries over a grid gives each
+one a region to specialise in (as anchor-based detectors do), and the refinement layers only
+learn local offsets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+@torch.no_grad()
+def grid_reference_boxes(num_queries: int, box_size: float = 0.2) -> torch.Tensor:
+    """Inverse-sigmoid cxcywh boxes [Q, 4] whose centres tile the image on a ceil(sqrt(Q)) grid."""
+    side = math.ceil(math.sqrt(num_queries))
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    centres = (torch.stack([xs.flatten(), ys.flatten()], 1).float() + 0.5) / side
+    boxes = torch.cat([centres[:num_queries], torch.full((num_queries, 2), box_size)], 1)
+    return torch.logit(boxes.clamp(1e-3, 1 - 1e-3))
+
+
+@torch.no_grad()
+def init_sam3_reference_grid(sam3_model, box_size: float = 0.2) -> None:
+    """Set a transformers ``Sam3Model``'s decoder reference boxes to :func:`grid_reference_boxes`."""
+    emb = sam3_model.detr_decoder.reference_points.weight
+    emb.copy_(grid_reference_boxes(emb.shape[0], box_size).to(emb))
