@@ -1,0 +1,79 @@
+"""Small building blocks shared by several heads: the transformer FFN, the box/score MLPs and
+SAM3's sine encodings of coordinates and boxes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class FeedForward(nn.Module):
+    """The transformer FFN (fc1, fc2 as in transformers' ``Sam3MLP``).
+
+    SAM3 applies its FFN dropout *before* the activation; kept so training behaves the same.
+    """
+
+    def __init__(self, hidden_size: int, ffn_size: int, activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, ffn_size)
+        self.fc2 = nn.Linear(ffn_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.act = _ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.dropout(self.fc1(x))))
+
+
+class MLP(nn.Module):
+    """A 2- or 3-layer ReLU MLP (layer1..layer3 as in transformers' ``Sam3DecoderMLP``)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+        super().__init__()
+        if num_layers not in (2, 3):
+            raise ValueError(f"MLP supports 2 or 3 layers, got {num_layers}")
+        self.layer1 = nn.Linear(in_dim, hidden_dim)
+        self.layer2 = nn.Linear(hidden_dim, hidden_dim if num_layers == 3 else out_dim)
+        self.layer3 = nn.Linear(hidden_dim, out_dim) if num_layers == 3 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(torch.relu(self.layer1(x)))
+        if self.layer3 is not None:
+            x = self.layer3(torch.relu(x))
+        return x
+
+
+def sine_features(x: torch.Tensor, num_features: int, temperature: float = 10000.0,
+                  scale: float = 2 * math.pi) -> torch.Tensor:
+    """Sine encoding of scalars x [...] -> [..., num_features]: (sin f0 x, cos f0 x, sin f1 x, cos f1 x, ...).
+
+    Frequencies are temperature ** (-2i / num_features) as in DETR; the exponent is computed in
+    x's dtype as SAM3 does, so the encodings agree bit for bit.
+    """
+    idx = torch.arange(0, num_features, 2, device=x.device).to(x.dtype)
+    period = temperature ** (idx / num_features)
+    angle = (x * scale)[..., None] / period
+    return torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)
+
+
+def sine_box_embedding(boxes: torch.Tensor, num_features: int) -> torch.Tensor:
+    """SAM3's query-position encoding of boxes [..., 4] (cx, cy, w, h) -> [..., 4 * num_features].
+
+    The order is (cy, cx, w, h): SAM3 puts y first, and the reference-point MLP was trained so.
+    """
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.cat([sine_features(v, num_features) for v in (cy, cx, w, h)], dim=-1)
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """log(x / (1 - x)) with both clamped to >= eps, as SAM3's box refinement uses it."""
+    x = x.clamp(0.0, 1.0)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = b.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
