@@ -1,6 +1,6 @@
 """Reproduce the bundled toy teacher: a small transformers ``Sam3Model`` trained on the orchard domain.
 
-    python benchmarks/train_toy_teacher.py --run-dir runs/toy_teacher --steps 6000
+    python benchmarks/train_toy_teacher.py --run-dir runs/toy_teacher --steps 4500
 
 Trains from a fixed seed with the set-prediction trainer on ground truth rendered on the fly,
 then evaluates on a held-out orchard set (a seed never used for training) with the SA-Co cgF1
@@ -21,7 +21,7 @@ import torch
 
 from sam3edge.data.coco import ConceptDataset, atomic_write_text
 from sam3edge.data.orchard_dataset import write_orchard_dataset
-from sam3edge.distill.init import init_sam3_reference_grid
+from sam3edge.distill.init import init_sam3_reference_grid, xavier_init_heads
 from sam3edge.distill.losses import LossWeights, SetCriterion
 from sam3edge.distill.scene_batches import OrchardBatches
 from sam3edge.distill.trainer import TrainConfig, Trainer
@@ -52,7 +52,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, default=REPO / "runs" / "toy_teacher")
     ap.add_argument("--out", type=Path, default=REPO / "sam3edge" / "teachers" / "orchard-toy")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=4500)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--images", type=int, default=4, help="images per step")
     ap.add_argument("--pairs", type=int, default=4, help="phrases asked per image per step")
@@ -68,6 +68,7 @@ def main(argv=None):
     config = tiny_sam3_config(**TOY_CONFIG)
     model = build_sam3(config, seed=0)
     init_sam3_reference_grid(model)
+    xavier_init_heads(model)
     tokenizer = load_tokenizer(args.run_dir)  # the packaged CLIP BPE tokenizer
     g = TOY_CONFIG["image_size"] // 14 * 4
     batches = OrchardBatches(tokenizer, seed=TRAIN_SEED, images_per_batch=args.images, pairs_per_image=args.pairs,

@@ -119,3 +119,17 @@ def test_reference_grid_spreads_queries_and_positions_are_not_decayed(tmp_path):
     ref = model.model.detr_decoder.reference_points.weight
     assert decay_of[id(ref)] == 0.0 and decay_of[id(model.model.detr_decoder.query_embed.weight)] == 0.0
     assert decay_of[id(model.model.vision_encoder.backbone.embeddings.patch_embeddings.projection.weight)] == 0.1
+
+
+def test_xavier_head_init_sharpens_attention_and_keeps_zero_layers_zero():
+    from sam3edge.distill.init import xavier_init_heads
+
+    sam = build_sam3(tiny_sam3_config(image_size=112), seed=0)
+    zero = {n for n, p in sam.named_parameters() if p.ndim == 2 and p.abs().max() == 0}
+    q = sam.detr_decoder.layers[0].vision_cross_attn.q_proj.weight
+    std_before = float(q.std())
+    assert xavier_init_heads(sam) > 10
+    assert float(q.std()) > 3 * std_before  # N(0, 0.02) -> Xavier at width 32: ~0.18
+    assert zero == {n for n, p in sam.named_parameters() if p.ndim == 2 and p.abs().max() == 0}
+    vit = sam.vision_encoder.backbone.layers[0].attention.q_proj.weight
+    assert float(vit.std()) < 0.05  # the trunk keeps transformers' init
