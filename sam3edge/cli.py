@@ -58,6 +58,45 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_students(args) -> int:
+    from sam3edge.models.complexity import measure_spec
+    from sam3edge.models.registry import get_student_spec, list_students
+
+    names = args.names or list_students()
+    rows = []
+    for name in names:
+        spec = get_student_spec(name)
+        h = spec.heads
+        rows.append({"name": name, "backbone": spec.backbone, "input_size": spec.input_size,
+                     "mask_size": spec.mask_size, "hidden_size": h.hidden_size, "encoder_layers": h.encoder_layers,
+                     "decoder_layers": h.decoder_layers, "num_queries": h.num_queries, "text_mode": spec.text_mode,
+                     "teacher": spec.teacher, "export": spec.to_dict()["export"], "description": spec.description,
+                     **measure_spec(spec).to_dict()})
+    if args.json != "-":
+        head = (f"{'name':20s} {'backbone':23s} {'input':>5s} {'C/enc/dec/Q':>13s} {'params M':>8s} "
+                f"{'no text':>7s} {'GFLOPs':>7s} {'top-K':>7s}  {'text':7s} teacher")
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            heads = f"{r['hidden_size']}/{r['encoder_layers']}/{r['decoder_layers']}/{r['num_queries']}"
+            print(f"{r['name']:20s} {r['backbone']:23s} {r['input_size']:5d} {heads:>13s} "
+                  f"{r['params_total'] / 1e6:8.2f} {r['params_without_text'] / 1e6:7.2f} {r['gflops']:7.1f} "
+                  f"{r['gflops_topk']:7.1f}  {r['text_mode']:7s} {r['teacher']}")
+        print("params: total (with a text encoder of the entry's size) and without it (concept-cache deployment). "
+              "GFLOPs: one image + one phrase, 2 x multiply-adds of conv / linear / matmul / attention only "
+              "(torch FlopCounterMode); 'top-K': masks for the export top-K queries only.")
+    if args.json:
+        text = json.dumps(rows, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            from sam3edge.data.coco import atomic_write_text
+
+            atomic_write_text(args.json, text)
+            print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam3edge", description="SAM3 concept segmentation, distilled for the edge.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
@@ -84,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
+
+    st = sub.add_parser("students", help="list the registered student architectures with parameters and GFLOPs")
+    st.add_argument("names", nargs="*", help="only these registry entries (default: all)")
+    st.add_argument("--json", metavar="PATH", help="also write the table as JSON here ('-': print JSON only)")
+    st.set_defaults(func=_cmd_students)
     return p
 
 

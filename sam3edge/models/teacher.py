@@ -13,58 +13,19 @@ hub is reachable - a hub id.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from sam3edge.data.images import to_rgb_array
-from sam3edge.models.sam3_heads import HeadOutputs, run_heads, select_images
+from sam3edge.models.outputs import ConceptOutputs
+from sam3edge.models.sam3_heads import run_heads, select_images
 from sam3edge.models.sam3_load import load_sam3_model, load_tokenizer
 
-
-@dataclass
-class TeacherOutput:
-    """Teacher outputs for B images x P phrases.
-
-    image_features / image_pos: the FPN levels the heads consume, each [B, C, h_l, w_l].
-    text_features [P, L, D], text_mask [P, L]; scores, logits [B, P, Q]; presence [B, P] (probability);
-    boxes [B, P, Q, 4] xyxy in pixels of each original image; boxes_normalized the same in [0, 1];
-    mask_logits [B, P, Q, h, w] (low resolution); semantic_logits [B, P, h, w].
-    """
-
-    image_features: list[torch.Tensor]
-    image_pos: list[torch.Tensor]
-    text_features: torch.Tensor
-    text_mask: torch.Tensor
-    scores: torch.Tensor
-    logits: torch.Tensor
-    presence: torch.Tensor
-    boxes: torch.Tensor
-    boxes_normalized: torch.Tensor
-    mask_logits: torch.Tensor
-    semantic_logits: torch.Tensor
-    image_sizes: list[tuple[int, int]]
-    phrases: list[str]
-
-    def instances(self, b: int, p: int, score_threshold: float = 0.5, mask_threshold: float = 0.5) -> dict:
-        """Kept instances of image ``b`` for phrase ``p``: scores [K], boxes [K, 4] (pixels), masks [K, H, W] bool.
-
-        Masks are upsampled to the original size as SAM3's post-processing does (bilinear on
-        probabilities, then thresholded).
-        """
-        keep = self.scores[b, p] >= score_threshold
-        h, w = self.image_sizes[b]
-        logits = self.mask_logits[b, p][keep]
-        if logits.shape[0]:
-            probs = F.interpolate(logits[None].float().sigmoid(), size=(h, w), mode="bilinear", align_corners=False)[0]
-            masks = probs > mask_threshold
-        else:
-            masks = torch.zeros(0, h, w, dtype=torch.bool)
-        return {"scores": self.scores[b, p][keep], "boxes": self.boxes[b, p][keep], "masks": masks}
+# The teacher's outputs are the shared concept-segmenter outputs; the old name stays for callers.
+TeacherOutput = ConceptOutputs
 
 
 class Sam3Teacher(torch.nn.Module):
@@ -144,7 +105,7 @@ class Sam3Teacher(torch.nn.Module):
     # ---- the one call ---------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, images, phrases: list[str], input_boxes: torch.Tensor | None = None,
-                input_boxes_labels: torch.Tensor | None = None) -> TeacherOutput:
+                input_boxes_labels: torch.Tensor | None = None) -> ConceptOutputs:
         """Segment every phrase in every image.
 
         images: a list of B images (uint8 HxWx3 arrays or PIL), or pixel_values [B, 3, S, S] already
@@ -169,22 +130,8 @@ class Sam3Teacher(torch.nn.Module):
             boxes = input_boxes[ii].to(self.device, self._dtype) if input_boxes is not None else None
             labels = input_boxes_labels[ii].to(self.device) if input_boxes_labels is not None else None
             outs.append(run_heads(self.model, select_images(vision, ii), text[tt], text_mask[tt], boxes, labels))
-        return self._assemble(outs, vision, text, text_mask, b, p, sizes, list(phrases))
-
-    def _assemble(self, outs: list[HeadOutputs], vision, text, text_mask, b, p, sizes, phrases) -> TeacherOutput:
-        def cat(name):
-            return torch.cat([getattr(o, name) for o in outs]).unflatten(0, (b, p))
-
-        logits, presence_logits, boxes_n = cat("logits"), cat("presence_logits")[..., 0], cat("boxes")
-        scale = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=boxes_n.dtype, device=boxes_n.device)
-        return TeacherOutput(
-            image_features=list(vision.fpn_hidden_states[:-1]), image_pos=list(vision.fpn_position_encoding[:-1]),
-            text_features=text, text_mask=text_mask,
-            scores=logits.sigmoid() * presence_logits.sigmoid()[..., None], logits=logits,
-            presence=presence_logits.sigmoid(), boxes=boxes_n * scale[:, None, None, :], boxes_normalized=boxes_n,
-            mask_logits=cat("mask_logits"), semantic_logits=cat("semantic_logits")[:, :, 0],
-            image_sizes=[tuple(int(v) for v in s) for s in sizes], phrases=phrases,
-        )
+        return ConceptOutputs.from_pairs(outs, vision.fpn_hidden_states[:-1], vision.fpn_position_encoding[:-1],
+                                         text, text_mask, sizes, list(phrases))
 
 
 def describe(teacher: Sam3Teacher) -> dict:

@@ -1,0 +1,127 @@
+"""The student registry: named :class:`StudentSpec` entries and the one door to build them.
+
+    create_student("edge-s")                       # a Sam3Student, random weights, eval mode
+    create_student("edge-s", input_size=640, num_queries=80, text_mode="encoder")
+    list_students()                                # registry names, in registration order
+
+A new size is one ``@register_student`` function returning a spec. Entries:
+
+* ``toy`` - for the bundled orchard toy teacher (``benchmarks/train_toy_teacher.py``): its heads
+  are exactly the teacher's (width 64, 4 attention heads, 2 fusion-encoder and 3 decoder layers,
+  16 queries), so they start from the teacher's weights; input 224 px like the teacher.
+* ``edge-s`` / ``edge-m`` / ``edge-l`` - for the real SAM3 (``facebook/sam3``): head width 256, 8
+  attention heads and SAM3's FFN widths, so every kept tensor loads from SAM3 (the first layers
+  and the first queries, see :func:`~sam3edge.models.student.init_heads_from_teacher`), with fewer
+  layers and queries than SAM3's 6 / 6 / 200 and inputs of 512-768 px instead of 1008. At width
+  256 the heads cannot go much below ~12 M parameters: SAM3's exemplar ROI projection (3.2 M),
+  mask decoder (2.3 M) and scoring MLP (1.2 M) have no layer count to cut.
+* ``efficientsam3-style`` - the approach of EfficientSAM3 (arXiv 2511.15833) for comparison: a
+  timm encoder in front of SAM3's full-size heads (6 + 6 layers, 200 queries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sam3edge.models.heads.config import HeadsConfig
+from sam3edge.models.student_spec import ExportDefaults, StudentSpec, TextEncoderConfig
+
+__all__ = ["STUDENTS", "StudentSpec", "create_student", "get_student_spec", "list_students", "register_student"]
+
+STUDENTS: dict[str, StudentSpec] = {}
+
+
+def register_student(entry: Callable[[], StudentSpec] | StudentSpec):
+    """Register a spec, or (as a decorator) the spec a zero-argument function returns, under ``spec.name``.
+
+    Returns its argument unchanged. A name registered twice is a ValueError (an entry would be lost).
+    """
+    spec = entry() if callable(entry) else entry
+    if not isinstance(spec, StudentSpec):
+        raise TypeError(f"register_student expects a StudentSpec (or a function returning one), got {type(spec)}")
+    if spec.name in STUDENTS:
+        raise ValueError(f"a student named {spec.name!r} is already registered; pick another name")
+    STUDENTS[spec.name] = spec
+    return entry
+
+
+def list_students() -> list[str]:
+    """Registered student names, in registration order."""
+    return list(STUDENTS)
+
+
+def get_student_spec(name: str, **overrides) -> StudentSpec:
+    """The spec of ``name`` with flat ``overrides`` (see ``StudentSpec.override_keys``) applied."""
+    if name not in STUDENTS:
+        raise ValueError(f"unknown student {name!r}; registered students: {', '.join(STUDENTS)}")
+    return STUDENTS[name].with_overrides(**overrides)
+
+
+def create_student(name: str, concepts=None, **overrides):
+    """A :class:`~sam3edge.models.student.Sam3Student` of registry entry ``name`` (random weights, eval mode).
+
+    concepts: an optional :class:`~sam3edge.runtime.concepts.ConceptCache` for text mode "cache".
+    overrides: flat spec fields, e.g. ``input_size=640``, ``num_queries=80``, ``text_mode="encoder"``,
+    ``text_layers=2``, ``export_top_k=5``. Raises ValueError for an unknown name (listing the
+    registered ones), an unknown override key, or an input size that is not a multiple of 32.
+    """
+    from sam3edge.models.student import Sam3Student
+
+    return Sam3Student(get_student_spec(name, **overrides), concepts=concepts, overrides=overrides).eval()
+
+
+def _sam3_heads(**sizes) -> HeadsConfig:
+    # SAM3's widths (hidden 256, 8 heads, FFN 2048, ROI 7) so each kept tensor has SAM3's shape.
+    return HeadsConfig(**sizes)
+
+
+@register_student
+def _toy() -> StudentSpec:
+    heads = HeadsConfig(hidden_size=64, geometry_layers=1, geometry_heads=4, geometry_ffn_size=256,
+                        encoder_layers=2, encoder_heads=4, encoder_ffn_size=256, decoder_layers=3, decoder_heads=4,
+                        decoder_ffn_size=256, num_queries=16, mask_heads=4)
+    return StudentSpec(
+        name="toy", backbone="efficientvit_b0", input_size=224, heads=heads,
+        text_encoder=TextEncoderConfig(width=64, layers=2, heads=4),  # the toy teacher's text width: its table copies
+        text_mode="cache", export=ExportDefaults(precision="fp32", top_k=10), teacher="orchard-toy",
+        description="orchard toy teacher's heads (64 wide, 2+3 layers, 16 queries) on EfficientViT-B0, 224 px")
+
+
+@register_student
+def _edge_s() -> StudentSpec:
+    return StudentSpec(
+        name="edge-s", backbone="mobilenetv4_conv_small", input_size=512,
+        heads=_sam3_heads(geometry_layers=1, encoder_layers=1, decoder_layers=3, num_queries=50),
+        text_encoder=TextEncoderConfig(width=256, layers=3, heads=4), text_mode="cache",
+        export=ExportDefaults(precision="int8", top_k=20), teacher="facebook/sam3",
+        description="all-conv MobileNetV4 (int8-friendly) + 1+3-layer SAM3 heads, 50 queries, 512 px")
+
+
+@register_student
+def _edge_m() -> StudentSpec:
+    return StudentSpec(
+        name="edge-m", backbone="efficientvit_b1", input_size=640,
+        heads=_sam3_heads(geometry_layers=1, encoder_layers=2, decoder_layers=4, num_queries=100),
+        text_encoder=TextEncoderConfig(width=384, layers=4, heads=6), text_mode="cache",
+        export=ExportDefaults(precision="fp16", top_k=20), teacher="facebook/sam3",
+        description="EfficientViT-B1 + 2+4-layer SAM3 heads, 100 queries, 640 px")
+
+
+@register_student
+def _edge_l() -> StudentSpec:
+    return StudentSpec(
+        name="edge-l", backbone="repvit_m1_1", input_size=768,
+        heads=_sam3_heads(geometry_layers=1, encoder_layers=3, decoder_layers=4, num_queries=150),
+        text_encoder=TextEncoderConfig(width=512, layers=6, heads=8), text_mode="cache",
+        export=ExportDefaults(precision="fp16", top_k=30), teacher="facebook/sam3",
+        description="RepViT-M1.1 + 3+4-layer SAM3 heads, 150 queries, 768 px")
+
+
+@register_student
+def _efficientsam3_style() -> StudentSpec:
+    return StudentSpec(
+        name="efficientsam3-style", backbone="repvit_m1_1", input_size=1024, heads=HeadsConfig(),
+        text_encoder=TextEncoderConfig(width=512, layers=6, heads=8), text_mode="encoder",
+        export=ExportDefaults(precision="fp16", top_k=30), teacher="facebook/sam3",
+        description="reference: EfficientSAM3's approach, RepViT-M1.1 + SAM3's full heads (6+6 layers, 200 "
+                    "queries); 1024 px since SAM3's 1008 is not a multiple of 32")
