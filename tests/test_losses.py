@@ -101,3 +101,19 @@ def test_focal_reduces_to_bce_at_gamma_zero_and_down_weights_easy_examples():
     assert torch.allclose(sigmoid_focal(x, t, 0.0, -1.0), bce)
     focal = sigmoid_focal(x, t, 2.0, -1.0)
     assert (focal[:2] / bce[:2]).max() < 0.01 and focal[2] / bce[2] > 0.2
+
+
+def test_score_target_of_the_last_layer_is_the_mask_iou():
+    from sam3edge.distill.losses import mask_iou
+
+    target = masks_to_target(_square(0, 0, 8, 8), (16, 16))
+    half = torch.full((1, 16, 16), -8.0)
+    half[0, 0:8, 0:4] = 8.0  # covers half of the instance: IoU 0.5
+    assert abs(float(mask_iou(half, target.masks)) - 0.5) < 1e-6
+    # A query whose logit already equals the IoU target has (near) zero score gradient.
+    boxes = target.boxes[None].clone()
+    logit = torch.logit(torch.tensor([[0.5]])).requires_grad_(True)
+    out = _outputs(logit, boxes, half[None], torch.tensor([[6.0]]), layers=1)
+    loss, _ = SetCriterion(LossWeights(aux=0.0))(out, [target])
+    loss.backward()
+    assert abs(float(logit.grad)) < 1e-6

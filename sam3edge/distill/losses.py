@@ -4,8 +4,9 @@ Following SAM3, the presence token decides *whether* the concept is in the image
 queries decide *which* regions are its instances; so query scores are supervised only on pairs
 whose concept is present, and presence on every pair. Scores use a sigmoid focal loss (``gamma``
 0 gives plain BCE, which calibrates scores around SAM3's 0.5 threshold better); with
-``iou_aware`` a matched query's target is its box IoU with the instance, so a sloppy box cannot
-claim a confident score. Box L1 + GIoU and (last layer) mask BCE + dice apply to matched queries.
+``iou_aware`` a matched query's target is its IoU with the instance - mask IoU on the last layer
+(the IoU cgF1 is computed with), box IoU on earlier layers, which have no masks - so a sloppy
+instance cannot claim a confident score. Box L1 + GIoU and (last layer) mask BCE + dice apply to matched queries.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def sigmoid_focal(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alp
     return ce
 
 
+def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU [n] of binarised mask logits [n, h, w] with soft targets [n, h', w'] (binarised at 0.5)."""
+    if targets.shape[-2:] != logits.shape[-2:]:
+        targets = F.interpolate(targets[None].float(), size=logits.shape[-2:], mode="bilinear", align_corners=False)[0]
+    p, t = logits.flatten(1) > 0, targets.flatten(1) > 0.5
+    return (p & t).sum(1).float() / (p | t).sum(1).clamp(min=1).float()
+
+
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-row dice loss of logits [n, P] against soft targets [n, P]."""
     p = logits.sigmoid()
@@ -86,13 +95,14 @@ class SetCriterion(torch.nn.Module):
             for i, (t, (qi, ti)) in enumerate(zip(targets, matches)):
                 if t.num:
                     iou, giou = paired_iou_giou(boxes[i, qi], t.boxes[ti])
+                    quality = mask_iou(out.mask_logits[i, qi], t.masks[ti]) if last else iou
                     l1_l = l1_l + F.l1_loss(boxes[i, qi], t.boxes[ti], reduction="sum")
                     giou_l = giou_l + (1 - giou).sum()
                 if t.present > 0.5 or t.num:
                     tgt = torch.zeros_like(logits[i])
                     if t.num:
                         s = t.scores[ti].to(tgt.dtype)
-                        tgt[qi] = s * iou.detach().clamp(min=0.05) if w.iou_aware else s
+                        tgt[qi] = s * quality.detach().clamp(min=0.05) if w.iou_aware else s
                     score_l = score_l + sigmoid_focal(logits[i], tgt, w.focal_gamma, w.focal_alpha).sum()
             present = torch.tensor([t.present for t in targets], dtype=logits.dtype, device=logits.device)
             pres_l = F.binary_cross_entropy_with_logits(out.aux_presence_logits[layer][:, 0], present)
