@@ -110,7 +110,8 @@ def test_damaged_or_inconsistent_description_is_reported(tmp_path):
 
 
 def test_from_teacher_stores_the_teachers_projected_text_features(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from sam3edge.models.sam3_load import build_sam3, tiny_sam3_config
     from sam3edge.models.teacher import Sam3Teacher
     from sam3edge.runtime.tokenizer import ClipTokenizer
