@@ -17,7 +17,6 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-import sam3edge.eval.report as report_module
 from sam3edge.data.rle import decode_segmentation
 from sam3edge.data.saco import load_gt
 from sam3edge.eval import ConceptReport, evaluate, evaluate_cgf1
@@ -273,11 +272,12 @@ def test_save_json_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
     path.write_text("previous")
 
-    def broken_dump(obj, f, **kwargs):
-        f.write('{"half": ')
+    import sam3edge.atomic
+
+    def disk_full(fd):  # the report is already half written to the temporary file when this fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_module.json, "dump", broken_dump)
+    monkeypatch.setattr(sam3edge.atomic.os, "fsync", disk_full)
     with pytest.raises(OSError):
         r.save_json(path)
     assert path.read_text() == "previous" and os.listdir(tmp_path) == ["report.json"]

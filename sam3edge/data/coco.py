@@ -9,14 +9,13 @@ SAM3's own evaluator reads, so our files can be cross-checked with it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from sam3edge.atomic import atomic_write_text  # noqa: F401  (re-exported for callers)
 from sam3edge.data.rle import to_rle
 from sam3edge.data.saco import Pair, load_gt
 
@@ -39,23 +38,6 @@ def decode_mask(rle: dict, where: str = "segmentation") -> np.ndarray:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: RLE 'size' must be [H, W], got {rle['size']!r}") from e
     return mask_utils.decode(to_rle(rle, h, w, where=where)).astype(bool)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class ConceptDataset:

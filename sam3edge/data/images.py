@@ -49,3 +49,23 @@ def to_rgb_array(image, name: str = "image") -> np.ndarray:
             raise ValueError(f"{name}: float images must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
         return (arr * 255 + 0.5).astype(np.uint8)
     raise ValueError(f"{name}: unsupported dtype {arr.dtype}; pass uint8 RGB")
+
+
+def resize_batch(images, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """uint8 [B, size, size, 3] RGB from one image or a list (arrays, PIL), plus each original (H, W).
+
+    Resized bilinearly to a square without keeping the aspect ratio, as SAM3's processor does; the
+    original sizes let outputs be mapped back. Arrays may be numpy or anything with ``.numpy()``.
+    """
+    if isinstance(images, (np.ndarray, Image.Image)) or hasattr(images, "numpy"):
+        images = [images]
+    if len(images) == 0:
+        raise ValueError("no images given: pass at least one HxWx3 uint8 RGB image")
+    batch, sizes = [], []
+    for i, im in enumerate(images):
+        arr = to_rgb_array(im.cpu().numpy() if hasattr(im, "cpu") else im, f"image {i}")
+        sizes.append(arr.shape[:2])
+        if arr.shape[:2] != (size, size):
+            arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+        batch.append(arr)
+    return np.stack(batch), sizes

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sam3edge.atomic import atomic_write_text
 from sam3edge.eval.cgf1 import CGF1Result
 
 __all__ = ["ConceptMetrics", "PhraseMetrics", "AttributeConfusion", "ConceptReport"]
@@ -156,20 +155,7 @@ class ConceptReport(ConceptMetrics):
 
         Readers never see a half-written file, and an interrupted write leaves any previous report intact.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2, allow_nan=False)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     def format_table(self) -> str:
         """Plain-text report: aggregate line, per-phrase table, then the non-zero attribute confusions."""

@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from sam3edge.atomic import atomic_directory
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -151,26 +153,10 @@ def save_sam3(model, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     Written to a temporary sibling directory and renamed, so a crash never leaves half a model.
     """
     import shutil
-    import tempfile
+    from importlib.resources import files
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_directory(out) as tmp:
         m = model if dtype is None else model.to(dtype)
         m.save_pretrained(tmp, safe_serialization=True)
-        from importlib.resources import files
-
         shutil.copyfile(files("sam3edge.assets") / "clip_tokenizer.json", tmp / "tokenizer.json")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)

@@ -16,13 +16,11 @@ Saving and loading (``save_student`` / ``load_student``) and starting the heads 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from sam3edge.data.images import to_rgb_array
+from sam3edge.data.images import resize_batch
 from sam3edge.models.heads import HeadOutputs, Sam3Heads
 from sam3edge.models.image_encoder import ImageEncoder, ImageFeatures
 from sam3edge.models.outputs import ConceptOutputs
@@ -99,18 +97,8 @@ class Sam3Student(nn.Module):
             x = images.to(self.device, self.dtype)
             sizes = [tuple(x.shape[-2:])] * x.shape[0]
             return _resize(x, s), sizes
-        if isinstance(images, (np.ndarray, Image.Image)) or torch.is_tensor(images):
-            images = [images]
-        if len(images) == 0:
-            raise ValueError("no images given: pass at least one HxWx3 uint8 RGB image")
-        batch, sizes = [], []
-        for i, im in enumerate(images):
-            arr = to_rgb_array(im.cpu().numpy() if torch.is_tensor(im) else im, f"image {i}")
-            sizes.append(arr.shape[:2])
-            if arr.shape[:2] != (s, s):
-                arr = np.asarray(Image.fromarray(arr).resize((s, s), Image.BILINEAR))
-            batch.append(torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)))
-        x = torch.stack(batch).permute(0, 3, 1, 2).to(self.device, self.dtype).div_(255.0)
+        batch, sizes = resize_batch(images, s)
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device, self.dtype).div_(255.0)
         return x, sizes
 
     # ---- encoders -------------------------------------------------------------------------------

@@ -14,13 +14,12 @@ old student or the new one, never half of either.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from sam3edge.atomic import atomic_directory
 from sam3edge.models.student import Sam3Student
 from sam3edge.models.student_spec import StudentSpec
 
@@ -43,25 +42,13 @@ def save_student(student: Sam3Student, directory: str | Path) -> Path:
               "overrides": student.overrides, "spec": student.spec.to_dict(),
               "concepts": CONCEPTS_DIR if student.concepts is not None else None}
     text = json.dumps(config, indent=2)  # before any file is written: a non-JSON override fails here
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_directory(out) as tmp:
         # clone: tensors that share storage (expanded or tied) cannot be written by safetensors as views
         weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in student.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if student.concepts is not None:
             student.concepts.save(tmp / CONCEPTS_DIR)
         (tmp / CONFIG_FILE).write_text(text, encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from sam3edge.data.images import to_rgb_array
+from sam3edge.data.images import resize_batch
 from sam3edge.models.outputs import ConceptOutputs
 from sam3edge.models.sam3_heads import run_heads, select_images
 from sam3edge.models.sam3_load import load_sam3_model, load_tokenizer
@@ -65,19 +63,8 @@ class Sam3Teacher(torch.nn.Module):
 
         Resize to S x S (bilinear, aspect not kept - as SAM3's processor does), scale to [-1, 1].
         """
-        if isinstance(images, (np.ndarray, Image.Image)) or torch.is_tensor(images):
-            images = [images]
-        if len(images) == 0:
-            raise ValueError("no images given: pass at least one HxWx3 uint8 RGB image")
-        s = self.image_size
-        batch, sizes = [], []
-        for i, im in enumerate(images):
-            arr = to_rgb_array(im.cpu().numpy() if torch.is_tensor(im) else im, f"image {i}")
-            sizes.append(arr.shape[:2])
-            if arr.shape[:2] != (s, s):
-                arr = np.asarray(Image.fromarray(arr).resize((s, s), Image.BILINEAR))
-            batch.append(torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)))
-        x = torch.stack(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        batch, sizes = resize_batch(images, self.image_size)
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.device, self._dtype), sizes

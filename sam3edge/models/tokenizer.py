@@ -17,9 +17,10 @@ import gzip
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sam3edge.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # transformers is heavy; import it only when a tokenizer is actually built.
     from transformers import CLIPTokenizer
@@ -143,18 +144,7 @@ def write_tokenizer_json(path: str | os.PathLike = DEFAULT_ASSET_PATH) -> Path:
     backend.no_padding()
     backend.no_truncation()
     text = backend.to_str(pretty=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; package data must be world-readable once installed
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

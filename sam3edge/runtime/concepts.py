@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from sam3edge.atomic import atomic_write
 
 FEATURES_FILE = "concepts.npy"
 MASK_FILE = "concepts_mask.npy"
@@ -42,19 +42,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ConceptCache:
@@ -114,8 +101,8 @@ class ConceptCache:
         """Write the three files into ``directory`` (created if missing); returns the directory."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / FEATURES_FILE, lambda f: np.save(f, self.features, allow_pickle=False))
-        _atomic_write(directory / MASK_FILE, lambda f: np.save(f, self.mask, allow_pickle=False))
+        atomic_write(directory / FEATURES_FILE, lambda f: np.save(f, self.features, allow_pickle=False))
+        atomic_write(directory / MASK_FILE, lambda f: np.save(f, self.mask, allow_pickle=False))
         meta = {
             "format_version": FORMAT_VERSION, "source": self.source, "phrases": self.phrases,
             "features": {"file": FEATURES_FILE, "shape": list(self.features.shape), "dtype": self.features.dtype.name,
@@ -124,7 +111,7 @@ class ConceptCache:
                      "sha256": _sha256(directory / MASK_FILE)},
         }
         text = json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8")
-        _atomic_write(directory / META_FILE, lambda f: f.write(text))
+        atomic_write(directory / META_FILE, lambda f: f.write(text))
         return directory
 
     @classmethod
