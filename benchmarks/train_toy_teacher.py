@@ -1,6 +1,6 @@
 """Reproduce the bundled toy teacher: a small transformers ``Sam3Model`` trained on the orchard domain.
 
-    python benchmarks/train_toy_teacher.py --run-dir runs/toy_teacher --steps 4000
+    python benchmarks/train_toy_teacher.py --run-dir runs/toy_teacher --steps 2800
 
 Trains from a fixed seed with the set-prediction trainer on ground truth rendered on the fly,
 then evaluates on a held-out orchard set (a seed never used for training) with the SA-Co cgF1
@@ -52,7 +52,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, default=REPO / "runs" / "toy_teacher")
     ap.add_argument("--out", type=Path, default=REPO / "sam3edge" / "teachers" / "orchard-toy")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=2800)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--images", type=int, default=4, help="images per step")
     ap.add_argument("--pairs", type=int, default=4, help="phrases asked per image per step")

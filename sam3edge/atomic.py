@@ -52,7 +52,9 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; some writers create 0600 files: make all readable
+        for f in tmp.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
