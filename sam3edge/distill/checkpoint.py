@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sam3edge.data.coco import atomic_write_text
+from sam3edge.atomic import atomic_directory, atomic_write_text
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -36,20 +36,16 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, opt: torc
     """Write checkpoint ``step`` under ``ckpt_dir`` atomically; keep the newest ``keep`` checkpoints."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
-    tmp = ckpt_dir / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(_dedupe_shared(state), tmp / "model.safetensors")
-    tensors, meta = _optimizer_tensors(opt)
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    save_file(tensors, tmp / "optimizer.safetensors")
-    atomic_write_text(tmp / "state.json", json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_directory(final) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(_dedupe_shared(state), tmp / "model.safetensors")
+        tensors, meta = _optimizer_tensors(opt)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
     atomic_write_text(ckpt_dir / "latest", final.name + "\n")
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -12,6 +12,7 @@ import torch
 from sam3edge.data.orchard import ORCHARD_VOCABULARY, render_scene, scene_rng
 from sam3edge.data.orchard_dataset import scene_pairs
 from sam3edge.distill.targets import PairBatch, masks_to_target
+from sam3edge.models.teacher import sam3_pixel_values
 
 
 class OrchardBatches:
@@ -52,6 +53,6 @@ class OrchardBatches:
                 targets.append(masks_to_target(m, self.mask_size))
                 phrases.append(p.phrase)
                 pair_image.append(j)
-        x = torch.stack(images).permute(0, 3, 1, 2).float().div(255.0).sub(0.5).div(0.5)
+        x = sam3_pixel_values(torch.stack(images))
         ids, mask = self.tokenizer.encode(phrases)
         return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases)

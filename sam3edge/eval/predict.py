@@ -28,11 +28,18 @@ def predict_dataset(model, dataset: ConceptDataset, min_score: float = 0.05, pro
         out = model([image], phrases)
         for pair in pairs:
             inst = out.instances(0, phrases.index(pair.phrase), score_threshold=min_score)
-            masks = inst["masks"].cpu().numpy() if hasattr(inst["masks"], "cpu") else np.asarray(inst["masks"])
-            scores = np.asarray(inst["scores"].float().cpu() if hasattr(inst["scores"], "cpu") else inst["scores"])
-            boxes = np.asarray(inst["boxes"].float().cpu() if hasattr(inst["boxes"], "cpu") else inst["boxes"])
+            masks, scores, boxes = (_numpy(inst[k]) for k in ("masks", "scores", "boxes"))
             for m, s, b in zip(masks, scores, boxes):
                 x0, y0, x1, y1 = (float(v) for v in b)
                 results.append({"image_id": pair.id, "category_id": 1, "segmentation": encode_mask(m),
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)})
     return results
+
+
+def _numpy(values) -> np.ndarray:
+    """A torch tensor (any dtype, any device) or array-like as a numpy array."""
+    if hasattr(values, "cpu"):
+        values = values.cpu()
+        values = values.float() if values.is_floating_point() else values
+        return values.numpy()
+    return np.asarray(values)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sam3edge.data.images import resize_batch
@@ -26,11 +27,19 @@ from sam3edge.models.sam3_load import load_sam3_model, load_tokenizer
 TeacherOutput = ConceptOutputs
 
 
+SAM3_MEAN = SAM3_STD = (0.5, 0.5, 0.5)  # SAM3's processor: pixels scaled to [-1, 1]
+
+
+def sam3_pixel_values(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 RGB [B, H, W, 3] -> float pixel_values [B, 3, H, W] in SAM3's normalisation."""
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div(255.0)
+    mean = torch.tensor(SAM3_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SAM3_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class Sam3Teacher(torch.nn.Module):
     """A transformers ``Sam3Model`` with our pre/post-processing and per-image feature reuse."""
-
-    image_mean = (0.5, 0.5, 0.5)
-    image_std = (0.5, 0.5, 0.5)
 
     def __init__(self, model, tokenizer, pair_chunk: int = 16):
         super().__init__()
@@ -64,10 +73,7 @@ class Sam3Teacher(torch.nn.Module):
         Resize to S x S (bilinear, aspect not kept - as SAM3's processor does), scale to [-1, 1].
         """
         batch, sizes = resize_batch(images, self.image_size)
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device, self._dtype), sizes
+        return sam3_pixel_values(batch).to(self.device, self._dtype), sizes
 
     @property
     def _dtype(self) -> torch.dtype:
