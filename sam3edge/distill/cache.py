@@ -1,0 +1,280 @@
+"""The teacher cache: run the teacher once over the domain, store what distillation needs.
+
+On-disk format (``CACHE_FORMAT`` 1), a directory::
+
+    cache.json            what the cache was built from (teacher, images, phrases, sizes) + format
+    text.safetensors      features [P, L, D] fp16 and mask [P, L] uint8: the teacher's projected text
+                          embedding of every phrase (also the student's concept cache)
+    items/000/000123.safetensors   one file per image, random access by index:
+        feature.0 .. feature.2  fp16 [C, h, w]  FPN levels the heads consume, finest first
+                                (resampled to ``feature_sizes`` when given: the student's grid)
+        presence     fp32 [P]          teacher presence probability of each phrase
+        count        int32 [P]         instances kept per phrase (rows beyond it are padding)
+        scores       fp32 [P, K]       SAM3 scores (sigmoid(logit) x presence) of the kept queries
+        boxes        fp32 [P, K, 4]    normalised xyxy
+        mask_logits  fp16 [P, K, m, m] low-resolution mask logits
+        image_size   int32 [2]         (H, W) of the original image
+
+Queries are kept per phrase in score order while their score is at least ``min_score``, at most
+``max_instances`` of them: the teacher's pseudo-labels, not its 200 raw queries (at 1008 px the raw
+mask logits alone would be ~66 MB per phrase and image).
+
+Each item is written atomically, so a killed build leaves only whole items; building again with the
+same inputs skips them (resume). Under ``torchrun`` rank r builds items i with i % world == r; every
+rank writes the same ``cache.json`` and ``text.safetensors`` (identical bytes, atomic), so no
+barrier is needed. A cache built from other inputs is refused, never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from sam3edge.atomic import atomic_write, atomic_write_text
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class CacheSpec:
+    """What a cache is built from; a resumed build must match it exactly."""
+
+    teacher: str
+    teacher_config_sha: str
+    image_size: int
+    images: list[str]
+    phrases: list[str]
+    feature_sizes: list[int] | None = None
+    mask_size: int = 64
+    min_score: float = 0.05
+    max_instances: int = 20
+    format: int = CACHE_FORMAT
+    extra: dict = field(default_factory=dict)
+
+
+def _config_sha(teacher) -> str:
+    return hashlib.sha256(teacher.config.to_json_string().encode()).hexdigest()[:16]
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from an initialised process group, else torchrun's environment, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def item_path(root: Path, index: int) -> Path:
+    return Path(root) / "items" / f"{index // 1000:03d}" / f"{index:06d}.safetensors"
+
+
+def item_bytes(feature_shapes: list[tuple[int, int, int]], phrases: int, max_instances: int, mask_size: int) -> int:
+    """Bytes of one cached image (tensor payload; safetensors headers add ~1 KB)."""
+    feats = sum(c * h * w for c, h, w in feature_shapes) * 2
+    per_phrase = 4 + 4 + max_instances * (4 + 16 + mask_size * mask_size * 2)
+    return feats + phrases * per_phrase + 8
+
+
+def teacher_feature_shapes(config, feature_sizes: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """(C, h, w) of the FPN levels a teacher with ``config`` (a ``Sam3Config``) hands its heads."""
+    vc = config.vision_config
+    grid = vc.backbone_config.image_size // vc.backbone_config.patch_size
+    c = vc.fpn_hidden_size
+    sizes = feature_sizes or [int(grid * s) for s in vc.scale_factors[:-1]]
+    return [(c, s, s) for s in sizes]
+
+
+class TeacherCache:
+    """Read access to a cache directory (see the module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta = self.root / "cache.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{self.root} is not a teacher cache (no cache.json); build one with "
+                                    "sam3edge.distill.cache.build_cache or `sam3edge distill`")
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta}: not valid JSON ({e}); delete the cache directory and build it again") from e
+        if data.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{meta}: cache format {data.get('format')!r}, this sam3edge reads format "
+                             f"{CACHE_FORMAT}; build the cache again")
+        self.spec = CacheSpec(**data)
+        self.phrase_index = {p: i for i, p in enumerate(self.spec.phrases)}
+        self._text = None
+
+    def __len__(self) -> int:
+        return len(self.spec.images)
+
+    def missing(self) -> list[int]:
+        """Indices of images whose item is not written yet (an interrupted build)."""
+        return [i for i in range(len(self)) if not item_path(self.root, i).is_file()]
+
+    def text(self, phrases: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher text features [P, L, D] (fp16) and mask [P, L] (bool) of ``phrases`` (default: all)."""
+        if self._text is None:
+            path = self.root / "text.safetensors"
+            self._text = _load(path)
+        idx = [self._index(p) for p in (phrases if phrases is not None else self.spec.phrases)]
+        return self._text["features"][idx], self._text["mask"][idx].bool()
+
+    def _index(self, phrase: str) -> int:
+        try:
+            return self.phrase_index[phrase]
+        except KeyError:
+            raise KeyError(f"phrase {phrase!r} is not in the cache {self.root} (it has: "
+                           f"{', '.join(self.spec.phrases)})") from None
+
+    def item(self, index: int) -> dict[str, torch.Tensor]:
+        """All tensors of image ``index`` (see the module docstring for names and shapes)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"cache {self.root} has {len(self)} images, asked for index {index}")
+        path = item_path(self.root, index)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image {index} ({self.spec.images[index]}) is not cached yet; "
+                                    "run the build again to finish it")
+        return _load(path)
+
+    def features(self, index: int) -> list[torch.Tensor]:
+        item = self.item(index)
+        return [item[f"feature.{k}"] for k in range(sum(1 for n in item if n.startswith("feature.")))]
+
+    def bytes_per_image(self) -> float:
+        files = [item_path(self.root, i) for i in range(len(self))]
+        sizes = [f.stat().st_size for f in files if f.is_file()]
+        return float(np.mean(sizes)) if sizes else 0.0
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable cache file ({e}); delete it and build the cache again "
+                         "(the build resumes and rewrites only what is missing)") from e
+
+
+def _check_spec(root: Path, spec: CacheSpec) -> None:
+    meta = root / "cache.json"
+    if not meta.is_file():
+        return
+    try:
+        old = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta}: not valid JSON ({e}); delete {root} to rebuild the cache") from e
+    new = asdict(spec)
+    diff = [k for k in new if old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"{root} holds a teacher cache built from different inputs ({', '.join(diff)} differ); "
+                         "use another output directory or delete this one")
+
+
+@torch.no_grad()
+def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, batch_size: int = 1,
+                feature_sizes: list[int] | None = None, mask_size: int | None = None, min_score: float = 0.05,
+                max_instances: int = 20, phrase_chunk: int = 16, teacher_name: str | None = None,
+                rank: int | None = None, world: int | None = None, progress: bool = True) -> TeacherCache:
+    """Run ``teacher`` (a :class:`~sam3edge.models.teacher.Sam3Teacher`) over ``images`` (paths) for ``phrases``.
+
+    Writes the cache directory ``out`` (module docstring); resumes an interrupted build of the same
+    inputs. ``feature_sizes``: square sizes to resample the three FPN levels to (the student's grid,
+    e.g. [S/4, S/8, S/16]); ``mask_size`` defaults to the teacher's finest FPN level.
+    Returns the cache (complete for this rank's share).
+    """
+    from sam3edge.data.images import load_image
+    from sam3edge.models.sam3_heads import run_heads, select_images
+
+    phrases = [str(p) for p in phrases]
+    if not phrases:
+        raise ValueError("no phrases to cache: give at least one concept, e.g. ['ripe apple']")
+    if len(set(phrases)) != len(phrases):
+        raise ValueError(f"duplicate phrases in {phrases}: give each concept once")
+    if not images:
+        raise ValueError("no images to cache")
+    if rank is None or world is None:
+        rank, world = dist_rank_world()
+    out = Path(out)
+    shapes = teacher_feature_shapes(teacher.config, feature_sizes)
+    mask_size = int(mask_size or shapes[0][1])
+    spec = CacheSpec(teacher=str(teacher_name or getattr(teacher, "source", "teacher")),
+                     teacher_config_sha=_config_sha(teacher), image_size=teacher.image_size,
+                     images=[str(Path(p).resolve()) for p in images], phrases=phrases,
+                     feature_sizes=list(feature_sizes) if feature_sizes else None, mask_size=mask_size,
+                     min_score=float(min_score), max_instances=int(max_instances))
+    _check_spec(out, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "cache.json", json.dumps(asdict(spec), indent=1))
+
+    text, text_mask = teacher.encode_text(phrases)
+    if not (out / "text.safetensors").is_file():
+        payload = save({"features": text.half().cpu().contiguous(), "mask": text_mask.to(torch.uint8).cpu()})
+        atomic_write(out / "text.safetensors", lambda f: f.write(payload))
+
+    todo = [i for i in range(rank, len(images), world) if not item_path(out, i).is_file()]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"teacher cache{f' rank {rank}' if world > 1 else ''}", unit="img")
+    for s in range(0, len(todo), batch_size):
+        idx = todo[s:s + batch_size]
+        arrays = [load_image(images[i]) for i in idx]
+        pixel_values, sizes = teacher.preprocess(arrays)
+        vision = teacher.encode_images(pixel_values)
+        for b, i in enumerate(idx):
+            tensors = _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score,
+                                    max_instances, phrase_chunk, run_heads, select_images)
+            tensors["image_size"] = torch.tensor(sizes[b], dtype=torch.int32)
+            payload = save(tensors)
+            atomic_write(item_path(out, i), lambda f, data=payload: f.write(data))
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return TeacherCache(out)
+
+
+def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score, max_instances, phrase_chunk,
+                  run_heads, select_images) -> dict[str, torch.Tensor]:
+    p = text.shape[0]
+    tensors: dict[str, torch.Tensor] = {}
+    for k, (feat, (_, h, w)) in enumerate(zip(vision.fpn_hidden_states[:-1], shapes)):
+        f = feat[b:b + 1].float()
+        if tuple(f.shape[-2:]) != (h, w):
+            f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False, antialias=f.shape[-1] > w)
+        tensors[f"feature.{k}"] = f[0].half().cpu().contiguous()
+    k_max = max_instances
+    presence = torch.zeros(p)
+    count = torch.zeros(p, dtype=torch.int32)
+    scores = torch.zeros(p, k_max)
+    boxes = torch.zeros(p, k_max, 4)
+    masks = torch.full((p, k_max, mask_size, mask_size), -20.0, dtype=torch.float16)
+    device = text.device
+    for s in range(0, p, phrase_chunk):
+        tt = torch.arange(s, min(p, s + phrase_chunk), device=device)
+        ii = torch.full_like(tt, b)
+        out = run_heads(teacher.model, select_images(vision, ii), text[tt], text_mask[tt])
+        sc = out.scores.float()
+        for r, j in enumerate(tt.tolist()):
+            presence[j] = out.presence_logits[r, 0].float().sigmoid().cpu()
+            order = sc[r].argsort(descending=True)[:k_max]
+            order = order[sc[r, order] >= min_score]
+            n = int(order.numel())
+            count[j] = n
+            if n:
+                scores[j, :n] = sc[r, order].cpu()
+                boxes[j, :n] = out.boxes[r, order].float().cpu()
+                m = out.mask_logits[r, order].float()
+                if m.shape[-1] != mask_size:
+                    m = F.interpolate(m[None], size=(mask_size, mask_size), mode="bilinear", align_corners=False)[0]
+                masks[j, :n] = m.clamp(-20, 20).half().cpu()
+    tensors.update(presence=presence, count=count, scores=scores, boxes=boxes, mask_logits=masks)
+    return tensors
