@@ -97,6 +97,45 @@ def _cmd_students(args) -> int:
     return 0
 
 
+def _cmd_distill(args) -> int:
+    from sam3edge.data.vocabulary import parse_phrases
+    from sam3edge.distill.run import DistillConfig, distill
+
+    if args.concepts:
+        concepts = parse_phrases(args.concepts)
+    elif Path(args.images).suffix.lower() == ".json":
+        from sam3edge.data.coco import ConceptDataset
+
+        concepts = ConceptDataset.load(args.images).phrases  # the dataset's own phrases
+    else:
+        raise ValueError("--concepts is required with an image folder: pass 'ripe apple,leaf' or a file")
+    stages = [int(s) for s in str(args.stages).split(",") if s.strip()]
+    overrides = {"input_size": args.input_size} if args.input_size else {}
+    cfg = DistillConfig(teacher=resolve_model(args.teacher), images=str(args.images), concepts=concepts,
+                        student=args.student, out=str(args.out), stages=stages, steps=args.steps,
+                        stage1_steps=args.stage1_steps, batch=args.batch, pairs=args.pairs, lr=args.lr,
+                        amp=True if args.amp else None, seed=args.seed, init_heads=not args.no_init_heads,
+                        holdout=args.holdout, threads=args.threads, student_overrides=overrides)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = f"cuda:{_local_rank()}" if torch.cuda.is_available() else "cpu"
+    report = distill(cfg, resume=True, progress=not args.quiet, device=device)
+    ev = report.get("eval", {})
+    if ev:
+        print(json.dumps({"vs_teacher": ev.get("vs_teacher"), "vs_ground_truth": ev.get("vs_ground_truth")},
+                         indent=1))
+        print(f"student: {Path(args.out) / 'student'}   report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam3edge", description="SAM3 concept segmentation, distilled for the edge.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
@@ -123,6 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("distill", help="distill a student from a SAM3 teacher on your images (cached, resumable)")
+    d.add_argument("--teacher", required=True, help="teacher directory, hub id, or a bundled name: orchard-toy")
+    d.add_argument("--images", required=True,
+                   help="image folder, or an SA-Co/COCO annotations.json (adds ground truth)")
+    d.add_argument("--concepts", help="'a,b,c' or a file (one phrase per line); default: the JSON's phrases")
+    d.add_argument("--student", required=True, help="registry name (see `sam3edge students`), e.g. toy, edge-s")
+    d.add_argument("--out", required=True, type=Path, help="run directory (running again resumes it)")
+    d.add_argument("--stages", default="1,2", help="1 = encoders onto teacher features, 2 = end to end")
+    d.add_argument("--steps", type=int, default=1000, help="stage-2 steps")
+    d.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps (default: steps / 2)")
+    d.add_argument("--batch", type=int, default=4, help="images per step")
+    d.add_argument("--pairs", type=int, default=4, help="phrases per image per step")
+    d.add_argument("--lr", type=float, default=4e-4)
+    d.add_argument("--input-size", type=int, default=0, help="student input size (default: its registry entry)")
+    d.add_argument("--holdout", type=float, default=0.1, help="fraction of images kept out for the report")
+    d.add_argument("--amp", action="store_true", help="bf16 autocast (default: on for CUDA)")
+    d.add_argument("--no-init-heads", action="store_true", help="do not start the heads from the teacher's")
+    d.add_argument("--resume", action="store_true", help="accepted for clarity: a run directory always resumes")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_distill)
 
     st = sub.add_parser("students", help="list the registered student architectures with parameters and GFLOPs")
     st.add_argument("names", nargs="*", help="only these registry entries (default: all)")

@@ -61,3 +61,51 @@ def xavier_init_heads(sam3_model) -> int:
     # gave identical logits and identical masks (the phrase's semantic mask) - a collapsed solution.
     torch.nn.init.normal_(sam3_model.detr_decoder.query_embed.weight, std=1.0)
     return changed
+
+
+@torch.no_grad()
+def sincos_position_embeddings(num_patches: int, dim: int, amplitude: float = 1.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings [1, num_patches, dim] (MAE style) on a square patch grid."""
+    side = math.isqrt(num_patches)
+    if side * side != num_patches or dim % 4:
+        raise ValueError(f"need a square patch grid and dim % 4 == 0, got {num_patches} patches, dim {dim}")
+    ys, xs = torch.meshgrid(torch.arange(side).float(), torch.arange(side).float(), indexing="ij")
+    q = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(q).float() / q)
+    x, y = xs.flatten()[:, None] * omega, ys.flatten()[:, None] * omega
+    return amplitude * torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], 1)[None]
+
+
+@torch.no_grad()
+def init_vit_position_sincos(sam3_model, amplitude: float = 0.5) -> None:
+    """Start the SAM3 ViT's absolute position embeddings from 2-D sin-cos instead of N(0, 0.02).
+
+    SAM3's ViT also uses RoPE, which is relative: with near-zero absolute embeddings its features are
+    translation-equivariant, so two identical apples get identical pixel embeddings and no query's
+    mask embedding can pick one of them (masks are a dot product). Measured on the orchard toy
+    teacher: every query converged to the phrase's semantic mask. Absolute position from step 0
+    lets queries separate instances by where they are.
+    """
+    pe = sam3_model.vision_encoder.backbone.embeddings.position_embeddings
+    pe.copy_(sincos_position_embeddings(pe.shape[1], pe.shape[2], amplitude).to(pe))
+
+
+@torch.no_grad()
+def init_rpb_locality(sam3_model, strength: float = 12.0) -> None:
+    """Initialise the decoder's box relative-position-bias MLPs to a locality prior.
+
+    Each MLP maps a pixel's (log-scaled) offsets from a box's two edges to per-head attention biases.
+    Two hidden units measure how far the pixel lies outside the box (relu(-d0), relu(d1)) and the
+    output adds ``-strength`` times that to every head, so from step 0 a query looks inside its
+    reference box and its surroundings rather than at the whole image. Other hidden units start
+    silent (zero output weights) and are free to learn.
+    """
+    dec = sam3_model.detr_decoder
+    for mlp in (dec.box_rpb_embed_x, dec.box_rpb_embed_y):
+        mlp.layer1.weight[:2].zero_()
+        mlp.layer1.bias[:2].zero_()
+        mlp.layer1.weight[0, 0] = -1.0
+        mlp.layer1.weight[1, 1] = 1.0
+        mlp.layer2.weight.zero_()
+        mlp.layer2.bias.zero_()
+        mlp.layer2.weight[:, :2] = -strength

@@ -1,0 +1,138 @@
+"""Training batches read from a teacher cache: the teacher's pseudo-labels (and features) per step.
+
+``batches[k]`` depends only on ``(seed, k)`` (as :class:`~sam3edge.distill.scene_batches.OrchardBatches`):
+images are drawn epoch by epoch from a seeded permutation, so a resumed run sees exactly the
+batches it would have seen. Each image asks ``pairs_per_image`` of the cache's phrases, those the
+teacher finds present first, then absent ones (hard negatives), so presence learns both answers.
+
+Targets are soft: a teacher instance (score >= ``target_min_score``) becomes a target with the
+teacher's score, its mask probability and box; presence is the teacher's presence probability.
+Where ground truth exists (``ground_truth``: file name -> phrase -> boolean masks), it is mixed in:
+with probability ``gt_rate`` a pair uses the ground-truth instances instead.
+
+Augmentation preserves concepts (DESIGN.md): a horizontal flip only - no hue change, no crop that
+could cut an attribute away. Stage-1 batches (``with_features``) are never flipped: the teacher's
+features belong to the unflipped image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam3edge.data.images import load_image, resize_batch
+from sam3edge.distill.cache import TeacherCache
+from sam3edge.distill.targets import PairBatch, PairTarget, masks_to_target
+from sam3edge.models.teacher import sam3_pixel_values
+
+
+@dataclass
+class FeatureBatch:
+    """Stage-1 batch: images in SAM3 normalisation [B, 3, S, S] and the teacher's levels [B, C, h, w]."""
+
+    pixel_values: torch.Tensor
+    targets: list[torch.Tensor]
+
+    def to(self, device) -> FeatureBatch:
+        return FeatureBatch(self.pixel_values.to(device), [t.to(device) for t in self.targets])
+
+
+class CacheBatches:
+    """Indexable stream of :class:`PairBatch` (or :class:`FeatureBatch`) from a :class:`TeacherCache`."""
+
+    def __init__(self, cache: TeacherCache, tokenizer, image_size: int, mask_size: int, seed: int = 0,
+                 images_per_batch: int = 4, pairs_per_image: int = 4, target_min_score: float = 0.3,
+                 flip: bool = True, with_features: bool = False, feature_sizes: list[int] | None = None,
+                 ground_truth: dict | None = None, gt_rate: float = 0.5, indices: list[int] | None = None):
+        self.cache, self.tokenizer = cache, tokenizer
+        self.size, self.mask_size, self.seed = image_size, mask_size, seed
+        self.b, self.p, self.min_score = images_per_batch, pairs_per_image, target_min_score
+        self.flip, self.with_features, self.feature_sizes = flip and not with_features, with_features, feature_sizes
+        self.gt, self.gt_rate = ground_truth or {}, gt_rate
+        self.indices = list(indices) if indices is not None else list(range(len(cache)))
+        if not self.indices:
+            raise ValueError(f"teacher cache {cache.root} has no images to train on")
+
+    def image_index(self, step: int, j: int) -> int:
+        """Cache index of image ``j`` of step ``step``: epoch-wise seeded permutations of the images."""
+        k = step * self.b + j
+        epoch, pos = divmod(k, len(self.indices))
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))
+        return self.indices[int(perm[pos])]
+
+    def _image(self, index: int) -> np.ndarray:
+        batch, _ = resize_batch([load_image(self.cache.spec.images[index])], self.size)
+        return batch[0]
+
+    def __getitem__(self, step: int):
+        idx = [self.image_index(step, j) for j in range(self.b)]
+        if self.with_features:
+            return self._feature_batch(idx)
+        rng = np.random.default_rng([self.seed, 1_000_003, step])
+        images, phrases, targets, pair_image = [], [], [], []
+        for j, i in enumerate(idx):
+            item = self.cache.item(i)
+            image = self._image(i)
+            flip = self.flip and rng.random() < 0.5
+            if flip:
+                image = image[:, ::-1]
+            images.append(torch.from_numpy(np.ascontiguousarray(image)))
+            for p in self._choose_phrases(item, rng):
+                phrase = self.cache.spec.phrases[p]
+                gt = self.gt.get(self.cache.spec.images[i], {}).get(phrase)
+                if gt is not None and rng.random() < self.gt_rate:
+                    t = masks_to_target(torch.from_numpy(np.asarray(gt)), (self.mask_size, self.mask_size))
+                    t = _flip_target(t) if flip else t
+                else:
+                    t = self._teacher_target(item, p, flip)
+                targets.append(t)
+                phrases.append(phrase)
+                pair_image.append(j)
+        x = sam3_pixel_values(torch.stack(images))
+        ids, mask = self.tokenizer.encode(phrases)
+        return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases)
+
+    def _choose_phrases(self, item: dict, rng: np.random.Generator) -> list[int]:
+        present = item["presence"].numpy() > 0.5
+        pos, neg = np.flatnonzero(present), np.flatnonzero(~present)
+        rng.shuffle(pos)
+        rng.shuffle(neg)
+        n_neg = min(len(neg), max(1, self.p - len(pos)))
+        chosen = list(pos[: self.p - n_neg]) + list(neg[:n_neg])
+        return [int(c) for c in chosen[: self.p]]
+
+    def _teacher_target(self, item: dict, p: int, flip: bool) -> PairTarget:
+        n = int(item["count"][p])
+        scores = item["scores"][p, :n]
+        keep = scores >= self.min_score
+        boxes = item["boxes"][p, :n][keep].float()
+        logits = item["mask_logits"][p, :n][keep].float()
+        if logits.shape[0] and logits.shape[-1] != self.mask_size:
+            logits = F.interpolate(logits[None], size=(self.mask_size, self.mask_size), mode="bilinear",
+                                   align_corners=False)[0]
+        masks = logits.sigmoid() if logits.shape[0] else torch.zeros(0, self.mask_size, self.mask_size)
+        t = PairTarget(boxes, masks, scores[keep].float(), float(item["presence"][p]))
+        return _flip_target(t) if flip else t
+
+    def _feature_batch(self, idx: list[int]) -> FeatureBatch:
+        images = [torch.from_numpy(np.ascontiguousarray(self._image(i))) for i in idx]
+        levels = []
+        for i in idx:
+            feats = [f.float() for f in self.cache.features(i)]
+            if self.feature_sizes:
+                feats = [f if f.shape[-1] == s else F.interpolate(f[None], size=(s, s), mode="bilinear",
+                                                                  align_corners=False, antialias=f.shape[-1] > s)[0]
+                         for f, s in zip(feats, self.feature_sizes)]
+            levels.append(feats)
+        targets = [torch.stack([lv[k] for lv in levels]) for k in range(len(levels[0]))]
+        return FeatureBatch(sam3_pixel_values(torch.stack(images)), targets)
+
+
+def _flip_target(t: PairTarget) -> PairTarget:
+    boxes = t.boxes.clone()
+    if boxes.shape[0]:
+        boxes[:, [0, 2]] = 1.0 - t.boxes[:, [2, 0]]
+    return PairTarget(boxes, t.masks.flip(-1), t.scores, t.present)

@@ -1,0 +1,221 @@
+"""``sam3edge distill``: teacher cache -> stage 1 (encoders) -> stage 2 (end to end) -> student + report.
+
+A run directory holds everything, so ``--resume`` (or simply running again) continues where a
+killed run stopped::
+
+    RUN/distill.json      the run's settings (a resumed run must use the same ones)
+    RUN/cache/            the teacher cache (sam3edge.distill.cache)
+    RUN/stage1/ stage2/   trainer logs (log.csv), checkpoints, train_config.json
+    RUN/student/          the final student (save_student layout: config.json + weights + concepts)
+    RUN/report.json       held-out evaluation: student vs teacher agreement, vs ground truth if any
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from sam3edge.atomic import atomic_write_text
+
+
+@dataclass
+class DistillConfig:
+    teacher: str
+    images: str
+    concepts: list[str]
+    student: str
+    out: str
+    stages: list[int] = field(default_factory=lambda: [1, 2])
+    steps: int = 1000  # stage 2 steps
+    stage1_steps: int | None = None  # default: steps // 2
+    text_steps: int | None = None  # encoder-mode students: default stage1 steps
+    batch: int = 4  # images per step
+    pairs: int = 4  # phrases per image per step
+    lr: float = 4e-4
+    stage1_lr: float = 1e-3
+    amp: bool | None = None
+    seed: int = 0
+    init_heads: bool = True  # start the student's heads from the teacher's when widths match
+    holdout: float = 0.1  # fraction of images kept out of training for the report
+    gt_rate: float = 0.5
+    cache_batch: int = 1
+    target_min_score: float = 0.3
+    threads: int = 0
+    student_overrides: dict = field(default_factory=dict)  # e.g. {"input_size": 112}
+
+    @property
+    def stage1(self) -> int:
+        return self.stage1_steps if self.stage1_steps is not None else max(1, self.steps // 2)
+
+
+def _load_domain(images: str) -> tuple[list[Path], dict, object]:
+    """Image paths, ground truth (resolved path -> phrase -> masks) and dataset (or None) of a folder or COCO JSON."""
+    from sam3edge.data.coco import ConceptDataset, list_images
+
+    src = Path(images)
+    if src.suffix.lower() == ".json":
+        ds = ConceptDataset.load(src)
+        files = [ds.image_path(f).resolve() for f in ds.files]
+        gt: dict = {}
+        for f, pairs in ds.by_file.items():
+            key = str(ds.image_path(f).resolve())
+            for p in pairs:
+                gt.setdefault(key, {})[p.phrase] = p.masks()
+        return files, gt, ds
+    return [p.resolve() for p in list_images(src)], {}, None
+
+
+def _split(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    import numpy as np
+
+    perm = np.random.default_rng([seed, 7]).permutation(n).tolist()
+    k = int(round(n * holdout)) if n > 1 else 0
+    k = min(max(k, 1 if holdout > 0 and n > 1 else 0), n - 1)
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, device: str = "cpu") -> dict:
+    """Run (or resume) a distillation; returns the report (also written to ``RUN/report.json``)."""
+    from sam3edge.distill.cache import TeacherCache, build_cache, dist_rank_world
+    from sam3edge.distill.cache_batches import CacheBatches
+    from sam3edge.distill.feature_loss import (
+        FeatureCriterion,
+        ImageEncoderStage,
+        TextBatches,
+        TextCriterion,
+        TextEncoderStage,
+    )
+    from sam3edge.distill.losses import SetCriterion
+    from sam3edge.distill.trainer import TrainConfig, Trainer
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import init_heads_from_teacher, save_student
+    from sam3edge.models.teacher import Sam3Teacher
+    from sam3edge.runtime.concepts import ConceptCache
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not cfg.concepts:
+        raise ValueError("no concepts given: pass --concepts 'ripe apple,leaf' or a file with one phrase per line")
+    bad = [s for s in cfg.stages if s not in (1, 2)]
+    if bad or not cfg.stages:
+        raise ValueError(f"--stages must be a subset of 1,2, got {cfg.stages}")
+    out = Path(cfg.out)
+    meta = out / "distill.json"
+    settings = asdict(cfg)
+    if meta.is_file():
+        old = json.loads(meta.read_text(encoding="utf-8"))
+        diff = [k for k in settings if k not in ("threads",) and old.get(k) != settings[k]]
+        if diff and resume:
+            raise ValueError(f"{out} holds a distillation run with other settings ({', '.join(diff)} differ); "
+                             "use another --out, or run with the same settings to resume")
+    rank, world = dist_rank_world()
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        atomic_write_text(meta, json.dumps(settings, indent=1))
+
+    files, gt, dataset = _load_domain(cfg.images)
+    teacher = Sam3Teacher.from_pretrained(cfg.teacher, device=device)
+    student = create_student(cfg.student, **cfg.student_overrides)
+    size = student.image_size
+    grid = [size // 4, size // 8, size // 16]
+    cache = build_cache(teacher, files, cfg.concepts, out / "cache", batch_size=cfg.cache_batch,
+                        feature_sizes=grid, mask_size=size // 4, teacher_name=cfg.teacher, progress=progress)
+    if world > 1:
+        torch.distributed.barrier()
+    cache = TeacherCache(out / "cache")
+    train_idx, held_idx = _split(len(cache), cfg.holdout, cfg.seed)
+    text, text_mask = cache.text()
+    if student.text_mode == "cache":
+        student.set_concepts(ConceptCache(cache.spec.phrases, text.float().numpy(), text_mask.numpy(),
+                                          source=cfg.teacher))
+    report: dict = {"teacher": cfg.teacher, "student": cfg.student, "images": len(cache),
+                    "train_images": len(train_idx), "heldout_images": len(held_idx),
+                    "cache_bytes_per_image": cache.bytes_per_image()}
+
+    if 1 in cfg.stages:
+        s1 = TrainConfig(steps=cfg.stage1, lr=cfg.stage1_lr, warmup=max(1, min(100, cfg.stage1 // 10)), log_every=10,
+                         ckpt_every=max(10, cfg.stage1 // 5), seed=cfg.seed, amp=cfg.amp)
+        batches = CacheBatches(cache, student.tokenizer if student.text_mode == "encoder" else None, size, size // 4,
+                               seed=cfg.seed, images_per_batch=cfg.batch, with_features=True, feature_sizes=grid,
+                               indices=train_idx)
+        stage = ImageEncoderStage(student)
+        trainer = Trainer(stage, FeatureCriterion(), batches, s1, out / "stage1", device=device, progress=progress)
+        trainer.fit(resume=resume)
+        report["stage1_final"] = _last_row(out / "stage1" / "log.csv")
+        if student.text_mode == "encoder":
+            st = TrainConfig(steps=cfg.text_steps or cfg.stage1, lr=cfg.stage1_lr, warmup=10, log_every=10,
+                             ckpt_every=max(10, cfg.stage1 // 5), seed=cfg.seed, amp=cfg.amp)
+            tb = TextBatches(cache.spec.phrases, text.float(), text_mask, student.tokenizer, seed=cfg.seed)
+            Trainer(TextEncoderStage(student), TextCriterion(), tb, st, out / "stage1_text", device=device,
+                    progress=progress).fit(resume=resume)
+            report["text_final"] = _last_row(out / "stage1_text" / "log.csv")
+
+    if 2 in cfg.stages:
+        if cfg.init_heads and not (out / "stage2" / "checkpoints").is_dir():
+            try:
+                report["init_heads"] = {k: len(v) for k, v in init_heads_from_teacher(student, teacher).items()}
+            except ValueError as e:
+                report["init_heads"] = f"not initialised from the teacher: {e}"
+        s2 = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=max(1, min(200, cfg.steps // 10)), log_every=10,
+                         ckpt_every=max(10, cfg.steps // 10), seed=cfg.seed, amp=cfg.amp,
+                         lr_mult={"student.image_encoder.": 0.5})
+        tokenizer = student.tokenizer if student.text_mode == "encoder" else _NoTokens()
+        batches = CacheBatches(cache, tokenizer, size, size // 4, seed=cfg.seed, images_per_batch=cfg.batch,
+                               pairs_per_image=cfg.pairs, target_min_score=cfg.target_min_score,
+                               ground_truth=gt, gt_rate=cfg.gt_rate, indices=train_idx)
+        trainer = Trainer(_PairStage(student), SetCriterion(), batches, s2, out / "stage2", device=device,
+                          progress=progress)
+        trainer.fit(resume=resume)
+        report["stage2_final"] = _last_row(out / "stage2" / "log.csv")
+
+    if rank == 0:
+        save_student(student.eval(), out / "student")
+        report["eval"] = evaluate_run(student, teacher, cache, held_idx, dataset, progress=progress)
+        atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    return report
+
+
+class _NoTokens:
+    """Cache-mode students look phrases up: the batches need no token ids."""
+
+    def encode(self, phrases):
+        import numpy as np
+
+        return np.zeros((len(phrases), 1), dtype=np.int64), np.ones((len(phrases), 1), dtype=np.int64)
+
+
+class _PairStage(torch.nn.Module):
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch):
+        return self.student.forward_pairs(batch)
+
+
+def _last_row(log: Path) -> dict:
+    import csv
+
+    if not log.is_file():
+        return {}
+    with log.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for k, v in rows[-1].items()} if rows else {}
+
+
+@torch.no_grad()
+def evaluate_run(student, teacher, cache, indices: list[int], dataset=None, progress: bool = True) -> dict:
+    """Student vs teacher on held-out cache images (the teacher's kept instances as ground truth), and vs
+    the dataset's ground truth where the domain came with annotations."""
+    from sam3edge.eval.agreement import agreement_report, gt_report
+
+    files = [cache.spec.images[i] for i in indices]
+    result = {"vs_teacher": agreement_report(student, teacher, files, cache.spec.phrases, progress=progress)}
+    if dataset is not None:
+        phrases = cache.spec.phrases
+        result["vs_ground_truth"] = {"student": gt_report(student, dataset, files, phrases),
+                                     "teacher": gt_report(teacher, dataset, files, phrases)}
+    return result
