@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sam3edge.distill.boxes import paired_iou_giou
+from sam3edge.distill.distributed import global_count
 from sam3edge.distill.matcher import MatchCosts, hungarian_match
 from sam3edge.distill.targets import PairTarget
 from sam3edge.models.sam3_heads import HeadOutputs
@@ -73,7 +74,8 @@ class SetCriterion(torch.nn.Module):
     def forward(self, out: HeadOutputs, targets: list[PairTarget]) -> tuple[torch.Tensor, dict[str, float]]:
         w = self.w
         n_layers = out.aux_logits.shape[0]
-        num_inst = max(1.0, float(sum(t.num for t in targets)))
+        # DETR's normaliser: the global batch's instance count (mean over ranks under DDP)
+        num_inst = max(1.0, global_count(float(sum(t.num for t in targets))))
         terms: dict[str, torch.Tensor] = {}
 
         def add(name, value, weight):

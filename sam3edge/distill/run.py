@@ -81,6 +81,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     """Run (or resume) a distillation; returns the report (also written to ``RUN/report.json``)."""
     from sam3edge.distill.cache import TeacherCache, build_cache, dist_rank_world
     from sam3edge.distill.cache_batches import CacheBatches
+    from sam3edge.distill.distributed import init_from_env
     from sam3edge.distill.feature_loss import (
         FeatureCriterion,
         ImageEncoderStage,
@@ -97,6 +98,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    init_from_env(device)  # under torchrun: one process group for caching and training
     if not cfg.concepts:
         raise ValueError("no concepts given: pass --concepts 'ripe apple,leaf' or a file with one phrase per line")
     bad = [s for s in cfg.stages if s not in (1, 2)]

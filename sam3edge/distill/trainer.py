@@ -5,6 +5,12 @@ The model maps a :class:`~sam3edge.distill.targets.PairBatch` to
 resumed run continues the exact data stream); the criterion turns outputs and targets into a loss.
 AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA, a progress
 bar, periodic evaluation, atomic checkpoints and exact resume.
+
+Under ``torchrun`` (a process group initialised, e.g. by
+:func:`~sam3edge.distill.distributed.init_from_env`) the model is wrapped in DDP, each rank trains on
+its shard of every global batch (batch norm synchronised on CUDA; on CPU, where SyncBatchNorm
+does not run, each rank normalises by its own images), logged figures are means over ranks, and only rank 0 writes logs,
+checkpoints and evaluations (every rank resumes from them).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from tqdm import tqdm
 
 from sam3edge.data.coco import atomic_write_text
 from sam3edge.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sam3edge.distill.distributed import barrier, is_distributed, mean_over_ranks, rank_world, shard
 
 # Learned positions and lookup tables: decay would pull them to zero (reference boxes to the centre).
 NO_DECAY_SUFFIXES = ("query_embed.weight", "reference_points.weight", "presence_token.weight", "position_embeddings",
@@ -61,6 +68,16 @@ class Trainer:
         self.model, self.criterion, self.batches, self.cfg = model.to(device), criterion, batches, config
         self.run_dir, self.eval_fn, self.device, self.progress = Path(run_dir), eval_fn, torch.device(device), progress
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.rank, self.world = rank_world()
+        self.main = self.rank == 0
+        self.train_model = self.model
+        if is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            if self.device.type == "cuda":  # batch statistics over the global batch, as one process would see
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         self.opt = torch.optim.AdamW(self._param_groups(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.history: list[dict] = []
@@ -105,6 +122,8 @@ class Trainer:
             atomic_write_text(log, "".join(",".join(r) + "\n" for r in keep))
 
     def _log(self, row: dict) -> None:
+        if not self.main:
+            return
         log = self.run_dir / "log.csv"
         new = not log.is_file()
         with log.open("a", newline="") as f:
@@ -113,20 +132,26 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def save(self) -> Path:
-        return save_checkpoint(self.ckpt_dir, self.step, self.model, self.opt,
-                               {"config": asdict(self.cfg), "history": self.history}, self.cfg.keep_checkpoints)
+    def save(self) -> Path | None:
+        path = None
+        if self.main:
+            path = save_checkpoint(self.ckpt_dir, self.step, self.model, self.opt,
+                                   {"config": asdict(self.cfg), "history": self.history}, self.cfg.keep_checkpoints)
+        barrier()  # no rank runs ahead of (or resumes from) a checkpoint still being written
+        return path
 
     def fit(self, resume: bool = True, time_limit_s: float | None = None) -> list[dict]:
         """Train from the current (or resumed) step to ``config.steps``; returns the evaluation history."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(self.cfg), indent=1))
+        if self.main:
+            atomic_write_text(self.run_dir / "train_config.json", json.dumps(asdict(self.cfg), indent=1))
         if resume:
             self.resume()
         else:
             torch.manual_seed(self.cfg.seed)
         start = time.time()
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", disable=not self.progress, unit="step")
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train",
+                   disable=not (self.progress and self.main), unit="step")
         running: dict[str, float] = {}
         self.model.train()
         while self.step < self.cfg.steps:
@@ -137,7 +162,8 @@ class Trainer:
             bar.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 n = self.step % self.cfg.log_every or self.cfg.log_every
-                row = {"step": self.step, "lr": self.cfg.lr_at(self.step - 1)} | {k: v / n for k, v in running.items()}
+                row = {"step": self.step, "lr": self.cfg.lr_at(self.step - 1)} | mean_over_ranks(
+                    {k: v / n for k, v in running.items()})
                 self._log(row)
                 bar.set_postfix(loss=f"{row['total']:.3f}")
                 running = {}
@@ -145,28 +171,39 @@ class Trainer:
                 self.evaluate()
             if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
                 self.save()
-            if time_limit_s is not None and time.time() - start > time_limit_s:
+            if time_limit_s is not None and self._all_agree(time.time() - start > time_limit_s):
                 self.save()
                 break
         bar.close()
         return self.history
 
+    def _all_agree(self, flag: bool) -> bool:
+        """True on every rank if it is True on any (ranks must stop at the same step)."""
+        if not is_distributed():
+            return flag
+        t = torch.tensor([int(flag)])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
     def evaluate(self) -> dict:
-        self.model.eval()
-        with torch.no_grad():
-            metrics = {"step": self.step} | self.eval_fn(self.model, self.step)
-        self.model.train()
-        self.history.append(metrics)
-        atomic_write_text(self.run_dir / "eval_history.json", json.dumps(self.history, indent=1))
+        metrics = {"step": self.step}
+        if self.main:
+            self.model.eval()
+            with torch.no_grad():
+                metrics |= self.eval_fn(self.model, self.step)
+            self.model.train()
+            self.history.append(metrics)
+            atomic_write_text(self.run_dir / "eval_history.json", json.dumps(self.history, indent=1))
+        barrier()
         return metrics
 
     def _train_step(self, batch) -> dict[str, float]:
         lr = self.cfg.lr_at(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        batch = batch.to(self.device)
+        batch = shard(batch, self.rank, self.world).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.model(batch)
+            out = self.train_model(batch)
         loss, parts = self.criterion(_float_outputs(out), batch.targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}: lower the learning rate")
