@@ -10,18 +10,6 @@ import pytest
 from sam3edge.distill.run import DistillConfig, distill
 
 
-@pytest.fixture(scope="module")
-def toy_width_teacher(tmp_path_factory):
-    """A random tiny SAM3 whose heads have the toy student's widths (64 wide, 16 queries), at 112 px."""
-    from sam3edge.models.sam3_load import build_sam3, save_sam3, tiny_sam3_config
-
-    path = tmp_path_factory.mktemp("models") / "toy-width"
-    cfg = tiny_sam3_config(image_size=112, vision_hidden=64, vision_layers=2, text_hidden=64, text_layers=1, hidden=64,
-                           num_queries=16, encoder_layers=2, decoder_layers=3, heads=4)
-    save_sam3(build_sam3(cfg, seed=0), path)
-    return path
-
-
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -61,7 +49,7 @@ def test_distill_end_to_end_and_resume(toy_width_teacher, orchard_small, tmp_pat
     assert student.concepts is not None and "leaf" in student.concepts
 
 
-def test_distill_refuses_other_settings_and_bad_input(toy_width_teacher, orchard_small, tmp_path):
+def test_distill_refuses_other_settings_and_bad_input(toy_width_teacher, tiny_sam3_dir, orchard_small, tmp_path):
     out = tmp_path / "run"
     distill(_cfg(toy_width_teacher, orchard_small, out, stages=[1], stage1_steps=2, steps=2), progress=False)
     with pytest.raises(ValueError, match="other settings.*steps"):
@@ -70,5 +58,8 @@ def test_distill_refuses_other_settings_and_bad_input(toy_width_teacher, orchard
         distill(_cfg(toy_width_teacher, orchard_small, tmp_path / "b", concepts=[]), progress=False)
     with pytest.raises(ValueError, match="stages"):
         distill(_cfg(toy_width_teacher, orchard_small, tmp_path / "c", stages=[3]), progress=False)
+    with pytest.raises(ValueError, match="32-wide FPN features.*64-wide neck"):
+        distill(_cfg(tiny_sam3_dir, orchard_small, tmp_path / "e"), progress=False)
+    assert not (tmp_path / "e" / "cache").exists()  # refused before any teacher work
     with pytest.raises(FileNotFoundError, match="does not exist"):
         distill(_cfg(toy_width_teacher, tmp_path / "nowhere", tmp_path / "d"), progress=False)

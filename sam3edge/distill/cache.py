@@ -218,6 +218,10 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
         payload = save({"features": text.half().cpu().contiguous(), "mask": text_mask.to(torch.uint8).cpu()})
         atomic_write(out / "text.safetensors", lambda f: f.write(payload))
 
+    for stray in (out / "items").glob("*/.*.tmp"):  # what a killed build left mid-write (never a whole item)
+        index = int(stray.name.split(".")[1]) if stray.name.split(".")[1].isdigit() else -1
+        if index % world == rank or index < 0:
+            stray.unlink(missing_ok=True)
     todo = [i for i in range(rank, len(images), world) if not item_path(out, i).is_file()]
     bar = None
     if progress:

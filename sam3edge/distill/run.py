@@ -121,6 +121,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     files, gt, dataset = _load_domain(cfg.images)
     teacher = Sam3Teacher.from_pretrained(cfg.teacher, device=device)
     student = create_student(cfg.student, **cfg.student_overrides)
+    _check_widths(teacher, student, cfg)
     size = student.image_size
     grid = [size // 4, size // 8, size // 16]
     cache = build_cache(teacher, files, cfg.concepts, out / "cache", batch_size=cfg.cache_batch,
@@ -178,6 +179,21 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
         report["eval"] = evaluate_run(student, teacher, cache, held_idx, dataset, progress=progress)
         atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     return report
+
+
+def _check_widths(teacher, student, cfg: DistillConfig) -> None:
+    """Fail before any work if the student cannot learn from this teacher's features or text embeddings."""
+    width = student.spec.heads.hidden_size
+    fpn = teacher.config.vision_config.fpn_hidden_size
+    text = teacher.config.detr_decoder_config.hidden_size
+    if 1 in cfg.stages and fpn != width:
+        raise ValueError(f"stage 1 regresses the student's features onto the teacher's, but teacher {cfg.teacher} has "
+                         f"{fpn}-wide FPN features and student {cfg.student!r} a {width}-wide neck; pick a student "
+                         f"built for this teacher (`sam3edge students`) or run --stages 2")
+    if student.text_mode == "cache" and text != width:
+        raise ValueError(f"student {cfg.student!r} looks phrases up in the teacher's text embeddings, which are {text} "
+                         f"wide for teacher {cfg.teacher}, but its heads are {width} wide; pick a student built for "
+                         "this teacher (`sam3edge students`)")
 
 
 class _NoTokens:

@@ -1,0 +1,120 @@
+"""Distil the ``toy`` student from the bundled orchard toy teacher on a CPU, and score both on held-out scenes.
+
+    python benchmarks/distill_toy.py            # ~15 min on 2 cores: writes benchmarks/results/distill_toy.{json,md}
+
+The training images are an unlabelled orchard folder (seed 2024): the student learns from the
+teacher's pseudo-labels only, no ground truth. Both models are then evaluated with cgF1 on the
+teacher's held-out orchard set (seed 777, the one in toy_teacher.json), and the student against
+the teacher's own instances (agreement). Wall time of every phase is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sam3edge.atomic import atomic_write_text
+from sam3edge.cli import resolve_model
+from sam3edge.data.coco import ConceptDataset
+from sam3edge.data.orchard import ORCHARD_VOCABULARY, render_scene, scene_rng
+from sam3edge.data.orchard_dataset import write_orchard_dataset
+from sam3edge.distill.run import DistillConfig, distill
+from sam3edge.eval import evaluate
+from sam3edge.eval.agreement import summary
+from sam3edge.eval.predict import predict_dataset
+from sam3edge.models.student_io import load_student
+from sam3edge.models.teacher import Sam3Teacher
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SEED, EVAL_SEED = 2024, 777
+
+
+def write_unlabelled(folder: Path, n: int, seed: int, size: int = 224) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = folder / f"scene_{i:05d}.png"
+        if not path.is_file():
+            Image.fromarray(render_scene(scene_rng(seed, i), size).image).save(path)
+    return folder
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "distill_toy")
+    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--stage1-steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--eval-n", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.fresh:
+        shutil.rmtree(args.work, ignore_errors=True)
+
+    times = {}
+    t0 = time.time()
+    images = write_unlabelled(args.work / "images", args.images, TRAIN_SEED)
+    times["render_s"] = round(time.time() - t0, 1)
+    concepts = [c.phrase for c in ORCHARD_VOCABULARY.concepts] + list(ORCHARD_VOCABULARY.distractors)
+    teacher_dir = resolve_model("orchard-toy")
+    cfg = DistillConfig(teacher=teacher_dir, images=str(images), concepts=concepts, student="toy",
+                        out=str(args.work / "run"), steps=args.steps, stage1_steps=args.stage1_steps,
+                        batch=args.batch, pairs=args.pairs, holdout=0.05, threads=args.threads, cache_batch=8)
+    t0 = time.time()
+    report = distill(cfg, progress=True)
+    times["distill_s"] = round(time.time() - t0, 1)  # cache + stage 1 + stage 2 + held-out agreement
+    logs = {}
+    for stage in ("stage1", "stage2"):
+        tc = json.loads((args.work / "run" / stage / "train_config.json").read_text())
+        logs[stage] = tc["steps"]
+
+    heldout = args.work / "heldout"
+    ann = heldout / "annotations.json"
+    if not ann.is_file():
+        write_orchard_dataset(heldout, n=args.eval_n, seed=EVAL_SEED, size=224, progress=False)
+    ds = ConceptDataset.load(ann)
+    t0 = time.time()
+    student = load_student(args.work / "run" / "student")
+    student_gt = summary(evaluate(ann, predict_dataset(student, ds)))
+    teacher_gt = summary(evaluate(ann, predict_dataset(Sam3Teacher.from_pretrained(teacher_dir), ds)))
+    times["heldout_eval_s"] = round(time.time() - t0, 1)
+    ratio = student_gt["cgf1"] / teacher_gt["cgf1"] if teacher_gt["cgf1"] else None
+    result = {
+        "command": "python benchmarks/distill_toy.py " + " ".join(argv or []),
+        "train_images": args.images, "seed": TRAIN_SEED, "steps": logs, "batch": args.batch, "pairs": args.pairs,
+        "times": times, "cache_bytes_per_image": report["cache_bytes_per_image"],
+        "heldout": {"seed": EVAL_SEED, "n_images": args.eval_n, "student": student_gt, "teacher": teacher_gt,
+                    "student_over_teacher_cgf1": ratio},
+        "agreement_vs_teacher": report["eval"]["vs_teacher"],
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
+                 "threads": torch.get_num_threads()},
+    }
+    out = REPO / "benchmarks" / "results" / "distill_toy.json"
+    atomic_write_text(out, json.dumps(result, indent=1))
+    rows = [("cgF1", "cgf1"), ("cgF1@50", "cgf1_50"), ("IL_MCC", "il_mcc"), ("pmF1", "pmf1"),
+            ("matched mask IoU", "mean_matched_iou"), ("recall", "recall")]
+    md = ["| held-out orchard (seed 777) | teacher | toy student |", "|---|---|---|"]
+    md += [f"| {name} | {_f(teacher_gt[k])} | {_f(student_gt[k])} |" for name, k in rows]
+    md += ["", f"student / teacher cgF1: {_f(ratio)}; distillation wall time {times['distill_s']:.0f} s "
+           f"({args.threads} threads, {platform.machine()})"]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
