@@ -21,7 +21,12 @@ import torch
 
 from sam3edge.data.coco import ConceptDataset, atomic_write_text
 from sam3edge.data.orchard_dataset import write_orchard_dataset
-from sam3edge.distill.init import init_sam3_reference_grid, xavier_init_heads
+from sam3edge.distill.init import (
+    init_rpb_locality,
+    init_sam3_reference_grid,
+    init_vit_position_sincos,
+    xavier_init_heads,
+)
 from sam3edge.distill.losses import LossWeights, SetCriterion
 from sam3edge.distill.scene_batches import OrchardBatches
 from sam3edge.distill.trainer import TrainConfig, Trainer
@@ -52,9 +57,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, default=REPO / "runs" / "toy_teacher")
     ap.add_argument("--out", type=Path, default=REPO / "sam3edge" / "teachers" / "orchard-toy")
-    ap.add_argument("--steps", type=int, default=2800)
+    ap.add_argument("--steps", type=int, default=9000)
     ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--images", type=int, default=4, help="images per step")
+    ap.add_argument("--images", type=int, default=2, help="images per step")
     ap.add_argument("--pairs", type=int, default=4, help="phrases asked per image per step")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds (resumable)")
@@ -69,6 +74,8 @@ def main(argv=None):
     model = build_sam3(config, seed=0)
     init_sam3_reference_grid(model)
     xavier_init_heads(model)
+    init_rpb_locality(model)
+    init_vit_position_sincos(model)
     tokenizer = load_tokenizer(args.run_dir)  # the packaged CLIP BPE tokenizer
     g = TOY_CONFIG["image_size"] // 14 * 4
     batches = OrchardBatches(tokenizer, seed=TRAIN_SEED, images_per_batch=args.images, pairs_per_image=args.pairs,
