@@ -120,6 +120,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
 
     files, gt, dataset = _load_domain(cfg.images)
     teacher = Sam3Teacher.from_pretrained(cfg.teacher, device=device)
+    torch.manual_seed(cfg.seed)  # the student's initial weights follow from the run's seed
     student = create_student(cfg.student, **cfg.student_overrides)
     _check_widths(teacher, student, cfg)
     size = student.image_size
@@ -176,7 +177,8 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
 
     if rank == 0:
         save_student(student.eval(), out / "student")
-        report["eval"] = evaluate_run(student, teacher, cache, held_idx, dataset, progress=progress)
+        report["eval"] = (evaluate_run(student, teacher, cache, held_idx, dataset, progress=progress) if held_idx
+                          else {"note": "no held-out images (holdout 0): nothing to evaluate on"})
         atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     return report
 
