@@ -165,7 +165,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
                 report["init_heads"] = f"not initialised from the teacher: {e}"
         s2 = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=max(1, min(200, cfg.steps // 10)), log_every=10,
                          ckpt_every=max(10, cfg.steps // 10), seed=cfg.seed, amp=cfg.amp,
-                         lr_mult={"student.image_encoder.": 0.5})
+                         lr_mult={})
         tokenizer = student.tokenizer if student.text_mode == "encoder" else _NoTokens()
         batches = CacheBatches(cache, tokenizer, size, size // 4, seed=cfg.seed, images_per_batch=cfg.batch,
                                pairs_per_image=cfg.pairs, target_min_score=cfg.target_min_score,
