@@ -15,19 +15,13 @@ import torch
 
 from sam3edge.distill.distributed import init_from_env, rank_world
 from sam3edge.distill.losses import SetCriterion
+from sam3edge.distill.run import StudentPairStage
 from sam3edge.distill.scene_batches import OrchardBatches
 from sam3edge.distill.trainer import TrainConfig, Trainer
 from sam3edge.models.registry import create_student
 
 
-class PairStage(torch.nn.Module):
-    def __init__(self, student):
-        super().__init__()
-        self.student = student
-
-    def forward(self, batch):
-        return self.student.forward_pairs(batch)
-
+class PairStage(StudentPairStage):
     def train(self, mode: bool = True):
         # Batch norm normalises by the statistics of each rank's own images (SyncBatchNorm needs CUDA) and
         # dropout draws different masks for a differently split batch, so the check that DDP's arithmetic

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from sam3edge.atomic import atomic_write, atomic_write_text
@@ -101,10 +101,7 @@ class TeacherCache:
         if not meta.is_file():
             raise FileNotFoundError(f"{self.root} is not a teacher cache (no cache.json); build one with "
                                     "sam3edge.distill.cache.build_cache or `sam3edge distill`")
-        try:
-            data = json.loads(meta.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{meta}: not valid JSON ({e}); delete the cache directory and build it again") from e
+        data = read_json(meta, "delete the cache directory and build it again")
         if data.get("format") != CACHE_FORMAT:
             raise ValueError(f"{meta}: cache format {data.get('format')!r}, this sam3edge reads format "
                              f"{CACHE_FORMAT}; build the cache again")
@@ -134,19 +131,20 @@ class TeacherCache:
             raise KeyError(f"phrase {phrase!r} is not in the cache {self.root} (it has: "
                            f"{', '.join(self.spec.phrases)})") from None
 
-    def item(self, index: int) -> dict[str, torch.Tensor]:
-        """All tensors of image ``index`` (see the module docstring for names and shapes)."""
+    def item(self, index: int, keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Tensors of image ``index`` (names and shapes: module docstring); only ``keys`` when given (no I/O
+        for the rest)."""
         if not 0 <= index < len(self):
             raise IndexError(f"cache {self.root} has {len(self)} images, asked for index {index}")
         path = item_path(self.root, index)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image {index} ({self.spec.images[index]}) is not cached yet; "
                                     "run the build again to finish it")
-        return _load(path)
+        return _load(path, keys)
 
     def features(self, index: int) -> list[torch.Tensor]:
-        item = self.item(index)
-        return [item[f"feature.{k}"] for k in range(sum(1 for n in item if n.startswith("feature.")))]
+        item = self.item(index, tuple(f"feature.{k}" for k in range(3)))
+        return [item[f"feature.{k}"] for k in range(3)]
 
     def bytes_per_image(self) -> float:
         files = [item_path(self.root, i) for i in range(len(self))]
@@ -154,9 +152,23 @@ class TeacherCache:
         return float(np.mean(sizes)) if sizes else 0.0
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
+def read_json(path: Path, advice: str) -> dict:
+    """A JSON metadata file of a cache or run directory; a ValueError naming it and ``advice`` if unreadable."""
     try:
-        return load_file(str(path))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {advice}") from e
+
+
+def _load(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    try:
+        if keys is None:
+            return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            missing = [k for k in keys if k not in f.keys()]
+            if missing:
+                raise ValueError(f"missing tensors {missing}")
+            return {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable cache file ({e}); delete it and build the cache again "
                          "(the build resumes and rewrites only what is missing)") from e
@@ -166,10 +178,7 @@ def _check_spec(root: Path, spec: CacheSpec) -> None:
     meta = root / "cache.json"
     if not meta.is_file():
         return
-    try:
-        old = json.loads(meta.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{meta}: not valid JSON ({e}); delete {root} to rebuild the cache") from e
+    old = read_json(meta, f"delete {root} to rebuild the cache")
     new = asdict(spec)
     diff = [k for k in new if old.get(k) != new[k]]
     if diff:

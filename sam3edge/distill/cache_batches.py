@@ -28,6 +28,8 @@ from sam3edge.distill.cache import TeacherCache
 from sam3edge.distill.targets import PairBatch, PairTarget, masks_to_target
 from sam3edge.models.teacher import sam3_pixel_values
 
+PAIR_KEYS = ("presence", "count", "scores", "boxes", "mask_logits")  # what stage 2 reads of an item
+
 
 @dataclass
 class FeatureBatch:
@@ -74,7 +76,7 @@ class CacheBatches:
         rng = np.random.default_rng([self.seed, 1_000_003, step])
         images, phrases, targets, pair_image = [], [], [], []
         for j, i in enumerate(idx):
-            item = self.cache.item(i)
+            item = self.cache.item(i, PAIR_KEYS)  # stage 2 never reads the (large) feature maps
             image = self._image(i)
             flip = self.flip and rng.random() < 0.5
             if flip:

@@ -79,7 +79,7 @@ def _split(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
 
 def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, device: str = "cpu") -> dict:
     """Run (or resume) a distillation; returns the report (also written to ``RUN/report.json``)."""
-    from sam3edge.distill.cache import TeacherCache, build_cache, dist_rank_world
+    from sam3edge.distill.cache import TeacherCache, build_cache, dist_rank_world, read_json
     from sam3edge.distill.cache_batches import CacheBatches
     from sam3edge.distill.distributed import init_from_env
     from sam3edge.distill.feature_loss import (
@@ -108,7 +108,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     meta = out / "distill.json"
     settings = asdict(cfg)
     if meta.is_file():
-        old = json.loads(meta.read_text(encoding="utf-8"))
+        old = read_json(meta, "delete it (or the run directory) to start over")
         diff = [k for k in settings if k not in ("threads",) and old.get(k) != settings[k]]
         if diff and resume:
             raise ValueError(f"{out} holds a distillation run with other settings ({', '.join(diff)} differ); "
@@ -170,7 +170,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
         batches = CacheBatches(cache, tokenizer, size, size // 4, seed=cfg.seed, images_per_batch=cfg.batch,
                                pairs_per_image=cfg.pairs, target_min_score=cfg.target_min_score,
                                ground_truth=gt, gt_rate=cfg.gt_rate, indices=train_idx)
-        trainer = Trainer(_PairStage(student), SetCriterion(), batches, s2, out / "stage2", device=device,
+        trainer = Trainer(StudentPairStage(student), SetCriterion(), batches, s2, out / "stage2", device=device,
                           progress=progress)
         trainer.fit(resume=resume)
         report["stage2_final"] = _last_row(out / "stage2" / "log.csv")
@@ -207,7 +207,9 @@ class _NoTokens:
         return np.zeros((len(phrases), 1), dtype=np.int64), np.ones((len(phrases), 1), dtype=np.int64)
 
 
-class _PairStage(torch.nn.Module):
+class StudentPairStage(torch.nn.Module):
+    """Trainer model for stage 2: a PairBatch -> the student's HeadOutputs (every decoder layer)."""
+
     def __init__(self, student):
         super().__init__()
         self.student = student
