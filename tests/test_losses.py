@@ -117,3 +117,17 @@ def test_score_target_of_the_last_layer_is_the_mask_iou():
     loss, _ = SetCriterion(LossWeights(aux=0.0))(out, [target])
     loss.backward()
     assert abs(float(logit.grad)) < 1e-6
+
+
+def test_a_teachers_score_is_its_own_target_not_scaled_by_the_students_iou():
+    target = masks_to_target(_square(0, 0, 8, 8), (16, 16))
+    half = torch.full((1, 16, 16), -8.0)
+    half[0, 0:8, 0:4] = 8.0  # IoU 0.5 with the instance
+    teacher = PairTarget(target.boxes, target.masks, torch.tensor([0.8]), 1.0, teacher=True)
+    grads = {}
+    for p in (0.8, 0.4):  # 0.8: the teacher's score; 0.4 = 0.8 x IoU, what an IoU-aware target would be
+        logit = torch.logit(torch.tensor([[p]])).requires_grad_(True)
+        out = _outputs(logit, target.boxes[None].clone(), half[None], torch.tensor([[6.0]]), layers=1)
+        SetCriterion(LossWeights(aux=0.0))(out, [teacher])[0].backward()
+        grads[p] = float(logit.grad)
+    assert abs(grads[0.8]) < 1e-6 and grads[0.4] < -0.1  # at 0.4 the loss still pushes the score up

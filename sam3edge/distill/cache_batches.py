@@ -116,7 +116,7 @@ class CacheBatches:
             logits = F.interpolate(logits[None], size=(self.mask_size, self.mask_size), mode="bilinear",
                                    align_corners=False)[0]
         masks = logits.sigmoid() if logits.shape[0] else torch.zeros(0, self.mask_size, self.mask_size)
-        t = PairTarget(boxes, masks, scores[keep].float(), float(item["presence"][p]))
+        t = PairTarget(boxes, masks, scores[keep].float(), float(item["presence"][p]), teacher=True)
         return _flip_target(t) if flip else t
 
     def _feature_batch(self, idx: list[int]) -> FeatureBatch:
@@ -137,4 +137,4 @@ def _flip_target(t: PairTarget) -> PairTarget:
     boxes = t.boxes.clone()
     if boxes.shape[0]:
         boxes[:, [0, 2]] = 1.0 - t.boxes[:, [2, 0]]
-    return PairTarget(boxes, t.masks.flip(-1), t.scores, t.present)
+    return PairTarget(boxes, t.masks.flip(-1), t.scores, t.present, t.teacher)

@@ -4,9 +4,11 @@ Following SAM3, the presence token decides *whether* the concept is in the image
 queries decide *which* regions are its instances; so query scores are supervised only on pairs
 whose concept is present, and presence on every pair. Scores use a sigmoid focal loss (``gamma``
 0 gives plain BCE, which calibrates scores around SAM3's 0.5 threshold better); with
-``iou_aware`` a matched query's target is its IoU with the instance - mask IoU on the last layer
-(the IoU cgF1 is computed with), box IoU on earlier layers, which have no masks - so a sloppy
-instance cannot claim a confident score. Box L1 + GIoU and (last layer) mask BCE + dice apply to matched queries.
+``iou_aware`` a matched query's target is its IoU with a ground-truth instance - mask IoU on the
+last layer (the IoU cgF1 is computed with), box IoU on earlier layers, which have no masks - so a
+sloppy instance cannot claim a confident score; a teacher's instance keeps the teacher's score as
+its target (that score is already quality-aware). Box L1 + GIoU and (last layer) mask BCE + dice
+apply to matched queries.
 """
 
 from __future__ import annotations
@@ -104,7 +106,9 @@ class SetCriterion(torch.nn.Module):
                     tgt = torch.zeros_like(logits[i])
                     if t.num:
                         s = t.scores[ti].to(tgt.dtype)
-                        tgt[qi] = s * quality.detach().clamp(min=0.05) if w.iou_aware else s
+                        # a teacher's score already says how good its instance is: taken as it is (multiplying
+                        # it by the student's IoU again biases every score low, and recall with it)
+                        tgt[qi] = s * quality.detach().clamp(min=0.05) if w.iou_aware and not t.teacher else s
                     score_l = score_l + sigmoid_focal(logits[i], tgt, w.focal_gamma, w.focal_alpha).sum()
             present = torch.tensor([t.present for t in targets], dtype=logits.dtype, device=logits.device)
             pres_l = F.binary_cross_entropy_with_logits(out.aux_presence_logits[layer][:, 0], present)

@@ -16,19 +16,23 @@ import torch.nn.functional as F
 @dataclass
 class PairTarget:
     """Targets of one pair. boxes [n, 4] normalised xyxy; masks [n, h, w] in [0, 1] at the model's
-    mask resolution; scores [n] (1 for ground truth); present: 0..1 scalar."""
+    mask resolution; scores [n] (1 for ground truth); present: 0..1 scalar. ``teacher``: the scores are
+    a (calibrated) teacher's, used as score targets as they are; ground-truth targets get the
+    IoU-aware target instead (see :class:`~sam3edge.distill.losses.SetCriterion`)."""
 
     boxes: torch.Tensor
     masks: torch.Tensor
     scores: torch.Tensor
     present: float
+    teacher: bool = False
 
     @property
     def num(self) -> int:
         return int(self.boxes.shape[0])
 
     def to(self, device) -> PairTarget:
-        return PairTarget(self.boxes.to(device), self.masks.to(device), self.scores.to(device), self.present)
+        return PairTarget(self.boxes.to(device), self.masks.to(device), self.scores.to(device), self.present,
+                          self.teacher)
 
 
 @dataclass
