@@ -89,7 +89,8 @@ def test_toy_heads_are_the_toy_teachers_heads():
     teacher = tiny_sam3_config(image_size=112, hidden=64, heads=4, encoder_layers=2, decoder_layers=3, num_queries=16)
     spec = STUDENTS["toy"]
     assert spec.heads == HeadsConfig.from_sam3_config(teacher)
-    assert spec.teacher == "orchard-toy" and spec.input_size == 224
+    # 256 px: the S/16 grid is the toy teacher's 16 x 16 token grid (224 px / patch 14), on which its heads were trained
+    assert spec.teacher == "orchard-toy" and spec.input_size // 16 == 224 // 14
 
 
 def test_entries_aimed_at_sam3_keep_its_widths_and_cut_layers_queries_and_resolution():

@@ -8,7 +8,10 @@ A new size is one ``@register_student`` function returning a spec. Entries:
 
 * ``toy`` - for the bundled orchard toy teacher (``benchmarks/train_toy_teacher.py``): its heads
   are exactly the teacher's (width 64, 4 attention heads, 2 fusion-encoder and 3 decoder layers,
-  16 queries), so they start from the teacher's weights; input 224 px like the teacher.
+  16 queries), so they start from the teacher's weights. Input 256 px, so its S/16 grid is the
+  teacher's 16 x 16 token grid (224 px / patch 14): the teacher's heads, fed the teacher's own
+  features resampled to a 14 x 14 grid (a 224 px student), keep only 81 % of its cgF1; on the
+  matching grid 100 % (``benchmarks/grid_oracle.py``).
 * ``edge-s`` / ``edge-m`` / ``edge-l`` - for the real SAM3 (``facebook/sam3``): head width 256, 8
   attention heads and SAM3's FFN widths, so every kept tensor loads from SAM3 (the first layers
   and the first queries, see :func:`~sam3edge.models.student.init_heads_from_teacher`), with fewer
@@ -81,10 +84,11 @@ def _toy() -> StudentSpec:
                         encoder_layers=2, encoder_heads=4, encoder_ffn_size=256, decoder_layers=3, decoder_heads=4,
                         decoder_ffn_size=256, num_queries=16, mask_heads=4)
     return StudentSpec(
-        name="toy", backbone="efficientvit_b0", input_size=224, heads=heads,
+        name="toy", backbone="efficientvit_b0", input_size=256, heads=heads,
         text_encoder=TextEncoderConfig(width=64, layers=2, heads=4),  # the toy teacher's text width: its table copies
         text_mode="cache", export=ExportDefaults(precision="fp32", top_k=10), teacher="orchard-toy",
-        description="orchard toy teacher's heads (64 wide, 2+3 layers, 16 queries) on EfficientViT-B0, 224 px")
+        description="orchard toy teacher's heads (64 wide, 2+3 layers, 16 queries) on EfficientViT-B0, "
+                    "256 px (the teacher's 16x16 grid)")
 
 
 @register_student
