@@ -115,6 +115,7 @@ def _cmd_distill(args) -> int:
                         student=args.student, out=str(args.out), stages=stages, steps=args.steps,
                         stage1_steps=args.stage1_steps, batch=args.batch, pairs=args.pairs, lr=args.lr,
                         amp=True if args.amp else None, seed=args.seed, init_heads=not args.no_init_heads,
+                        init_layers=args.init_layers, init_queries=args.init_queries,
                         holdout=args.holdout, threads=args.threads, student_overrides=overrides)
     device = args.device
     if device == "auto":
@@ -180,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of images kept out for the report")
     d.add_argument("--amp", action="store_true", help="bf16 autocast (default: on for CUDA)")
     d.add_argument("--no-init-heads", action="store_true", help="do not start the heads from the teacher's")
+    d.add_argument("--init-layers", default="first", choices=["first", "last", "spread"],
+                   help="teacher layers the student's layers start from, per stack (default: the first ones)")
+    d.add_argument("--init-queries", default="first", choices=["first", "used"],
+                   help="teacher query slots the student keeps: the first ones, or those the teacher uses most "
+                        "on the training images")
     d.add_argument("--resume", action="store_true", help="accepted for clarity: a run directory always resumes")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

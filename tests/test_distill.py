@@ -24,7 +24,7 @@ def _cfg(teacher, data, out, **kw):
 
 def test_distill_end_to_end_and_resume(toy_width_teacher, orchard_small, tmp_path):
     out = tmp_path / "run"
-    report = distill(_cfg(toy_width_teacher, orchard_small, out), progress=False)
+    report = distill(_cfg(toy_width_teacher, orchard_small, out, init_queries="used"), progress=False)
     for name in ("distill.json", "cache/cache.json", "stage1/log.csv", "stage2/log.csv", "student/config.json",
                  "report.json"):
         assert (out / name).is_file(), name
@@ -32,6 +32,7 @@ def test_distill_end_to_end_and_resume(toy_width_teacher, orchard_small, tmp_pat
     assert float(s1[-1]["total"]) < 0.8 * float(s1[0]["total"])  # the encoder regresses onto the teacher
     assert report["train_images"] == 4 and report["heldout_images"] == 2
     assert report["init_heads"]["loaded"] > 100  # same widths: heads start from the teacher's
+    assert sorted(report["init_heads"]["queries"]) == list(range(16))  # all 16 slots, most used first
     vs_t = report["eval"]["vs_teacher"]
     assert 0.0 <= vs_t["cgf1"] <= 1.0 and vs_t["pairs"] == 2 * 3
     assert set(report["eval"]["vs_ground_truth"]) == {"student", "teacher"}
@@ -39,7 +40,8 @@ def test_distill_end_to_end_and_resume(toy_width_teacher, orchard_small, tmp_pat
 
     logs = {s: (out / s / "log.csv").read_text() for s in ("stage1", "stage2")}
     ckpts = sorted(p.name for p in (out / "stage2" / "checkpoints").iterdir())
-    distill(_cfg(toy_width_teacher, orchard_small, out), progress=False)  # complete: nothing is trained again
+    # complete: nothing is trained again
+    distill(_cfg(toy_width_teacher, orchard_small, out, init_queries="used"), progress=False)
     assert {s: (out / s / "log.csv").read_text() for s in ("stage1", "stage2")} == logs
     assert sorted(p.name for p in (out / "stage2" / "checkpoints").iterdir()) == ckpts
 
@@ -61,6 +63,11 @@ def test_distill_refuses_other_settings_and_bad_input(toy_width_teacher, tiny_sa
     with pytest.raises(ValueError, match="32-wide FPN features.*64-wide neck"):
         distill(_cfg(tiny_sam3_dir, orchard_small, tmp_path / "e"), progress=False)
     assert not (tmp_path / "e" / "cache").exists()  # refused before any teacher work
+    encoder_mode = {"input_size": 128, "text_mode": "encoder"}  # passes the width checks of stage 1 / cache mode
+    with pytest.raises(ValueError, match="cannot start student 'toy' from this teacher's heads.*--no-init-heads"):
+        distill(_cfg(tiny_sam3_dir, orchard_small, tmp_path / "f", stages=[2], student_overrides=encoder_mode),
+                progress=False)
+    assert not (tmp_path / "f" / "cache").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         distill(_cfg(toy_width_teacher, tmp_path / "nowhere", tmp_path / "d"), progress=False)
 

@@ -180,6 +180,46 @@ def test_a_smaller_student_starts_from_the_teachers_first_layers_and_queries():
                        sd["detr_decoder.layers.1.self_attn.q_proj.weight"])
 
 
+def test_chosen_teacher_layers_and_queries_are_the_ones_loaded():
+    model = _toy_teacher()  # 3 decoder layers, 2 fusion-encoder layers, 16 queries
+    sd = model.state_dict()
+    student = _toy(num_queries=4, export_top_k=4, decoder_layers=2, encoder_layers=1)
+    report = init_heads_from_teacher(student, model, layers={"detr_decoder": "spread", "detr_encoder": "last"},
+                                     queries=[9, 2, 15, 0])
+    assert report["layers"] == {"geometry_encoder": [0], "detr_encoder": [1], "detr_decoder": [0, 2]}
+    assert report["queries"] == [9, 2, 15, 0]
+    heads = student.heads
+    assert torch.equal(heads.detr_decoder.layers[1].self_attn.q_proj.weight,
+                       sd["detr_decoder.layers.2.self_attn.q_proj.weight"])
+    assert torch.equal(heads.detr_decoder.layers[0].self_attn.q_proj.weight,
+                       sd["detr_decoder.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(heads.detr_encoder.layers[0].self_attn.q_proj.weight,
+                       sd["detr_encoder.layers.1.self_attn.q_proj.weight"])
+    assert torch.equal(heads.detr_decoder.query_embed.weight, sd["detr_decoder.query_embed.weight"][[9, 2, 15, 0]])
+    assert torch.equal(heads.detr_decoder.reference_points.weight,
+                       sd["detr_decoder.reference_points.weight"][[9, 2, 15, 0]])
+    for bad, match in (({"layers": [0, 0]}, "increasing, distinct"), ({"layers": "middle"}, "unknown layer choice"),
+                       ({"layers": {"decoder": "first"}}, "unknown layer stack"),
+                       ({"queries": [0, 1, 2, 99]}, "distinct teacher query indices in 0..15"),
+                       ({"queries": "best"}, "unknown query choice")):
+        with pytest.raises(ValueError, match=match):
+            init_heads_from_teacher(student, model, **({"layers": {"detr_decoder": bad["layers"]}}
+                                                       if isinstance(bad.get("layers"), list) else bad))
+
+
+def test_choose_layers_rules():
+    from sam3edge.models.student_io import choose_layers
+
+    assert choose_layers("first", 3, 6) == [0, 1, 2]
+    assert choose_layers("last", 3, 6) == [3, 4, 5]
+    assert choose_layers("spread", 3, 6) == [0, 2, 5]
+    assert choose_layers("spread", 1, 6) == [0]
+    assert choose_layers("first", 8, 6) == [0, 1, 2, 3, 4, 5]  # a deeper student keeps its extra layers
+    assert choose_layers([1, 4, 5], 3, 6) == [1, 4, 5]
+    with pytest.raises(ValueError, match="0..5"):
+        choose_layers([1, 4, 6], 3, 6)
+
+
 def test_mismatched_teacher_head_widths_name_the_first_mismatching_tensor():
     model = build_sam3(tiny_sam3_config(image_size=112), seed=0)  # heads 32 wide, the toy student's 64
     student = _toy()

@@ -65,8 +65,15 @@ def test_interrupted_run_resumes_to_identical_weights_and_log(tmp_path):
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     with (run / "log.csv").open() as f:
-        steps = [int(r["step"]) for r in csv.DictReader(f)]
-    assert steps == [1, 2, 3, 4, 5, 6]
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+    # TensorBoard sees the same curve: one value per step, the killed attempt's steps 4-5 purged
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb")).Reload().Scalars("total")
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in events] == pytest.approx([float(r["total"]) for r in rows], rel=1e-6)
 
 
 def test_corrupt_checkpoint_is_reported_not_silently_skipped(tmp_path):

@@ -35,10 +35,13 @@ class DistillConfig:
     batch: int = 4  # images per step
     pairs: int = 4  # phrases per image per step
     lr: float = 4e-4
+    heads_lr_mult: float = 1.0  # stage-2 learning rate of the heads relative to lr
     stage1_lr: float = 1e-3
     amp: bool | None = None
     seed: int = 0
-    init_heads: bool = True  # start the student's heads from the teacher's when widths match
+    init_heads: bool = True  # start the student's heads from the teacher's (widths must match)
+    init_layers: str = "first"  # which teacher layers the student's start from: first | last | spread
+    init_queries: str = "first"  # which teacher query slots: first | used (most used on the training images)
     holdout: float = 0.1  # fraction of images kept out of training for the report
     gt_rate: float = 0.5
     cache_batch: int = 1
@@ -92,7 +95,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     from sam3edge.distill.losses import SetCriterion
     from sam3edge.distill.trainer import TrainConfig, Trainer
     from sam3edge.models.registry import create_student
-    from sam3edge.models.student_io import init_heads_from_teacher, save_student
+    from sam3edge.models.student_io import init_heads_from_teacher, rank_teacher_queries, save_student
     from sam3edge.models.teacher import Sam3Teacher
     from sam3edge.runtime.concepts import ConceptCache
 
@@ -101,6 +104,8 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     init_from_env(device)  # under torchrun: one process group for caching and training
     if not cfg.concepts:
         raise ValueError("no concepts given: pass --concepts 'ripe apple,leaf' or a file with one phrase per line")
+    if cfg.init_queries not in ("first", "used"):
+        raise ValueError(f"init_queries must be 'first' or 'used', got {cfg.init_queries!r}")
     bad = [s for s in cfg.stages if s not in (1, 2)]
     if bad or not cfg.stages:
         raise ValueError(f"--stages must be a subset of 1,2, got {cfg.stages}")
@@ -123,6 +128,8 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     torch.manual_seed(cfg.seed)  # the student's initial weights follow from the run's seed
     student = create_student(cfg.student, **cfg.student_overrides)
     _check_widths(teacher, student, cfg)
+    if cfg.init_heads and 2 in cfg.stages:  # refuse an incompatible student before any teacher work
+        init_heads_from_teacher(create_student(cfg.student, **cfg.student_overrides), teacher, layers=cfg.init_layers)
     size = student.image_size
     grid = [size // 4, size // 8, size // 16]
     cache = build_cache(teacher, files, cfg.concepts, out / "cache", batch_size=cfg.cache_batch,
@@ -137,7 +144,18 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
                                           source=cfg.teacher))
     report: dict = {"teacher": cfg.teacher, "student": cfg.student, "images": len(cache),
                     "train_images": len(train_idx), "heldout_images": len(held_idx),
-                    "cache_bytes_per_image": cache.bytes_per_image()}
+                    "cache_bytes_per_image": cache.bytes_per_image(),
+                    # the heads were trained on the teacher's token grid; on another grid teacher-initialised heads
+                    # lose accuracy even with perfect features (benchmarks/grid_oracle.py: 14 vs 16 -> 81 %)
+                    "grid": {"teacher_tokens": _token_grid(teacher), "student": size // 16}}
+
+    if cfg.init_heads:  # before stage 1, so a stage-1-only student carries the teacher's heads (its checkpoints too)
+        queries = "first"
+        if cfg.init_queries == "used":
+            sample = [cache.spec.images[i] for i in train_idx[:32]]
+            queries = rank_teacher_queries(teacher, sample, cache.spec.phrases)[: student.spec.heads.num_queries]
+        init = init_heads_from_teacher(student, teacher, layers=cfg.init_layers, queries=queries)
+        report["init_heads"] = {k: (len(v) if k in ("loaded", "kept", "ignored") else v) for k, v in init.items()}
 
     if 1 in cfg.stages:
         s1 = TrainConfig(steps=cfg.stage1, lr=cfg.stage1_lr, warmup=max(1, min(100, cfg.stage1 // 10)), log_every=10,
@@ -158,14 +176,9 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
             report["text_final"] = _last_row(out / "stage1_text" / "log.csv")
 
     if 2 in cfg.stages:
-        if cfg.init_heads and not (out / "stage2" / "checkpoints").is_dir():
-            try:
-                report["init_heads"] = {k: len(v) for k, v in init_heads_from_teacher(student, teacher).items()}
-            except ValueError as e:
-                report["init_heads"] = f"not initialised from the teacher: {e}"
         s2 = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=max(1, min(200, cfg.steps // 10)), log_every=10,
                          ckpt_every=max(10, cfg.steps // 10), seed=cfg.seed, amp=cfg.amp,
-                         lr_mult={})
+                         lr_mult={"student.heads.": cfg.heads_lr_mult} if cfg.heads_lr_mult != 1.0 else {})
         tokenizer = student.tokenizer if student.text_mode == "encoder" else _NoTokens()
         batches = CacheBatches(cache, tokenizer, size, size // 4, seed=cfg.seed, images_per_batch=cfg.batch,
                                pairs_per_image=cfg.pairs, target_min_score=cfg.target_min_score,
@@ -196,6 +209,11 @@ def _check_widths(teacher, student, cfg: DistillConfig) -> None:
         raise ValueError(f"student {cfg.student!r} looks phrases up in the teacher's text embeddings, which are {text} "
                          f"wide for teacher {cfg.teacher}, but its heads are {width} wide; pick a student built for "
                          "this teacher (`sam3edge students`)")
+
+
+def _token_grid(teacher) -> int:
+    vc = teacher.config.vision_config
+    return teacher.image_size // getattr(getattr(vc, "backbone_config", vc), "patch_size", 14)
 
 
 class _NoTokens:

@@ -4,7 +4,9 @@ The model maps a :class:`~sam3edge.distill.targets.PairBatch` to
 :class:`~sam3edge.models.sam3_heads.HeadOutputs`; ``batches[k]`` is the batch of step ``k`` (so a
 resumed run continues the exact data stream); the criterion turns outputs and targets into a loss.
 AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA, a progress
-bar, periodic evaluation, atomic checkpoints and exact resume.
+bar, periodic evaluation, atomic checkpoints and exact resume. Logs: ``log.csv`` and, where the
+``tensorboard`` package is installed (the ``distill`` extra), TensorBoard event files in ``tb/``
+(a resumed run purges the steps it writes again).
 
 Under ``torchrun`` (a process group initialised, e.g. by
 :func:`~sam3edge.distill.distributed.init_from_env`) the model is wrapped in DDP, each rank trains on
@@ -48,6 +50,7 @@ class TrainConfig:
     eval_every: int = 0
     ckpt_every: int = 200
     keep_checkpoints: int = 2
+    tensorboard: bool = True  # also write TensorBoard events to RUN/tb when tensorboard is installed
     seed: int = 0
     lr_mult: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr multiplier
 
@@ -71,6 +74,7 @@ class Trainer:
         self.rank, self.world = rank_world()
         self.main = self.rank == 0
         self.train_model = self.model
+        self._tb = None  # SummaryWriter, opened at the first logged row (after resume sets the step)
         if is_distributed():
             from torch.nn.parallel import DistributedDataParallel
 
@@ -131,10 +135,28 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
+        tb = self._tensorboard(row["step"])
+        if tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    tb.add_scalar(k, v, row["step"])
+
+    def _tensorboard(self, step: int):
+        if self._tb is None and self.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: log.csv only
+                self._tb = False
+                return None
+            # purge_step: events of an earlier (killed) attempt at these steps are dropped by TensorBoard
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=step)
+        return self._tb or None
 
     def save(self) -> Path | None:
         path = None
         if self.main:
+            if self._tb:
+                self._tb.flush()
             path = save_checkpoint(self.ckpt_dir, self.step, self.model, self.opt,
                                    {"config": asdict(self.cfg), "history": self.history}, self.cfg.keep_checkpoints)
         barrier()  # no rank runs ahead of (or resumes from) a checkpoint still being written
@@ -175,6 +197,9 @@ class Trainer:
                 self.save()
                 break
         bar.close()
+        if self._tb:
+            self._tb.close()
+            self._tb = None
         return self.history
 
     def _all_agree(self, flag: bool) -> bool:

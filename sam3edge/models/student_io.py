@@ -117,25 +117,97 @@ def load_student(directory: str | Path, device: str | torch.device = "cpu") -> S
     return student.to(device).eval()
 
 
-def init_heads_from_teacher(student: Sam3Student, teacher) -> dict[str, list[str]]:
+LAYER_STACKS = ("geometry_encoder", "detr_encoder", "detr_decoder")  # the stacks whose layer count a student cuts
+LAYER_CHOICES = ("first", "last", "spread")
+
+
+def choose_layers(rule, student_layers: int, teacher_layers: int, stack: str = "") -> list[int]:
+    """Teacher layer indices for the student's ``student_layers`` layers of one stack.
+
+    rule: "first" (teacher layers 0..n-1: SAM3 supervises every decoder layer, so its first layers
+    already give usable boxes and scores, and each keeps the input its predecessor gave it),
+    "last" (the final n, closest to the teacher's outputs), "spread" (evenly spaced, first and last
+    included), or explicit indices (one per student layer, increasing, each < teacher_layers).
+    """
+    if isinstance(rule, str):
+        if rule not in LAYER_CHOICES:
+            raise ValueError(f"unknown layer choice {rule!r} for {stack or 'a stack'}; use one of "
+                             f"{', '.join(LAYER_CHOICES)} or a list of teacher layer indices")
+        n = min(student_layers, teacher_layers)
+        if rule == "first":
+            return list(range(n))
+        if rule == "last":
+            return list(range(teacher_layers - n, teacher_layers))
+        if n == 1:
+            return [0]
+        return [round(i * (teacher_layers - 1) / (n - 1)) for i in range(n)]
+    idx = [int(i) for i in rule]
+    if len(idx) != student_layers or sorted(set(idx)) != idx or not all(0 <= i < teacher_layers for i in idx):
+        raise ValueError(f"{stack or 'layer'} indices {idx}: need {student_layers} increasing, distinct teacher "
+                         f"layer indices in 0..{teacher_layers - 1}")
+    return idx
+
+
+def _stack_depth(state: Mapping[str, torch.Tensor], stack: str) -> int:
+    prefix = f"{stack}.layers."
+    ids = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix)}
+    return max(ids) + 1 if ids else 0
+
+
+def init_heads_from_teacher(student: Sam3Student, teacher, layers="first", queries="first") -> dict:
     """Start ``student.heads`` from a SAM3 teacher's heads (a ``Sam3Teacher``, ``Sam3Model`` or its state dict).
 
     Widths must match (head width, attention heads, FFN sizes, ROI size); otherwise a ValueError
     names the first mismatching tensor (nothing is copied). Where the student is smaller the teacher
-    is cut, not resampled: student layer i starts from teacher layer i (its first layers, which
-    SAM3 trains with auxiliary losses, so they already give usable boxes and scores), and the
-    student's Q queries from the teacher's first Q (queries are unordered slots). Returns
-    {"loaded": [...], "kept": [...] (student tensors the teacher lacks, left as they were),
-    "ignored": [...] (teacher tensors the student has no place for)}.
+    is cut, not resampled:
+
+    layers: which teacher layer each student layer starts from, per stack (geometry encoder, fusion
+        encoder, DETR decoder): a rule for all stacks ("first" - the default, "last", "spread"; see
+        :func:`choose_layers`) or a dict ``{stack: rule or [indices]}``.
+    queries: "first" (the teacher's first Q query slots; queries are unordered) or Q teacher query
+        indices, e.g. those the teacher uses most on the domain (:func:`rank_teacher_queries`).
+
+    Returns {"loaded": [...], "kept": [...] (student tensors the teacher lacks, left as they were),
+    "ignored": [...] (teacher tensors the student has no place for), "layers": {stack: indices},
+    "queries": indices}.
     """
     from sam3edge.models.convert import heads_state_dict_from_sam3, load_sam3_heads
 
     model = getattr(teacher, "model", teacher)
     source = heads_state_dict_from_sam3(model if isinstance(model, Mapping) else model.state_dict())
+    target_names = student.heads.state_dict()
+    origin = {k: k for k in source}  # student-side name -> the teacher tensor it comes from
+    chosen = {}
+    rules = layers if isinstance(layers, Mapping) else dict.fromkeys(LAYER_STACKS, layers)
+    unknown = set(rules) - set(LAYER_STACKS)
+    if unknown:
+        raise ValueError(f"unknown layer stack(s) {sorted(unknown)}; stacks are {', '.join(LAYER_STACKS)}")
+    for stack in LAYER_STACKS:
+        n_t, n_s = _stack_depth(source, stack), _stack_depth(target_names, stack)
+        if not n_t or not n_s:
+            continue
+        chosen[stack] = idx = choose_layers(rules.get(stack, "first"), n_s, n_t, stack)
+        prefix = f"{stack}.layers."
+        moved = {f"{prefix}{i}.{k[len(prefix):].split('.', 1)[1]}": k
+                 for i, t in enumerate(idx) for k in source if k.startswith(f"{prefix}{t}.")}
+        origin = {k: v for k, v in origin.items() if not k.startswith(prefix)} | {
+            k: origin[v] for k, v in moved.items()}
+        source = {k: v for k, v in source.items() if not k.startswith(prefix)} | {
+            k: source[v] for k, v in moved.items()}
     q = student.spec.heads.num_queries
+    n_q = next((source[n].shape[0] for n in QUERY_TENSORS if n in source), q)
+    if isinstance(queries, str):
+        if queries != "first":
+            raise ValueError(f"unknown query choice {queries!r}; use 'first' or a list of teacher query indices")
+        q_idx = list(range(min(q, n_q)))
+    else:
+        q_idx = [int(i) for i in queries]
+        if len(q_idx) != min(q, n_q) or len(set(q_idx)) != len(q_idx) or not all(0 <= i < n_q for i in q_idx):
+            raise ValueError(f"query indices {q_idx[:8]}{'...' if len(q_idx) > 8 else ''}: need {min(q, n_q)} "
+                             f"distinct teacher query indices in 0..{n_q - 1}")
     for name in QUERY_TENSORS:
-        if name in source and source[name].shape[0] > q:
-            source[name] = source[name][:q]
+        if name in source:
+            source[name] = source[name][q_idx]
     try:
         load_sam3_heads(student.heads, source, strict=False)
     except ValueError as e:
@@ -143,7 +215,30 @@ def init_heads_from_teacher(student: Sam3Student, teacher) -> dict[str, list[str
         raise ValueError(f"cannot start student {student.spec.name!r} from this teacher's heads: {e}. A student "
                          f"starts from a teacher only if widths match (its heads: hidden_size={h.hidden_size}, "
                          f"FFN {h.encoder_ffn_size}/{h.decoder_ffn_size}, roi_size={h.roi_size}); use a registry "
-                         "entry aimed at this teacher, or train the heads from scratch") from e
+                         "entry aimed at this teacher, or train the heads from scratch (--no-init-heads)") from e
     target = student.heads.state_dict()
+    used = {origin[n] for n in target if n in source}
+    teacher_names = heads_state_dict_from_sam3(model if isinstance(model, Mapping) else model.state_dict())
     return {"loaded": [n for n in target if n in source], "kept": [n for n in target if n not in source],
-            "ignored": [n for n in source if n not in target]}
+            "ignored": [n for n in teacher_names if n not in used], "layers": chosen, "queries": q_idx}
+
+
+@torch.no_grad()
+def rank_teacher_queries(teacher, images, phrases: list[str], min_score: float = 0.3, batch: int = 4) -> list[int]:
+    """The teacher's query slots, most used first, on ``images`` (paths or arrays) x ``phrases``.
+
+    A slot's use is the sum of its scores where it keeps an instance (score >= min_score); ties keep
+    the slot order. A student with fewer queries than its teacher keeps the slots this domain needs.
+    """
+    from sam3edge.data.images import load_image
+
+    use = None
+    for s in range(0, len(images), batch):
+        chunk = [load_image(i) if isinstance(i, (str, Path)) else i for i in images[s:s + batch]]
+        scores = teacher(chunk, list(phrases)).scores.float()  # [B, P, Q]
+        u = (scores * (scores >= min_score)).sum(dim=(0, 1))
+        use = u if use is None else use + u
+    if use is None:
+        raise ValueError("rank_teacher_queries needs at least one image")
+    order = sorted(range(len(use)), key=lambda i: (-float(use[i]), i))
+    return order
