@@ -58,6 +58,22 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from sam3edge.data.vocabulary import parse_phrases
+    from sam3edge.export.bundle import export_bundle
+
+    concepts = parse_phrases(args.concepts) if args.concepts else None
+    m = export_bundle(args.source, args.out, target=args.target, precision=args.precision, calib=args.calib,
+                      concepts=concepts, overwrite=args.overwrite, force=args.force, progress=not args.quiet)
+    v = m["verification"]
+    size = sum((Path(args.out) / f).stat().st_size for f in m["files"])
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB, {m['target']} {m['precision']}): vs PyTorch on "
+          f"{v['verification_images']} images x {v['concepts']} concepts: recall {v['recall']:.3f}, "
+          f"mask IoU {v['mask_iou']:.3f}, score MAE {v['score_mae']:.4f}"
+          + (f"; FAILED ({'; '.join(v['failed'])}), written because of --force" if v["failed"] else ""))
+    return 0
+
+
 def _cmd_students(args) -> int:
     from sam3edge.models.complexity import measure_spec
     from sam3edge.models.registry import get_student_spec, list_students
@@ -193,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_distill)
 
+    x = sub.add_parser("export", help="export a distilled student to a verified bundle (ONNX fp32/fp16/int8)")
+    x.add_argument("source", help="distillation run directory (holding student/) or a saved student directory")
+    x.add_argument("--target", default="onnx", help="onnx (openvino, coreml, tensorrt: not yet)")
+    x.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (static QDQ, calibrated on --calib)")
+    x.add_argument("--calib", help="folder of domain images for int8 calibration and verification "
+                                   "(default: the run's own images)")
+    x.add_argument("--concepts", help="only these concepts ('a,b' or a file; default: all the student knows)")
+    x.add_argument("--out", required=True, help="bundle directory to write, e.g. orchard.sam3edge")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    x.add_argument("--force", action="store_true", help="write the bundle even if verification fails")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=_cmd_export)
+
     st = sub.add_parser("students", help="list the registered student architectures with parameters and GFLOPs")
     st.add_argument("names", nargs="*", help="only these registry entries (default: all)")
     st.add_argument("--json", metavar="PATH", help="also write the table as JSON here ('-': print JSON only)")
@@ -208,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError, KeyError) as e:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, RuntimeError, KeyError) as e:
         print(f"sam3edge {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,183 @@
+"""``sam3edge export``: a student -> graphs at a precision -> verified against PyTorch -> a bundle.
+
+A bundle is a directory ``NAME.sam3edge/`` (DESIGN.md)::
+
+    manifest.json          format + version, student spec, export spec (graph I/O), target, precision,
+                           concepts, sha256 of every file, verification figures, provenance
+    graphs/*.onnx          image_encoder, decoder (+ text_encoder for open-vocabulary students)
+    concepts.npy, concepts_mask.npy, concepts.json   the concept cache (teacher text features)
+    tokenizer.json         the CLIP tokenizer (torch-free ``tokenizers`` format)
+
+It is assembled in a temporary sibling directory and renamed into place, so a failed or killed
+export leaves no partial bundle; an export that fails verification is not written unless forced
+(then ``manifest.json`` says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sam3edge.atomic import atomic_directory
+
+FORMAT = "sam3edge-bundle"
+FORMAT_VERSION = 1
+TARGETS = {"onnx": ("fp32", "fp16", "int8")}  # implemented here; openvino / coreml / tensorrt: see README
+PLANNED_TARGETS = ("openvino", "coreml", "tensorrt")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_student_dir(source: str | Path) -> Path:
+    """A saved student directory from a distillation run directory (``RUN/student``) or the directory itself."""
+    src = Path(source)
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist; pass a distillation run directory (holding student/) "
+                                "or a saved student directory (holding config.json)")
+    if (src / "student" / "config.json").is_file():
+        return src / "student"
+    if (src / "config.json").is_file():
+        return src
+    raise FileNotFoundError(f"{src} holds neither student/config.json (a distillation run) nor config.json "
+                            "(a saved student)")
+
+
+def domain_images(source: Path, calib: str | Path | None, limit: int = 40) -> list[Path]:
+    """Calibration / verification images: ``--calib`` DIR, else the run's own teacher-cache images."""
+    from sam3edge.data.coco import list_images
+
+    if calib is not None:
+        return list_images(Path(calib))[:limit]
+    cache = source / "cache" / "cache.json"
+    if cache.is_file():
+        images = [Path(p) for p in json.loads(cache.read_text())["images"]]
+        images = [p for p in images if p.is_file()]
+        if images:
+            step = max(1, len(images) // limit)
+            return images[::step][:limit]
+    raise ValueError(f"no calibration images: {source} is not a distillation run with a teacher cache; pass --calib "
+                     "DIR with images of your domain (int8 calibrates on them, every export verifies on them)")
+
+
+def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", precision: str = "fp32",
+                  calib: str | Path | None = None, concepts: list[str] | None = None, overwrite: bool = False,
+                  force: bool = False, n_verify: int = 8, progress: bool = True) -> dict:
+    """Export a student to a verified bundle at ``out``; returns the manifest."""
+    from tqdm import tqdm
+
+    from sam3edge.data.images import load_image, resize_batch
+    from sam3edge.export.spec import export_spec
+    from sam3edge.export.verify import compare, onnx_runner, passes, torch_runner
+    from sam3edge.models.student_io import load_student
+
+    if target not in TARGETS:
+        if target in PLANNED_TARGETS:
+            raise NotImplementedError(f"target {target!r} is not implemented yet (this version exports onnx); "
+                                      "see the README's state table")
+        raise ValueError(f"unknown target {target!r}; targets: {', '.join([*TARGETS, *PLANNED_TARGETS])}")
+    if precision not in TARGETS[target]:
+        raise ValueError(f"target {target} does not support precision {precision!r}; it supports "
+                         f"{', '.join(TARGETS[target])}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    student_dir = resolve_student_dir(source)
+    student = load_student(student_dir).eval()
+    if student.concepts is None:
+        raise ValueError(f"student {student_dir} has no concept cache; distil it with --concepts (or set_concepts) "
+                         "so the bundle can carry the teacher's text features")
+    cache = student.concepts
+    if concepts:
+        cache = cache.subset(concepts) if hasattr(cache, "subset") else _subset(cache, concepts)
+    files = domain_images(Path(source), calib)
+    if not files:
+        raise ValueError(f"calibration folder {calib} holds no images")
+    images, _ = resize_batch([load_image(p) for p in files], student.image_size)
+    images = list(images)
+    verify = images[-n_verify:] if len(images) > n_verify else images
+    calibrate = images[:-n_verify] if len(images) > n_verify else images
+    text, mask = cache.features.astype(np.float32), cache.mask.astype(bool)
+    spec = export_spec(student, text_length=text.shape[1])
+
+    t0 = time.time()
+    bar = tqdm(total=3, desc=f"export {target} {precision}", disable=not progress, unit="step")
+    with atomic_directory(out) as tmp:
+        from sam3edge.export.onnx import export_onnx
+
+        paths = export_onnx(student, tmp / "graphs", precision, calibrate, text, mask)
+        bar.update(1)
+        report = compare(torch_runner(student), onnx_runner(paths), verify, text, mask)
+        report["precision"] = precision
+        report["verification_images"] = len(verify)
+        report["calibration_images"] = len(calibrate) if precision == "int8" else 0
+        failed = passes(report, precision)
+        report["failed"], report["forced"] = failed, bool(failed and force)
+        bar.update(1)
+        if failed and not force:
+            raise ValueError(f"export verification failed ({'; '.join(failed)}); nothing was written to {out}. "
+                             f"Figures: {json.dumps({k: report[k] for k in ('recall', 'mask_iou', 'score_mae')})}. "
+                             "Try a higher precision, more calibration images (--calib), or --force")
+        cache.save(tmp)
+        from importlib.resources import files as package_files
+
+        shutil.copyfile(package_files("sam3edge.assets") / "clip_tokenizer.json", tmp / "tokenizer.json")
+        manifest = _manifest(student, spec, target, precision, paths, tmp, cache, report, source, t0)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        bar.update(1)
+    bar.close()
+    return manifest
+
+
+def _subset(cache, phrases: list[str]):
+    from sam3edge.runtime.concepts import ConceptCache
+
+    feats, mask = cache.lookup(list(phrases))
+    return ConceptCache(list(phrases), feats, mask, source=cache.source)
+
+
+def _manifest(student, spec, target, precision, paths, root: Path, cache, report, source, t0) -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from sam3edge import __version__
+
+    graphs = {}
+    for g in spec.graphs:
+        if g.name in paths:
+            graphs[g.name] = {"file": paths[g.name].relative_to(root).as_posix(),
+                              "inputs": [vars(t) | {"shape": list(t.shape)} for t in g.inputs],
+                              "outputs": [vars(t) | {"shape": list(t.shape)} for t in g.outputs]}
+    files = {p.relative_to(root).as_posix(): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "student": {"name": student.spec.name, "input_size": student.image_size, "spec": _spec_json(student)},
+        "export_spec": spec.to_json(), "target": target, "precision": precision, "device_profile": None,
+        "input": {"size": student.image_size, "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                  "resize": "square, bilinear (as SAM3's processor)"},
+        "graphs": graphs, "concepts": list(cache.phrases), "tokenizer": "tokenizer.json",
+        "files": files, "verification": report,
+        "provenance": {"source": str(Path(source).resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime()),
+                       "export_seconds": round(time.time() - t0, 1), "sam3edge": __version__,
+                       "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                       "host": platform.machine()},
+    }
+
+
+def _spec_json(student) -> dict:
+    from dataclasses import asdict
+
+    return asdict(student.spec)

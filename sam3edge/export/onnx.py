@@ -1,0 +1,137 @@
+"""ONNX target: fp32, fp16 and int8 (static QDQ, per-channel, calibrated on domain images).
+
+* fp32: ``torch.onnx.export(dynamo=True)``, opset 18, the prompt axis dynamic (names and shapes
+  from :mod:`sam3edge.export.spec`).
+* fp16: the fp32 graph with weights and arithmetic in float16 (onnxruntime's converter), inputs and
+  outputs kept float32 / uint8 so the runtime feeds every precision alike.
+* int8: onnxruntime static quantization, QDQ format, per-channel int8 weights and uint8
+  activations, calibrated by running the real pipeline: the calibration images through the image
+  graph (its own inputs), and their fp32 features with every concept through the decoder. Dynamic
+  int8 is slower than fp32 on x86 CPUs (ENVIRONMENT.md), so it is not offered.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sam3edge.export.graphs import DECODER_INPUTS, DECODER_OUTPUTS, IMAGE_OUTPUTS, DecoderGraph, ImageEncoderGraph
+
+OPSET = 18
+
+
+def export_fp32(student, out_dir: Path, example_image: np.ndarray, example_text: tuple[np.ndarray, np.ndarray]
+                ) -> dict[str, Path]:
+    """Write ``image_encoder.onnx`` and ``decoder.onnx`` (fp32) into ``out_dir``; returns name -> path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_graph, decoder = ImageEncoderGraph(student).eval(), DecoderGraph(student).eval()
+    img = torch.from_numpy(np.ascontiguousarray(example_image))[None]
+    text, mask = (torch.from_numpy(a) for a in example_text)
+    paths = {"image_encoder": out_dir / "image_encoder.onnx", "decoder": out_dir / "decoder.onnx"}
+    prompts = torch.export.Dim("prompts", min=1, max=1024)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        levels = image_graph(img)
+        torch.onnx.export(image_graph, (img,), dynamo=True, opset_version=OPSET, input_names=["image"],
+                          output_names=list(IMAGE_OUTPUTS), verbose=False).save(str(paths["image_encoder"]))
+        dyn = {"feat0": None, "feat1": None, "feat2": None, "text": {0: prompts}, "text_mask": {0: prompts}}
+        torch.onnx.export(decoder, (*levels, text.float(), mask.bool()), dynamo=True, opset_version=OPSET,
+                          input_names=list(DECODER_INPUTS), output_names=list(DECODER_OUTPUTS),
+                          dynamic_shapes=dyn, verbose=False).save(str(paths["decoder"]))
+    return paths
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """Float16 weights and arithmetic; float32 / uint8 / bool graph inputs and outputs kept as they are."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
+    onnx.save(model, str(dst))
+    return dst
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.i = feeds, 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+def calibration_feeds(fp32: dict[str, Path], images: list[np.ndarray], text: np.ndarray, mask: np.ndarray,
+                      prompts_per_feed: int = 8) -> dict[str, list[dict]]:
+    """The inputs each graph sees in the real pipeline: images, then their fp32 features x every concept."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(fp32["image_encoder"]), providers=["CPUExecutionProvider"])
+    image_feeds = [{"image": img[None]} for img in images]
+    decoder_feeds = []
+    for feed in image_feeds:
+        levels = session.run(None, feed)
+        for s in range(0, len(text), prompts_per_feed):
+            decoder_feeds.append({"feat0": levels[0], "feat1": levels[1], "feat2": levels[2],
+                                  "text": text[s:s + prompts_per_feed].astype(np.float32),
+                                  "text_mask": mask[s:s + prompts_per_feed].astype(bool)})
+    return {"image_encoder": image_feeds, "decoder": decoder_feeds}
+
+
+def to_int8(src: Path, dst: Path, feeds: list[dict], exclude_ops: tuple[str, ...] = ()) -> Path:
+    """Static QDQ int8 (per-channel weights, uint8 activations, MinMax calibration) of ``src``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not feeds:
+        raise ValueError(f"no calibration inputs for {src.name}: pass --calib with at least one image")
+    pre = dst.with_name(dst.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    except Exception:  # pre-processing is an optimisation; quantise the graph as exported if it fails
+        pre = src
+    ops = ["Conv", "MatMul", "Gemm"]  # weight-carrying ops; the head arithmetic (softmax, sigmoid, top-k) stays float
+    quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    if pre != src:
+        pre.unlink(missing_ok=True)
+    return dst
+
+
+def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,
+                mask: np.ndarray) -> dict[str, Path]:
+    """All graphs of ``student`` at ``precision`` in ``out_dir`` (fp32 intermediates removed)."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"ONNX supports precisions fp32, fp16, int8; got {precision!r}")
+    if not calib_images:
+        raise ValueError("export needs at least one image (verification, and calibration for int8)")
+    work = out_dir / ("." + precision + "-work") if precision != "fp32" else out_dir
+    # two prompts in the example: torch.export specialises a dimension of size 1 to a constant
+    two = np.arange(2) % len(text)
+    fp32 = export_fp32(student, work, calib_images[0], (text[two], mask[two]))
+    if precision == "fp32":
+        return fp32
+    out = {}
+    if precision == "fp16":
+        for name, path in fp32.items():
+            out[name] = to_fp16(path, out_dir / path.name)
+    else:
+        feeds = calibration_feeds(fp32, calib_images, text, mask)
+        for name, path in fp32.items():
+            out[name] = to_int8(path, out_dir / path.name, feeds[name])
+    for path in fp32.values():
+        path.unlink(missing_ok=True)
+        Path(str(path) + ".data").unlink(missing_ok=True)
+    work.rmdir() if work.exists() and not any(work.iterdir()) else None
+    return out

@@ -1,0 +1,98 @@
+"""The export spec of a student: the single source every target's settings come from.
+
+``export_spec(student)`` describes the graphs of its bundle (see :mod:`sam3edge.export.graphs`):
+names, dtypes and shapes of every input and output (``"prompts"`` marks the dynamic prompt axis),
+and the verification thresholds per precision. Targets read names and shapes from here (ONNX
+dynamic axes, TensorRT optimisation profiles, OpenVINO reshapes); the bundle's manifest stores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CONTEXT_LENGTH = 32  # CLIP token ids per phrase, as the tokenizer pads them
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple  # ints, or "prompts" for the dynamic prompt axis
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What an exported bundle must keep of PyTorch's answers on the verification images.
+
+    mask_iou: mean IoU of PyTorch's kept instances (score >= 0.5) with the export's mask of the same
+    query slot; recall: fraction of PyTorch's kept instances the export also keeps (same slot, IoU >=
+    0.5); score_mae: mean absolute score difference over the top-K slots.
+    """
+
+    mask_iou: float
+    recall: float
+    score_mae: float
+
+
+THRESHOLDS = {
+    "fp32": Thresholds(mask_iou=0.99, recall=0.98, score_mae=1e-3),
+    "fp16": Thresholds(mask_iou=0.95, recall=0.9, score_mae=0.02),
+    "int8": Thresholds(mask_iou=0.80, recall=0.75, score_mae=0.08),
+}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    student: str
+    input_size: int
+    width: int
+    top_k: int
+    text_mode: str
+    text_length: int
+    graphs: tuple[GraphSpec, ...]
+    thresholds: dict = field(default_factory=lambda: {k: asdict(v) for k, v in THRESHOLDS.items()})
+
+    def graph(self, name: str) -> GraphSpec:
+        for g in self.graphs:
+            if g.name == name:
+                return g
+        raise KeyError(f"no graph {name!r} in the export spec of {self.student!r}; "
+                       f"graphs: {', '.join(g.name for g in self.graphs)}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def export_spec(student, text_length: int | None = None) -> ExportSpec:
+    """The :class:`ExportSpec` of a :class:`~sam3edge.models.student.Sam3Student`."""
+    s, c = student.image_size, student.spec.heads.hidden_size
+    k = student.spec.export.top_k
+    if text_length is None:
+        text_length = int(student.concepts.features.shape[1]) if student.concepts is not None else CONTEXT_LENGTH
+    feats = tuple(TensorSpec(f"feat{i}", "float32", (1, c, s // d, s // d)) for i, d in enumerate((4, 8, 16)))
+    graphs = [
+        GraphSpec("image_encoder", (TensorSpec("image", "uint8", (1, s, s, 3)),), feats),
+        GraphSpec("decoder",
+                  (*feats, TensorSpec("text", "float32", ("prompts", text_length, c)),
+                   TensorSpec("text_mask", "bool", ("prompts", text_length))),
+                  (TensorSpec("scores", "float32", ("prompts", k)), TensorSpec("boxes", "float32", ("prompts", k, 4)),
+                   TensorSpec("presence", "float32", ("prompts",)),
+                   TensorSpec("masks", "float32", ("prompts", k, s // 4, s // 4)),
+                   TensorSpec("indices", "int64", ("prompts", k)))),
+    ]
+    if student.text_mode == "encoder":
+        n = CONTEXT_LENGTH
+        graphs.append(GraphSpec(
+            "text_encoder",
+            (TensorSpec("input_ids", "int64", ("prompts", n)), TensorSpec("attention_mask", "int64", ("prompts", n))),
+            (TensorSpec("text", "float32", ("prompts", n, c)), TensorSpec("text_mask", "bool", ("prompts", n)))))
+    return ExportSpec(student=student.spec.name, input_size=s, width=c, top_k=k, text_mode=student.text_mode,
+                      text_length=text_length, graphs=tuple(graphs))

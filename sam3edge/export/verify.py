@@ -1,0 +1,104 @@
+"""Verification of an export against PyTorch, on real images, right after it is written.
+
+For every verification image and every concept, the exported graphs and the PyTorch student (the
+same wrappers, fp32) answer; the report holds per-output max absolute error and the end-task
+agreement that matters to a user: of PyTorch's kept instances (score >= 0.5), the fraction the export
+keeps too in the same query slot with mask IoU >= 0.5 (recall), their mean mask IoU, and the mean
+absolute score difference over the top-K ranks. Max errors of boxes and masks are taken where both
+sides put the same query (``indices``) at the same rank; an instance is matched by best IoU, so
+near-equal scores ranked the other way round do not count as errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from sam3edge.export.graphs import DecoderGraph, ImageEncoderGraph
+from sam3edge.export.spec import THRESHOLDS
+
+
+def torch_runner(student) -> Callable:
+    image_graph, decoder = ImageEncoderGraph(student).eval(), DecoderGraph(student).eval()
+
+    @torch.no_grad()
+    def run(image: np.ndarray, text: np.ndarray, mask: np.ndarray):
+        levels = image_graph(torch.from_numpy(np.ascontiguousarray(image))[None])
+        out = decoder(*levels, torch.from_numpy(text).float(), torch.from_numpy(mask).bool())
+        return tuple(o.numpy() for o in out)
+
+    return run
+
+
+def onnx_runner(paths: dict, threads: int = 0) -> Callable:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    image = ort.InferenceSession(str(paths["image_encoder"]), opts, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(paths["decoder"]), opts, providers=["CPUExecutionProvider"])
+
+    def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray):
+        f0, f1, f2 = image.run(None, {"image": np.ascontiguousarray(img)[None]})
+        return tuple(decoder.run(None, {"feat0": f0, "feat1": f1, "feat2": f2, "text": text.astype(np.float32),
+                                        "text_mask": mask.astype(bool)}))
+
+    return run
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boolean masks a [n, h, w] and b [m, h, w]."""
+    a, b = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def compare(reference: Callable, candidate: Callable, images: list[np.ndarray], text: np.ndarray, mask: np.ndarray,
+            score_threshold: float = 0.5) -> dict:
+    """Agreement of ``candidate`` with ``reference`` (both ``run(image, text, mask)``) over images x concepts."""
+    names = ("scores", "boxes", "presence", "masks")
+    max_err = dict.fromkeys(names, 0.0)
+    ious, found, total, score_err, same_slot = [], 0, 0, [], []
+    for img in images:
+        ref, got = reference(img, text, mask), candidate(img, text, mask)
+        same = ref[4] == got[4]  # [P, K]: the same query in this rank on both sides
+        same_slot.append(float(same.mean()))
+        for n, r, g in zip(names, ref, got):
+            d = np.abs(r.astype(np.float64) - g.astype(np.float64))
+            if n in ("boxes", "masks"):
+                d = d[same]
+            if d.size:
+                max_err[n] = max(max_err[n], float(d.max()))
+        score_err.append(np.abs(ref[0] - got[0]).mean())
+        for p in range(len(text)):
+            keep_r = ref[0][p] >= score_threshold
+            if not keep_r.any():
+                continue
+            m_r, m_g = ref[3][p][keep_r] > 0, got[3][p] > 0
+            iou = _iou(m_r, m_g)  # [kept reference, all K candidate slots]
+            kept_g = got[0][p] >= score_threshold
+            best = (iou * kept_g[None]).max(1)  # best IoU with a candidate instance the export keeps
+            ious.extend(iou.max(1).tolist())
+            found += int((best >= 0.5).sum())
+            total += int(keep_r.sum())
+    return {"images": len(images), "concepts": int(len(text)), "reference_instances": total,
+            "recall": found / total if total else 1.0, "mask_iou": float(np.mean(ious)) if ious else 1.0,
+            "score_mae": float(np.mean(score_err)), "same_query_rate": float(np.mean(same_slot)),
+            "max_abs_error": max_err}
+
+
+def passes(report: dict, precision: str) -> list[str]:
+    """The thresholds ``report`` misses at ``precision`` (empty: it passes)."""
+    t = THRESHOLDS[precision]
+    failed = []
+    if report["recall"] < t.recall:
+        failed.append(f"recall of PyTorch's instances {report['recall']:.3f} < {t.recall}")
+    if report["mask_iou"] < t.mask_iou:
+        failed.append(f"mask IoU {report['mask_iou']:.3f} < {t.mask_iou}")
+    if report["score_mae"] > t.score_mae:
+        failed.append(f"score MAE {report['score_mae']:.4f} > {t.score_mae}")
+    return failed

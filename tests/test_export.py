@@ -1,0 +1,156 @@
+"""`sam3edge export` to ONNX: fp32 / fp16 / int8 bundles, verified against PyTorch, with clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]
+
+
+@pytest.fixture(scope="module")
+def toy_student_dir(tmp_path_factory):
+    """The toy student at 128 px with the bundled teacher's heads and concept features (random encoder)."""
+    import torch
+
+    from sam3edge.cli import resolve_model
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import init_heads_from_teacher, save_student
+    from sam3edge.models.teacher import Sam3Teacher
+    from sam3edge.runtime.concepts import ConceptCache
+
+    teacher = Sam3Teacher.from_pretrained(resolve_model("orchard-toy"))
+    torch.manual_seed(0)
+    student = create_student("toy", input_size=128)
+    init_heads_from_teacher(student, teacher)
+    student.set_concepts(ConceptCache.from_teacher(teacher, ORCHARD_PHRASES))
+    return save_student(student, tmp_path_factory.mktemp("students") / "toy128")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from sam3edge.data.orchard import render_scene, scene_rng
+
+    folder = tmp_path_factory.mktemp("scenes")
+    for i in range(6):
+        Image.fromarray(render_scene(scene_rng(11, i), 160).image).save(folder / f"s{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundles(toy_student_dir, scenes, tmp_path_factory):
+    from sam3edge.export.bundle import export_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {p: (root / f"toy-{p}.sam3edge", export_bundle(toy_student_dir, root / f"toy-{p}.sam3edge", "onnx", p,
+                                                          calib=scenes, n_verify=3, progress=False))
+            for p in ("fp32", "fp16", "int8")}
+
+
+def test_fp32_bundle_is_complete_checksummed_and_equal_to_pytorch(bundles):
+    import onnx
+
+    from sam3edge.export.bundle import sha256
+
+    path, manifest = bundles["fp32"]
+    assert manifest["format"] == "sam3edge-bundle" and manifest["format_version"] == 1
+    assert manifest["target"] == "onnx" and manifest["precision"] == "fp32"
+    assert manifest["concepts"] == ORCHARD_PHRASES and manifest["input"]["size"] == 128
+    assert set(manifest["graphs"]) == {"image_encoder", "decoder"}
+    for name in ("graphs/image_encoder.onnx", "graphs/decoder.onnx", "concepts.npy", "tokenizer.json"):
+        assert manifest["files"][name] == sha256(path / name), name
+    for g in manifest["graphs"].values():
+        model = onnx.load(str(path / g["file"]))
+        onnx.checker.check_model(model, full_check=True)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    dec = manifest["graphs"]["decoder"]
+    assert [i["name"] for i in dec["inputs"]] == ["feat0", "feat1", "feat2", "text", "text_mask"]
+    assert dec["outputs"][3]["shape"] == ["prompts", 10, 32, 32]
+    v = manifest["verification"]
+    assert v["failed"] == [] and not v["forced"]
+    assert v["max_abs_error"]["scores"] <= 1e-4 and v["max_abs_error"]["presence"] <= 1e-5
+    assert v["max_abs_error"]["masks"] <= 1e-2  # logits of the same query, same rank
+    assert v["recall"] == 1.0 and v["mask_iou"] >= 0.99
+    assert not list(path.parent.glob(".*"))  # no temporary directory left beside the bundle
+
+
+def test_prompt_count_is_dynamic_in_the_exported_decoder(bundles):
+    import onnxruntime as ort
+
+    path, _ = bundles["fp32"]
+    image = ort.InferenceSession(str(path / "graphs/image_encoder.onnx"), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(path / "graphs/decoder.onnx"), providers=["CPUExecutionProvider"])
+    feats = image.run(None, {"image": np.zeros((1, 128, 128, 3), np.uint8)})
+    text = np.load(path / "concepts.npy").astype(np.float32)
+    mask = np.load(path / "concepts_mask.npy")
+    one = decoder.run(None, dict(zip(("feat0", "feat1", "feat2"), feats)) | {"text": text[:1], "text_mask": mask[:1]})
+    three = decoder.run(None, dict(zip(("feat0", "feat1", "feat2"), feats)) | {"text": text, "text_mask": mask})
+    assert one[0].shape == (1, 10) and three[3].shape == (3, 10, 32, 32) and three[4].dtype == np.int64
+    np.testing.assert_allclose(one[0][0], three[0][0], atol=1e-5)  # a prompt's answer does not depend on the others
+
+
+def test_fp16_and_int8_are_smaller_and_stay_close_to_pytorch(bundles):
+    import onnx
+
+    size = {p: sum((b / f).stat().st_size for f in m["files"] if f.startswith("graphs/")) for p, (b, m) in
+            bundles.items()}
+    assert size["fp16"] < 0.7 * size["fp32"] and size["int8"] < 0.6 * size["fp32"]
+    for p, presence_tol, score_tol in (("fp16", 2e-3, 5e-3), ("int8", 0.1, 0.05)):
+        v = bundles[p][1]["verification"]
+        assert v["failed"] == [], p
+        assert v["max_abs_error"]["presence"] <= presence_tol and v["score_mae"] <= score_tol, (p, v)
+    ops = {n.op_type for n in onnx.load(str(bundles["int8"][0] / "graphs/image_encoder.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # static QDQ
+    assert bundles["int8"][1]["verification"]["calibration_images"] == 3
+
+
+def test_bad_input_is_refused_before_anything_is_written(toy_student_dir, scenes, tmp_path, bundles):
+    from sam3edge.export.bundle import export_bundle
+
+    out = tmp_path / "b.sam3edge"
+    with pytest.raises(ValueError, match="unknown target 'tflite'; targets: onnx"):
+        export_bundle(toy_student_dir, out, "tflite", calib=scenes, progress=False)
+    with pytest.raises(ValueError, match="does not support precision 'int4'.*fp32, fp16, int8"):
+        export_bundle(toy_student_dir, out, "onnx", "int4", calib=scenes, progress=False)
+    with pytest.raises(NotImplementedError, match="openvino"):
+        export_bundle(toy_student_dir, out, "openvino", calib=scenes, progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        export_bundle(toy_student_dir, out, calib=empty, progress=False)
+    with pytest.raises(FileNotFoundError, match="neither student/config.json"):
+        export_bundle(tmp_path, out, calib=scenes, progress=False)
+    existing, _ = bundles["fp32"]
+    before = (existing / "manifest.json").read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_bundle(toy_student_dir, existing, calib=scenes, progress=False)
+    assert (existing / "manifest.json").read_bytes() == before  # untouched
+    assert not out.exists()
+
+
+def test_a_checkpoint_of_another_student_is_named(toy_student_dir, scenes, tmp_path):
+    import shutil
+
+    from sam3edge.export.bundle import export_bundle
+
+    other = tmp_path / "other"
+    shutil.copytree(toy_student_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["spec"]["heads"]["num_queries"] = 12  # weights saved for 16 queries
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        export_bundle(other, tmp_path / "x.sam3edge", calib=scenes, progress=False)
+
+
+def test_cli_export_writes_a_bundle_and_reports_errors(toy_student_dir, scenes, tmp_path, capsys):
+    from sam3edge.cli import main
+
+    out = tmp_path / "cli.sam3edge"
+    assert main(["export", str(toy_student_dir), "--precision", "fp32", "--calib", str(scenes), "--out", str(out),
+                 "--quiet"]) == 0
+    assert "recall 1.000" in capsys.readouterr().out and (out / "manifest.json").is_file()
+    assert main(["export", str(toy_student_dir), "--calib", str(scenes), "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
