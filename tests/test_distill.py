@@ -70,6 +70,15 @@ def test_distill_refuses_other_settings_and_bad_input(toy_width_teacher, tiny_sa
     assert not (tmp_path / "f" / "cache").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         distill(_cfg(toy_width_teacher, tmp_path / "nowhere", tmp_path / "d"), progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        distill(_cfg(toy_width_teacher, empty, tmp_path / "g"), progress=False)
+    with pytest.raises(ValueError, match="duplicate"):
+        distill(_cfg(toy_width_teacher, orchard_small, tmp_path / "h", concepts=["leaf", "Leaf "]), progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        distill(_cfg(toy_width_teacher, orchard_small, tmp_path / "i", concepts=["leaf", "  "]), progress=False)
+    assert not any((tmp_path / d / "cache").exists() for d in "ghi")
 
 
 def test_a_few_steps_lower_the_loss_and_raise_agreement(orchard_small, tmp_path):

@@ -97,13 +97,20 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import init_heads_from_teacher, rank_teacher_queries, save_student
     from sam3edge.models.teacher import Sam3Teacher
-    from sam3edge.runtime.concepts import ConceptCache
+    from sam3edge.runtime.concepts import ConceptCache, normalize_phrase
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     init_from_env(device)  # under torchrun: one process group for caching and training
     if not cfg.concepts:
         raise ValueError("no concepts given: pass --concepts 'ripe apple,leaf' or a file with one phrase per line")
+    keys = [normalize_phrase(c) for c in cfg.concepts]
+    if not all(keys):
+        raise ValueError(f"empty phrase in the concepts {cfg.concepts!r}: remove it")
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ValueError(f"duplicate phrases in the concepts (after case/whitespace normalisation): {dupes}; "
+                         "give each concept once")
     if cfg.init_queries not in ("first", "used"):
         raise ValueError(f"init_queries must be 'first' or 'used', got {cfg.init_queries!r}")
     bad = [s for s in cfg.stages if s not in (1, 2)]
