@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_distill)
 
-    x = sub.add_parser("export", help="export a distilled student to a verified bundle (ONNX fp32/fp16/int8)")
+    x = sub.add_parser("export", help="export a distilled student to a verified bundle "
+                                      "(ONNX / OpenVINO; fp32, fp16, int8)")
     x.add_argument("source", help="distillation run directory (holding student/) or a saved student directory")
-    x.add_argument("--target", default="onnx", help="onnx (openvino, coreml, tensorrt: not yet)")
+    x.add_argument("--target", default="onnx", help="onnx or openvino (coreml, tensorrt: not yet)")
     x.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (static QDQ, calibrated on --calib)")
     x.add_argument("--calib", help="folder of domain images for int8 calibration and verification "
                                    "(default: the run's own images)")

@@ -111,12 +111,12 @@ def test_bad_input_is_refused_before_anything_is_written(toy_student_dir, scenes
     from sam3edge.export.bundle import export_bundle
 
     out = tmp_path / "b.sam3edge"
-    with pytest.raises(ValueError, match="unknown target 'tflite'; targets: onnx"):
+    with pytest.raises(ValueError, match="unknown target 'tflite'; targets: onnx, openvino, coreml"):
         export_bundle(toy_student_dir, out, "tflite", calib=scenes, progress=False)
     with pytest.raises(ValueError, match="does not support precision 'int4'.*fp32, fp16, int8"):
         export_bundle(toy_student_dir, out, "onnx", "int4", calib=scenes, progress=False)
-    with pytest.raises(NotImplementedError, match="openvino"):
-        export_bundle(toy_student_dir, out, "openvino", calib=scenes, progress=False)
+    with pytest.raises(NotImplementedError, match="'tensorrt' is not implemented yet"):
+        export_bundle(toy_student_dir, out, "tensorrt", calib=scenes, progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no images"):
@@ -154,3 +154,25 @@ def test_cli_export_writes_a_bundle_and_reports_errors(toy_student_dir, scenes, 
     assert "recall 1.000" in capsys.readouterr().out and (out / "manifest.json").is_file()
     assert main(["export", str(toy_student_dir), "--calib", str(scenes), "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_openvino_fp32_and_int8_bundles_are_verified(toy_student_dir, scenes, tmp_path):
+    import openvino as ov
+
+    from sam3edge.export.bundle import export_bundle
+
+    for p in ("fp32", "int8"):
+        out = tmp_path / f"ov-{p}.sam3edge"
+        m = export_bundle(toy_student_dir, out, "openvino", p, calib=scenes, n_verify=3, progress=False)
+        assert {"graphs/image_encoder.xml", "graphs/image_encoder.bin", "graphs/decoder.xml",
+                "graphs/decoder.bin"} <= set(m["files"])
+        assert m["graphs"]["decoder"]["file"] == "graphs/decoder.xml" and m["target"] == "openvino"
+        v = m["verification"]
+        assert v["failed"] == [], v
+        if p == "fp32":  # computed in f32 (the CPU's bf16 default is overridden for verification)
+            assert v["max_abs_error"]["scores"] <= 1e-4 and v["recall"] == 1.0 and v["mask_iou"] >= 0.99
+        else:
+            assert v["score_mae"] <= 0.05
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "ov-int8.sam3edge/graphs/"
+                                                                             "image_encoder.xml")).get_ops()}
+    assert "FakeQuantize" in ops  # NNCF int8

@@ -4,7 +4,7 @@ A bundle is a directory ``NAME.sam3edge/`` (DESIGN.md)::
 
     manifest.json          format + version, student spec, export spec (graph I/O), target, precision,
                            concepts, sha256 of every file, verification figures, provenance
-    graphs/*.onnx          image_encoder, decoder (+ text_encoder for open-vocabulary students)
+    graphs/*.onnx | *.xml+*.bin   image_encoder, decoder (ONNX or OpenVINO IR)
     concepts.npy, concepts_mask.npy, concepts.json   the concept cache (teacher text features)
     tokenizer.json         the CLIP tokenizer (torch-free ``tokenizers`` format)
 
@@ -28,8 +28,8 @@ from sam3edge.atomic import atomic_directory
 
 FORMAT = "sam3edge-bundle"
 FORMAT_VERSION = 1
-TARGETS = {"onnx": ("fp32", "fp16", "int8")}  # implemented here; openvino / coreml / tensorrt: see README
-PLANNED_TARGETS = ("openvino", "coreml", "tensorrt")
+TARGETS = {"onnx": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "int8")}
+PLANNED_TARGETS = ("coreml", "tensorrt")  # not implemented yet: see README
 
 
 def sha256(path: Path) -> str:
@@ -79,13 +79,13 @@ def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", pre
 
     from sam3edge.data.images import load_image, resize_batch
     from sam3edge.export.spec import export_spec
-    from sam3edge.export.verify import compare, onnx_runner, passes, torch_runner
+    from sam3edge.export.verify import compare, passes, torch_runner
     from sam3edge.models.student_io import load_student
 
     if target not in TARGETS:
         if target in PLANNED_TARGETS:
-            raise NotImplementedError(f"target {target!r} is not implemented yet (this version exports onnx); "
-                                      "see the README's state table")
+            raise NotImplementedError(f"target {target!r} is not implemented yet (this version exports "
+                                      f"{', '.join(TARGETS)}); see the README's state table")
         raise ValueError(f"unknown target {target!r}; targets: {', '.join([*TARGETS, *PLANNED_TARGETS])}")
     if precision not in TARGETS[target]:
         raise ValueError(f"target {target} does not support precision {precision!r}; it supports "
@@ -114,11 +114,18 @@ def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", pre
     t0 = time.time()
     bar = tqdm(total=3, desc=f"export {target} {precision}", disable=not progress, unit="step")
     with atomic_directory(out) as tmp:
-        from sam3edge.export.onnx import export_onnx
+        if target == "onnx":
+            from sam3edge.export.onnx import export_onnx
+            from sam3edge.export.verify import onnx_runner as runner
 
-        paths = export_onnx(student, tmp / "graphs", precision, calibrate, text, mask)
+            paths = export_onnx(student, tmp / "graphs", precision, calibrate, text, mask)
+        else:
+            from sam3edge.export.openvino import export_openvino
+            from sam3edge.export.openvino import openvino_runner as runner
+
+            paths = export_openvino(student, tmp / "graphs", precision, calibrate, text, mask)
         bar.update(1)
-        report = compare(torch_runner(student), onnx_runner(paths), verify, text, mask)
+        report = compare(torch_runner(student), runner(paths), verify, text, mask)
         report["precision"] = precision
         report["verification_images"] = len(verify)
         report["calibration_images"] = len(calibrate) if precision == "int8" else 0
@@ -150,6 +157,7 @@ def _subset(cache, phrases: list[str]):
 def _manifest(student, spec, target, precision, paths, root: Path, cache, report, source, t0) -> dict:
     import onnx
     import onnxruntime
+    import openvino
     import torch
 
     from sam3edge import __version__
@@ -173,6 +181,7 @@ def _manifest(student, spec, target, precision, paths, root: Path, cache, report
                                                                                         time.gmtime()),
                        "export_seconds": round(time.time() - t0, 1), "sam3edge": __version__,
                        "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                       "openvino": openvino.__version__,
                        "host": platform.machine()},
     }
 
