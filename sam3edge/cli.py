@@ -130,6 +130,7 @@ def _cmd_distill(args) -> int:
     cfg = DistillConfig(teacher=resolve_model(args.teacher), images=str(args.images), concepts=concepts,
                         student=args.student, out=str(args.out), stages=stages, steps=args.steps,
                         stage1_steps=args.stage1_steps, batch=args.batch, pairs=args.pairs, lr=args.lr,
+                        stage1_lr=args.stage1_lr,
                         amp=True if args.amp else None, seed=args.seed, init_heads=not args.no_init_heads,
                         init_layers=args.init_layers, init_queries=args.init_queries,
                         holdout=args.holdout, threads=args.threads, student_overrides=overrides)
@@ -192,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps (default: steps / 2)")
     d.add_argument("--batch", type=int, default=4, help="images per step")
     d.add_argument("--pairs", type=int, default=4, help="phrases per image per step")
-    d.add_argument("--lr", type=float, default=4e-4)
+    d.add_argument("--lr", type=float, default=4e-4, help="stage-2 learning rate")
+    d.add_argument("--stage1-lr", type=float, default=1e-3, help="stage-1 learning rate")
     d.add_argument("--input-size", type=int, default=0, help="student input size (default: its registry entry)")
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of images kept out for the report")
     d.add_argument("--amp", action="store_true", help="bf16 autocast (default: on for CUDA)")
