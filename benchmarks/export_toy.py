@@ -15,26 +15,18 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sam3edge.atomic import atomic_write_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_students import _median_ms  # noqa: E402
+from sam3edge.atomic import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _median_ms(fn, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def _graph_calls(target: str, paths: dict, threads: int, precision: str, frame: np.ndarray, text, mask):
@@ -106,8 +98,8 @@ def main(argv=None) -> int:
             "target": target, "precision": precision, "export_s": round(export_s, 1),
             "graph_mb": round(sum((out / f).stat().st_size for f in manifest["files"] if f.startswith("graphs/"))
                               / 1e6, 2),
-            "image_encoder_ms": round(_median_ms(img_fn, args.runs), 2),
-            "decoder_ms": round(_median_ms(dec_fn, args.runs), 2),
+            "image_encoder_ms": round(_median_ms(img_fn, args.runs, warmup=3)[0], 2),
+            "decoder_ms": round(_median_ms(dec_fn, args.runs, warmup=3)[0], 2),
             "concepts": int(len(text)), "recall_vs_pytorch": agree["recall"], "mask_iou_vs_pytorch": agree["mask_iou"],
             "score_mae": agree["score_mae"], "reference_instances": agree["reference_instances"],
         })

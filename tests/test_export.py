@@ -53,7 +53,7 @@ def bundles(toy_student_dir, scenes, tmp_path_factory):
 def test_fp32_bundle_is_complete_checksummed_and_equal_to_pytorch(bundles):
     import onnx
 
-    from sam3edge.export.bundle import sha256
+    from sam3edge.runtime.concepts import sha256_file
 
     path, manifest = bundles["fp32"]
     assert manifest["format"] == "sam3edge-bundle" and manifest["format_version"] == 1
@@ -61,7 +61,7 @@ def test_fp32_bundle_is_complete_checksummed_and_equal_to_pytorch(bundles):
     assert manifest["concepts"] == ORCHARD_PHRASES and manifest["input"]["size"] == 128
     assert set(manifest["graphs"]) == {"image_encoder", "decoder"}
     for name in ("graphs/image_encoder.onnx", "graphs/decoder.onnx", "concepts.npy", "tokenizer.json"):
-        assert manifest["files"][name] == sha256(path / name), name
+        assert manifest["files"][name] == sha256_file(path / name), name
     for g in manifest["graphs"].values():
         model = onnx.load(str(path / g["file"]))
         onnx.checker.check_model(model, full_check=True)

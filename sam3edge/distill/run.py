@@ -97,20 +97,14 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import init_heads_from_teacher, rank_teacher_queries, save_student
     from sam3edge.models.teacher import Sam3Teacher
-    from sam3edge.runtime.concepts import ConceptCache, normalize_phrase
+    from sam3edge.runtime.concepts import ConceptCache, check_phrases
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     init_from_env(device)  # under torchrun: one process group for caching and training
     if not cfg.concepts:
         raise ValueError("no concepts given: pass --concepts 'ripe apple,leaf' or a file with one phrase per line")
-    keys = [normalize_phrase(c) for c in cfg.concepts]
-    if not all(keys):
-        raise ValueError(f"empty phrase in the concepts {cfg.concepts!r}: remove it")
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
-    if dupes:
-        raise ValueError(f"duplicate phrases in the concepts (after case/whitespace normalisation): {dupes}; "
-                         "give each concept once")
+    check_phrases(cfg.concepts)
     if cfg.init_queries not in ("first", "used"):
         raise ValueError(f"init_queries must be 'first' or 'used', got {cfg.init_queries!r}")
     bad = [s for s in cfg.stages if s not in (1, 2)]
@@ -135,8 +129,16 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     torch.manual_seed(cfg.seed)  # the student's initial weights follow from the run's seed
     student = create_student(cfg.student, **cfg.student_overrides)
     _check_widths(teacher, student, cfg)
-    if cfg.init_heads and 2 in cfg.stages:  # refuse an incompatible student before any teacher work
-        init_heads_from_teacher(create_student(cfg.student, **cfg.student_overrides), teacher, layers=cfg.init_layers)
+    train_idx, held_idx = _split(len(files), cfg.holdout, cfg.seed)
+    init = None
+    # Before the cache (an incompatible student is refused before any teacher work) and before stage 1 (a
+    # stage-1-only student carries the teacher's heads, its checkpoints too).
+    if cfg.init_heads:
+        queries = "first"
+        if cfg.init_queries == "used":
+            sample = [files[i] for i in train_idx[:32]]
+            queries = rank_teacher_queries(teacher, sample, cfg.concepts)[: student.spec.heads.num_queries]
+        init = init_heads_from_teacher(student, teacher, layers=cfg.init_layers, queries=queries)
     size = student.image_size
     grid = [size // 4, size // 8, size // 16]
     cache = build_cache(teacher, files, cfg.concepts, out / "cache", batch_size=cfg.cache_batch,
@@ -144,7 +146,6 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     if world > 1:
         torch.distributed.barrier()
     cache = TeacherCache(out / "cache")
-    train_idx, held_idx = _split(len(cache), cfg.holdout, cfg.seed)
     text, text_mask = cache.text()
     if student.text_mode == "cache":
         student.set_concepts(ConceptCache(cache.spec.phrases, text.float().numpy(), text_mask.numpy(),
@@ -156,12 +157,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
                     # lose accuracy even with perfect features (benchmarks/grid_oracle.py: 14 vs 16 -> 81 %)
                     "grid": {"teacher_tokens": _token_grid(teacher), "student": size // 16}}
 
-    if cfg.init_heads:  # before stage 1, so a stage-1-only student carries the teacher's heads (its checkpoints too)
-        queries = "first"
-        if cfg.init_queries == "used":
-            sample = [cache.spec.images[i] for i in train_idx[:32]]
-            queries = rank_teacher_queries(teacher, sample, cache.spec.phrases)[: student.spec.heads.num_queries]
-        init = init_heads_from_teacher(student, teacher, layers=cfg.init_layers, queries=queries)
+    if init is not None:
         report["init_heads"] = {k: (len(v) if k in ("loaded", "kept", "ignored") else v) for k, v in init.items()}
 
     if 1 in cfg.stages:

@@ -15,29 +15,22 @@ export leaves no partial bundle; an export that fails verification is not writte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from sam3edge.atomic import atomic_directory
+from sam3edge.runtime.concepts import sha256_file
 
 FORMAT = "sam3edge-bundle"
 FORMAT_VERSION = 1
 TARGETS = {"onnx": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "int8")}
 PLANNED_TARGETS = ("coreml", "tensorrt")  # not implemented yet: see README
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_student_dir(source: str | Path) -> Path:
@@ -57,12 +50,13 @@ def resolve_student_dir(source: str | Path) -> Path:
 def domain_images(source: Path, calib: str | Path | None, limit: int = 40) -> list[Path]:
     """Calibration / verification images: ``--calib`` DIR, else the run's own teacher-cache images."""
     from sam3edge.data.coco import list_images
+    from sam3edge.distill.cache import read_json
 
     if calib is not None:
-        return list_images(Path(calib))[:limit]
+        return list_images(Path(calib))[:limit]  # a clear error for a missing or image-less folder
     cache = source / "cache" / "cache.json"
     if cache.is_file():
-        images = [Path(p) for p in json.loads(cache.read_text())["images"]]
+        images = [Path(p) for p in read_json(cache, "pass --calib DIR instead").get("images", [])]
         images = [p for p in images if p.is_file()]
         if images:
             step = max(1, len(images) // limit)
@@ -100,10 +94,8 @@ def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", pre
                          "so the bundle can carry the teacher's text features")
     cache = student.concepts
     if concepts:
-        cache = cache.subset(concepts) if hasattr(cache, "subset") else _subset(cache, concepts)
+        cache = _subset(cache, concepts)
     files = domain_images(Path(source), calib)
-    if not files:
-        raise ValueError(f"calibration folder {calib} holds no images")
     images, _ = resize_batch([load_image(p) for p in files], student.image_size)
     images = list(images)
     verify = images[-n_verify:] if len(images) > n_verify else images
@@ -168,10 +160,10 @@ def _manifest(student, spec, target, precision, paths, root: Path, cache, report
             graphs[g.name] = {"file": paths[g.name].relative_to(root).as_posix(),
                               "inputs": [vars(t) | {"shape": list(t.shape)} for t in g.inputs],
                               "outputs": [vars(t) | {"shape": list(t.shape)} for t in g.outputs]}
-    files = {p.relative_to(root).as_posix(): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "student": {"name": student.spec.name, "input_size": student.image_size, "spec": _spec_json(student)},
+        "student": {"name": student.spec.name, "input_size": student.image_size, "spec": asdict(student.spec)},
         "export_spec": spec.to_json(), "target": target, "precision": precision, "device_profile": None,
         "input": {"size": student.image_size, "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
                   "resize": "square, bilinear (as SAM3's processor)"},
@@ -184,9 +176,3 @@ def _manifest(student, spec, target, precision, paths, root: Path, cache, report
                        "openvino": openvino.__version__,
                        "host": platform.machine()},
     }
-
-
-def _spec_json(student) -> dict:
-    from dataclasses import asdict
-
-    return asdict(student.spec)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,13 +24,20 @@ from sam3edge.export.graphs import DECODER_INPUTS, DECODER_OUTPUTS, IMAGE_OUTPUT
 OPSET = 18
 
 
-def export_fp32(student, out_dir: Path, example_image: np.ndarray, example_text: tuple[np.ndarray, np.ndarray]
+def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarray, mask: np.ndarray
                 ) -> dict[str, Path]:
-    """Write ``image_encoder.onnx`` and ``decoder.onnx`` (fp32) into ``out_dir``; returns name -> path."""
+    """Write ``image_encoder.onnx`` and ``decoder.onnx`` (fp32) into ``out_dir``; returns name -> path.
+
+    Every target starts from these graphs. images / text / mask: the domain's images (the first is the
+    example input) and the concepts' features.
+    """
+    if not images:
+        raise ValueError("export needs at least one image (verification, and calibration for int8)")
     out_dir.mkdir(parents=True, exist_ok=True)
     image_graph, decoder = ImageEncoderGraph(student).eval(), DecoderGraph(student).eval()
-    img = torch.from_numpy(np.ascontiguousarray(example_image))[None]
-    text, mask = (torch.from_numpy(a) for a in example_text)
+    img = torch.from_numpy(np.ascontiguousarray(images[0]))[None]
+    two = np.arange(2) % len(text)  # two example prompts: torch.export specialises a size-1 dimension to a constant
+    text, mask = torch.from_numpy(text[two]), torch.from_numpy(mask[two])
     paths = {"image_encoder": out_dir / "image_encoder.onnx", "decoder": out_dir / "decoder.onnx"}
     prompts = torch.export.Dim("prompts", min=1, max=1024)
     with torch.no_grad(), warnings.catch_warnings():
@@ -114,14 +122,10 @@ def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.nd
     """All graphs of ``student`` at ``precision`` in ``out_dir`` (fp32 intermediates removed)."""
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"ONNX supports precisions fp32, fp16, int8; got {precision!r}")
-    if not calib_images:
-        raise ValueError("export needs at least one image (verification, and calibration for int8)")
-    work = out_dir / ("." + precision + "-work") if precision != "fp32" else out_dir
-    # two prompts in the example: torch.export specialises a dimension of size 1 to a constant
-    two = np.arange(2) % len(text)
-    fp32 = export_fp32(student, work, calib_images[0], (text[two], mask[two]))
     if precision == "fp32":
-        return fp32
+        return export_fp32(student, out_dir, calib_images, text, mask)
+    work = out_dir / f".{precision}-work"
+    fp32 = export_fp32(student, work, calib_images, text, mask)
     out = {}
     if precision == "fp16":
         for name, path in fp32.items():
@@ -130,8 +134,5 @@ def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.nd
         feeds = calibration_feeds(fp32, calib_images, text, mask)
         for name, path in fp32.items():
             out[name] = to_int8(path, out_dir / path.name, feeds[name])
-    for path in fp32.values():
-        path.unlink(missing_ok=True)
-        Path(str(path) + ".data").unlink(missing_ok=True)
-    work.rmdir() if work.exists() and not any(work.iterdir()) else None
+    shutil.rmtree(work)
     return out

@@ -175,6 +175,7 @@ def init_heads_from_teacher(student: Sam3Student, teacher, layers="first", queri
 
     model = getattr(teacher, "model", teacher)
     source = heads_state_dict_from_sam3(model if isinstance(model, Mapping) else model.state_dict())
+    teacher_names = list(source)  # before layers are renamed to the student's numbering
     target_names = student.heads.state_dict()
     origin = {k: k for k in source}  # student-side name -> the teacher tensor it comes from
     chosen = {}
@@ -216,10 +217,8 @@ def init_heads_from_teacher(student: Sam3Student, teacher, layers="first", queri
                          f"starts from a teacher only if widths match (its heads: hidden_size={h.hidden_size}, "
                          f"FFN {h.encoder_ffn_size}/{h.decoder_ffn_size}, roi_size={h.roi_size}); use a registry "
                          "entry aimed at this teacher, or train the heads from scratch (--no-init-heads)") from e
-    target = student.heads.state_dict()
-    used = {origin[n] for n in target if n in source}
-    teacher_names = heads_state_dict_from_sam3(model if isinstance(model, Mapping) else model.state_dict())
-    return {"loaded": [n for n in target if n in source], "kept": [n for n in target if n not in source],
+    used = {origin[n] for n in target_names if n in source}
+    return {"loaded": [n for n in target_names if n in source], "kept": [n for n in target_names if n not in source],
             "ignored": [n for n in teacher_names if n not in used], "layers": chosen, "queries": q_idx}
 
 

@@ -36,12 +36,25 @@ def normalize_phrase(phrase: str) -> str:
     return " ".join(str(phrase).lower().split())
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_phrases(phrases: list[str]) -> list[str]:
+    """The normalised keys of ``phrases``; a ValueError for an empty phrase or one given twice."""
+    keys = [normalize_phrase(p) for p in phrases]
+    if any(not k for k in keys):
+        raise ValueError(f"empty phrase in {phrases!r}: remove it")
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ValueError(f"duplicate phrases: {dupes} repeat after case/whitespace normalisation; "
+                         "give each concept once")
+    return keys
 
 
 class ConceptCache:
@@ -53,12 +66,7 @@ class ConceptCache:
         phrases = [str(p) for p in phrases]
         if not phrases:
             raise ValueError("a concept cache needs at least one phrase, got an empty list")
-        keys = [normalize_phrase(p) for p in phrases]
-        if any(not k for k in keys):
-            raise ValueError(f"empty phrase in {phrases!r}")
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
-        if dupes:
-            raise ValueError(f"phrases repeat after case/whitespace normalisation: {dupes}")
+        keys = check_phrases(phrases)
         features, mask = np.asarray(features), np.asarray(mask)
         if features.ndim != 3 or features.shape[0] != len(phrases):
             raise ValueError(f"features must be [P={len(phrases)}, L, C], got shape {features.shape}")
@@ -106,9 +114,9 @@ class ConceptCache:
         meta = {
             "format_version": FORMAT_VERSION, "source": self.source, "phrases": self.phrases,
             "features": {"file": FEATURES_FILE, "shape": list(self.features.shape), "dtype": self.features.dtype.name,
-                         "sha256": _sha256(directory / FEATURES_FILE)},
+                         "sha256": sha256_file(directory / FEATURES_FILE)},
             "mask": {"file": MASK_FILE, "shape": list(self.mask.shape), "dtype": "bool",
-                     "sha256": _sha256(directory / MASK_FILE)},
+                     "sha256": sha256_file(directory / MASK_FILE)},
         }
         text = json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8")
         atomic_write(directory / META_FILE, lambda f: f.write(text))
@@ -145,7 +153,7 @@ class ConceptCache:
         path = directory / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing (listed in {META_FILE})")
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != entry.get("sha256"):
             raise ValueError(f"{path} is corrupt or was changed: sha256 {digest[:16]}... does not match "
                              f"{str(entry.get('sha256'))[:16]}... recorded in {META_FILE}; rebuild the cache")
