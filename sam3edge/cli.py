@@ -64,13 +64,54 @@ def _cmd_export(args) -> int:
 
     concepts = parse_phrases(args.concepts) if args.concepts else None
     m = export_bundle(args.source, args.out, target=args.target, precision=args.precision, calib=args.calib,
-                      concepts=concepts, overwrite=args.overwrite, force=args.force, progress=not args.quiet)
-    v = m["verification"]
+                      concepts=concepts, overwrite=args.overwrite, force=args.force, progress=not args.quiet,
+                      device=args.device)
+    v, prof = m["verification"], m.get("device_profile")
+    if prof and not prof["input_size_matches"]:
+        print(f"note: device profile {prof['name']} is sized for {prof['input_size']} px input, this student takes "
+              f"{m['student']['input_size']} px (distil with --input-size {prof['input_size']} to match it)")
     size = sum((Path(args.out) / f).stat().st_size for f in m["files"])
     print(f"wrote {args.out} ({size / 1e6:.1f} MB, {m['target']} {m['precision']}): vs PyTorch on "
           f"{v['verification_images']} images x {v['concepts']} concepts: recall {v['recall']:.3f}, "
           f"mask IoU {v['mask_iou']:.3f}, score MAE {v['score_mae']:.4f}"
           + (f"; FAILED ({'; '.join(v['failed'])}), written because of --force" if v["failed"] else ""))
+    return 0
+
+
+def _cmd_devices(args) -> int:
+    from sam3edge.devices.host import can_export, can_run, detect
+    from sam3edge.devices.profiles import list_profiles
+
+    host, profiles = detect(), list_profiles()
+    rows = []
+    for p in profiles.values():
+        (exp, why_exp), (run, why_run) = can_export(p, host), can_run(p, host)
+        rows.append({"profile": p.name, "target": p.target, "precision": p.precision,
+                     "precisions": list(p.precisions), "input_size": p.input_size,
+                     "memory_budget_mb": p.memory_budget_mb, "backend": p.runtime["backend"],
+                     "export_here": exp, "export_note": why_exp, "run_here": run, "run_note": why_run,
+                     "description": p.description})
+    if args.json:
+        print(json.dumps({"host": host.to_json(), "profiles": rows}, indent=1))
+        return 0
+    print(f"host: {host.system} {host.machine}, {host.cpu}, {host.cores} cores")
+    print(f"  onnxruntime {host.onnxruntime or '-'}: {', '.join(host.ort_providers) or 'not installed'}")
+    print(f"  OpenVINO {host.openvino or '-'}: {', '.join(host.openvino_devices) or 'not installed'}")
+    print(f"  TensorRT: {host.tensorrt or 'not installed'}; NVIDIA GPUs: {host.cuda_devices}; "
+          f"Jetson: {host.jetson or 'no'}; coremltools: {host.coremltools or 'not installed'}")
+    print()
+    head = ("profile", "target", "precision", "input", "budget MB", "export here", "run here")
+    table = [(r["profile"], r["target"], "/".join(r["precisions"]).replace(r["precision"], r["precision"] + "*"),
+              str(r["input_size"]), str(r["memory_budget_mb"]),
+              "yes" if r["export_here"] and r["export_note"] == "yes" else
+              (r["export_note"] if r["export_here"] else "no: " + r["export_note"]),
+              "yes" if r["run_here"] and r["run_note"] == "yes" else
+              (r["run_note"] if r["run_here"] else "no: " + r["run_note"])) for r in rows]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
+    for line in (head, tuple("-" * w for w in widths), *table):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    print("\n* default precision. `sam3edge export RUN --device PROFILE` exports for a profile; "
+          "a profile can also be your own .json file (same fields).")
     return 0
 
 
@@ -214,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a distilled student to a verified bundle "
                                       "(ONNX / OpenVINO; fp32, fp16, int8)")
     x.add_argument("source", help="distillation run directory (holding student/) or a saved student directory")
-    x.add_argument("--target", default="onnx", help="onnx or openvino (coreml, tensorrt: not yet)")
-    x.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (static QDQ, calibrated on --calib)")
+    x.add_argument("--device", help="device profile (see `sam3edge devices`) or a profile .json: sets target and "
+                                    "precision, and the memory budget the graphs must fit")
+    x.add_argument("--target", help="onnx (default), openvino (coreml, tensorrt: not yet)")
+    x.add_argument("--precision", help="fp32 (default), fp16 or int8 (calibrated on --calib)")
     x.add_argument("--calib", help="folder of domain images for int8 calibration and verification "
                                    "(default: the run's own images)")
     x.add_argument("--concepts", help="only these concepts ('a,b' or a file; default: all the student knows)")
@@ -224,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="write the bundle even if verification fails")
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=_cmd_export)
+
+    dv = sub.add_parser("devices", help="list the device profiles and what this host can export and run")
+    dv.add_argument("--json", action="store_true", help="print host facts and profiles as JSON")
+    dv.set_defaults(func=_cmd_devices)
 
     st = sub.add_parser("students", help="list the registered student architectures with parameters and GFLOPs")
     st.add_argument("names", nargs="*", help="only these registry entries (default: all)")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random SAM3 checkpoint on disk and a small orchard dataset."""
+"""Shared fixtures: a tiny random SAM3 checkpoint on disk, a small orchard dataset, a 128 px toy student."""
 
 from __future__ import annotations
 
@@ -38,3 +38,38 @@ def toy_width_teacher(tmp_path_factory):
                            num_queries=16, encoder_layers=2, decoder_layers=3, heads=4)
     save_sam3(build_sam3(cfg, seed=0), path)
     return path
+
+
+ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]
+
+
+@pytest.fixture(scope="session")
+def toy_student_dir(tmp_path_factory):
+    """The toy student at 128 px with the bundled teacher's heads and concept features (random encoder)."""
+    import torch
+
+    from sam3edge.cli import resolve_model
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import init_heads_from_teacher, save_student
+    from sam3edge.models.teacher import Sam3Teacher
+    from sam3edge.runtime.concepts import ConceptCache
+
+    teacher = Sam3Teacher.from_pretrained(resolve_model("orchard-toy"))
+    torch.manual_seed(0)
+    student = create_student("toy", input_size=128)
+    init_heads_from_teacher(student, teacher)
+    student.set_concepts(ConceptCache.from_teacher(teacher, ORCHARD_PHRASES))
+    return save_student(student, tmp_path_factory.mktemp("students") / "toy128")
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory):
+    """Six orchard scenes at 160 px (PNG files): calibration and verification images for exports."""
+    from PIL import Image
+
+    from sam3edge.data.orchard import render_scene, scene_rng
+
+    folder = tmp_path_factory.mktemp("scenes")
+    for i in range(6):
+        Image.fromarray(render_scene(scene_rng(11, i), 160).image).save(folder / f"s{i}.png")
+    return folder

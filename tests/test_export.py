@@ -6,38 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]
-
-
-@pytest.fixture(scope="module")
-def toy_student_dir(tmp_path_factory):
-    """The toy student at 128 px with the bundled teacher's heads and concept features (random encoder)."""
-    import torch
-
-    from sam3edge.cli import resolve_model
-    from sam3edge.models.registry import create_student
-    from sam3edge.models.student_io import init_heads_from_teacher, save_student
-    from sam3edge.models.teacher import Sam3Teacher
-    from sam3edge.runtime.concepts import ConceptCache
-
-    teacher = Sam3Teacher.from_pretrained(resolve_model("orchard-toy"))
-    torch.manual_seed(0)
-    student = create_student("toy", input_size=128)
-    init_heads_from_teacher(student, teacher)
-    student.set_concepts(ConceptCache.from_teacher(teacher, ORCHARD_PHRASES))
-    return save_student(student, tmp_path_factory.mktemp("students") / "toy128")
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    from sam3edge.data.orchard import render_scene, scene_rng
-
-    folder = tmp_path_factory.mktemp("scenes")
-    for i in range(6):
-        Image.fromarray(render_scene(scene_rng(11, i), 160).image).save(folder / f"s{i}.png")
-    return folder
+ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]  # as the toy_student_dir fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +45,18 @@ def test_fp32_bundle_is_complete_checksummed_and_equal_to_pytorch(bundles):
     assert v["max_abs_error"]["masks"] <= 1e-2  # logits of the same query, same rank
     assert v["recall"] == 1.0 and v["mask_iou"] >= 0.99
     assert not list(path.parent.glob(".*"))  # no temporary directory left beside the bundle
+    validate_manifest(manifest)
+
+
+def validate_manifest(manifest: dict) -> None:
+    """Check a manifest against the bundle format's JSON schema (shipped with the runtime)."""
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads((files("sam3edge.runtime") / "manifest.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(json.loads(json.dumps(manifest)), schema, cls=jsonschema.Draft202012Validator)
 
 
 def test_prompt_count_is_dynamic_in_the_exported_decoder(bundles):

@@ -65,17 +65,21 @@ def domain_images(source: Path, calib: str | Path | None, limit: int = 40) -> li
                      "DIR with images of your domain (int8 calibrates on them, every export verifies on them)")
 
 
-def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", precision: str = "fp32",
-                  calib: str | Path | None = None, concepts: list[str] | None = None, overwrite: bool = False,
-                  force: bool = False, n_verify: int = 8, progress: bool = True) -> dict:
-    """Export a student to a verified bundle at ``out``; returns the manifest."""
-    from tqdm import tqdm
+def resolve_target(target: str | None, precision: str | None, device: str | None):
+    """(target, precision, profile or None) from ``--device`` and/or ``--target`` / ``--precision``, checked."""
+    profile = None
+    if device is not None:
+        from sam3edge.devices.profiles import get_profile
 
-    from sam3edge.data.images import load_image, resize_batch
-    from sam3edge.export.spec import export_spec
-    from sam3edge.export.verify import compare, passes, torch_runner
-    from sam3edge.models.student_io import load_student
-
+        profile = get_profile(device)  # an unknown name lists the profiles
+        if target is not None and target != profile.target:
+            raise ValueError(f"device profile {profile.name!r} exports to {profile.target}, not {target!r}; "
+                             "drop --target or pick another profile")
+        target, precision = profile.target, precision or profile.precision
+        if precision not in profile.precisions:
+            raise ValueError(f"device profile {profile.name!r} runs precisions {', '.join(profile.precisions)}; "
+                             f"got {precision!r}")
+    target, precision = target or "onnx", precision or "fp32"
     if target not in TARGETS:
         if target in PLANNED_TARGETS:
             raise NotImplementedError(f"target {target!r} is not implemented yet (this version exports "
@@ -84,6 +88,25 @@ def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", pre
     if precision not in TARGETS[target]:
         raise ValueError(f"target {target} does not support precision {precision!r}; it supports "
                          f"{', '.join(TARGETS[target])}")
+    return target, precision, profile
+
+
+def export_bundle(source: str | Path, out: str | Path, target: str | None = None, precision: str | None = None,
+                  calib: str | Path | None = None, concepts: list[str] | None = None, overwrite: bool = False,
+                  force: bool = False, n_verify: int = 8, progress: bool = True, device: str | None = None) -> dict:
+    """Export a student to a verified bundle at ``out``; returns the manifest.
+
+    ``device``: a device profile (name or .json path) that sets target and default precision, and
+    whose memory budget the graphs must fit (``sam3edge devices`` lists them).
+    """
+    from tqdm import tqdm
+
+    from sam3edge.data.images import load_image, resize_batch
+    from sam3edge.export.spec import export_spec
+    from sam3edge.export.verify import compare, passes, torch_runner
+    from sam3edge.models.student_io import load_student
+
+    target, precision, profile = resolve_target(target, precision, device)
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -118,10 +141,11 @@ def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", pre
             paths = export_openvino(student, tmp / "graphs", precision, calibrate, text, mask)
         bar.update(1)
         report = compare(torch_runner(student), runner(paths), verify, text, mask)
+        report["ran"], report["runner"] = True, f"{target} on {platform.machine()} CPU"
         report["precision"] = precision
         report["verification_images"] = len(verify)
         report["calibration_images"] = len(calibrate) if precision == "int8" else 0
-        failed = passes(report, precision)
+        failed = passes(report, precision) + _profile_checks(profile, paths)
         report["failed"], report["forced"] = failed, bool(failed and force)
         bar.update(1)
         if failed and not force:
@@ -133,10 +157,36 @@ def export_bundle(source: str | Path, out: str | Path, target: str = "onnx", pre
 
         shutil.copyfile(package_files("sam3edge.assets") / "clip_tokenizer.json", tmp / "tokenizer.json")
         manifest = _manifest(student, spec, target, precision, paths, tmp, cache, report, source, t0)
+        if profile is not None:
+            manifest["device_profile"] = profile.to_json() | {"input_size_matches": profile.input_size ==
+                                                               student.image_size}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         bar.update(1)
     bar.close()
     return manifest
+
+
+def _graph_bytes(paths: dict) -> int:
+    """Bytes on disk of the graphs (an OpenVINO .xml counts its .bin; a Core ML package its whole folder)."""
+    total = 0
+    for p in paths.values():
+        p = Path(p)
+        files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
+        if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
+            files.append(p.with_suffix(".bin"))
+        total += sum(f.stat().st_size for f in files)
+    return total
+
+
+def _profile_checks(profile, paths: dict) -> list[str]:
+    """What a device profile asks that the export misses: its memory budget for the graphs."""
+    if profile is None:
+        return []
+    mb = _graph_bytes(paths) / 2**20
+    if mb > profile.memory_budget_mb:
+        return [f"graphs take {mb:.1f} MB, over device profile {profile.name!r}'s memory budget of "
+                f"{profile.memory_budget_mb} MB (pick a smaller student or a lower precision)"]
+    return []
 
 
 def _subset(cache, phrases: list[str]):
