@@ -71,10 +71,14 @@ def _cmd_export(args) -> int:
         print(f"note: device profile {prof['name']} is sized for {prof['input_size']} px input, this student takes "
               f"{m['student']['input_size']} px (distil with --input-size {prof['input_size']} to match it)")
     size = sum((Path(args.out) / f).stat().st_size for f in m["files"])
-    print(f"wrote {args.out} ({size / 1e6:.1f} MB, {m['target']} {m['precision']}): vs PyTorch on "
-          f"{v['verification_images']} images x {v['concepts']} concepts: recall {v['recall']:.3f}, "
-          f"mask IoU {v['mask_iou']:.3f}, score MAE {v['score_mae']:.4f}"
-          + (f"; FAILED ({'; '.join(v['failed'])}), written because of --force" if v["failed"] else ""))
+    head = f"wrote {args.out} ({size / 1e6:.1f} MB, {m['target']} {m['precision']})"
+    if not v["ran"]:
+        print(f"{head}; not verified on this host: {v['reason']}")
+    else:
+        print(f"{head}: {v['runner']} vs PyTorch on {v['verification_images']} images x {v['concepts']} concepts: "
+              f"recall {v['recall']:.3f}, mask IoU {v['mask_iou']:.3f}, score MAE {v['score_mae']:.4f}")
+    if v["failed"]:
+        print(f"FAILED ({'; '.join(v['failed'])}), written because of --force")
     return 0
 
 
@@ -253,11 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_distill)
 
     x = sub.add_parser("export", help="export a distilled student to a verified bundle "
-                                      "(ONNX / OpenVINO; fp32, fp16, int8)")
+                                      "(ONNX / OpenVINO / Core ML / TensorRT; fp32, fp16, int8)")
     x.add_argument("source", help="distillation run directory (holding student/) or a saved student directory")
     x.add_argument("--device", help="device profile (see `sam3edge devices`) or a profile .json: sets target and "
                                     "precision, and the memory budget the graphs must fit")
-    x.add_argument("--target", help="onnx (default), openvino (coreml, tensorrt: not yet)")
+    x.add_argument("--target", help="onnx (default), openvino, coreml or tensorrt")
     x.add_argument("--precision", help="fp32 (default), fp16 or int8 (calibrated on --calib)")
     x.add_argument("--calib", help="folder of domain images for int8 calibration and verification "
                                    "(default: the run's own images)")

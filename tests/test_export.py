@@ -97,8 +97,8 @@ def test_bad_input_is_refused_before_anything_is_written(toy_student_dir, scenes
         export_bundle(toy_student_dir, out, "tflite", calib=scenes, progress=False)
     with pytest.raises(ValueError, match="does not support precision 'int4'.*fp32, fp16, int8"):
         export_bundle(toy_student_dir, out, "onnx", "int4", calib=scenes, progress=False)
-    with pytest.raises(NotImplementedError, match="'tensorrt' is not implemented yet"):
-        export_bundle(toy_student_dir, out, "tensorrt", calib=scenes, progress=False)
+    with pytest.raises(ValueError, match="target tensorrt does not support precision 'fp32'.*fp16, int8"):
+        export_bundle(toy_student_dir, out, "tensorrt", "fp32", calib=scenes, progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no images"):
@@ -158,3 +158,35 @@ def test_openvino_fp32_and_int8_bundles_are_verified(toy_student_dir, scenes, tm
     ops = {op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "ov-int8.sam3edge/graphs/"
                                                                              "image_encoder.xml")).get_ops()}
     assert "FakeQuantize" in ops  # NNCF int8
+
+
+def test_a_student_with_its_own_text_encoder_exports_a_verified_text_graph(scenes, tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from sam3edge.export.bundle import export_bundle
+    from sam3edge.export.onnx import text_encoder_inputs
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import save_student
+    from sam3edge.runtime.concepts import ConceptCache
+
+    torch.manual_seed(0)
+    student = create_student("toy", input_size=128, text_mode="encoder")
+    ids, attn = text_encoder_inputs(ORCHARD_PHRASES)
+    with torch.no_grad():
+        feats, mask = student.text_encoder(torch.from_numpy(ids), torch.from_numpy(attn))
+    student.set_concepts(ConceptCache(ORCHARD_PHRASES, feats.numpy(), mask.numpy(), source="own text encoder"))
+    m = export_bundle(save_student(student, tmp_path / "s"), tmp_path / "t.sam3edge", "onnx", "fp32", calib=scenes,
+                      n_verify=2, progress=False)
+    assert [i["name"] for i in m["graphs"]["text_encoder"]["inputs"]] == ["input_ids", "attention_mask"]
+    t = m["verification"]["text_encoder"]
+    assert t["max_abs_error"] <= 1e-4 and t["min_cosine"] >= 0.9999 and t["mask_equal"]
+    validate_manifest(m)
+    session = ort.InferenceSession(str(tmp_path / "t.sam3edge" / m["graphs"]["text_encoder"]["file"]),
+                                   providers=["CPUExecutionProvider"])
+    new_ids, new_attn = text_encoder_inputs(["a very long phrase about a bruised apple on a branch", "x", "pear", "a"])
+    text, text_mask = session.run(None, {"input_ids": new_ids, "attention_mask": new_attn})
+    with torch.no_grad():
+        ref, ref_mask = student.text_encoder(torch.from_numpy(new_ids), torch.from_numpy(new_attn))
+    assert text.shape == (4, 32, 64) and (text_mask == ref_mask.numpy()).all()  # 4 prompts: the axis is dynamic
+    np.testing.assert_allclose(text[text_mask], ref.numpy()[ref_mask.numpy()], atol=1e-4)

@@ -63,7 +63,8 @@ def parse_profile(data: dict, source: str) -> DeviceProfile:
         raise ValueError(f"{source}: target {data['target']!r} is not one of {', '.join(TARGETS)}")
     precisions = data["precisions"]
     if not isinstance(precisions, list) or not precisions or any(p not in PRECISIONS for p in precisions):
-        raise ValueError(f"{source}: precisions must be a non-empty list of {', '.join(PRECISIONS)}, got {precisions!r}")
+        raise ValueError(f"{source}: precisions must be a non-empty list of {', '.join(PRECISIONS)}, "
+                         f"got {precisions!r}")
     if data["precision"] not in precisions:
         raise ValueError(f"{source}: precision {data['precision']!r} is not in its precisions {precisions}")
     size = data["input_size"]

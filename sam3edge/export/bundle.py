@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.atomic import atomic_directory
+from sam3edge.export.targets import TARGETS
 from sam3edge.runtime.concepts import sha256_file
 
 FORMAT = "sam3edge-bundle"
 FORMAT_VERSION = 1
-TARGETS = {"onnx": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "int8")}
-PLANNED_TARGETS = ("coreml", "tensorrt")  # not implemented yet: see README
 
 
 def resolve_student_dir(source: str | Path) -> Path:
@@ -81,13 +80,10 @@ def resolve_target(target: str | None, precision: str | None, device: str | None
                              f"got {precision!r}")
     target, precision = target or "onnx", precision or "fp32"
     if target not in TARGETS:
-        if target in PLANNED_TARGETS:
-            raise NotImplementedError(f"target {target!r} is not implemented yet (this version exports "
-                                      f"{', '.join(TARGETS)}); see the README's state table")
-        raise ValueError(f"unknown target {target!r}; targets: {', '.join([*TARGETS, *PLANNED_TARGETS])}")
-    if precision not in TARGETS[target]:
+        raise ValueError(f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
+    if precision not in TARGETS[target].precisions:
         raise ValueError(f"target {target} does not support precision {precision!r}; it supports "
-                         f"{', '.join(TARGETS[target])}")
+                         f"{', '.join(TARGETS[target].precisions)}")
     return target, precision, profile
 
 
@@ -103,7 +99,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
 
     from sam3edge.data.images import load_image, resize_batch
     from sam3edge.export.spec import export_spec
-    from sam3edge.export.verify import compare, passes, torch_runner
+    from sam3edge.export.verify import compare, compare_text, passes, torch_runner
     from sam3edge.models.student_io import load_student
 
     target, precision, profile = resolve_target(target, precision, device)
@@ -129,28 +125,28 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     t0 = time.time()
     bar = tqdm(total=3, desc=f"export {target} {precision}", disable=not progress, unit="step")
     with atomic_directory(out) as tmp:
-        if target == "onnx":
-            from sam3edge.export.onnx import export_onnx
-            from sam3edge.export.verify import onnx_runner as runner
-
-            paths = export_onnx(student, tmp / "graphs", precision, calibrate, text, mask)
-        else:
-            from sam3edge.export.openvino import export_openvino
-            from sam3edge.export.openvino import openvino_runner as runner
-
-            paths = export_openvino(student, tmp / "graphs", precision, calibrate, text, mask)
+        paths = TARGETS[target].export(student, tmp / "graphs", precision, calibrate, text, mask,
+                                       options=profile.backend_options if profile else None)
         bar.update(1)
-        report = compare(torch_runner(student), runner(paths), verify, text, mask)
-        report["ran"], report["runner"] = True, f"{target} on {platform.machine()} CPU"
+        candidate, runner_name = TARGETS[target].verification_runner(paths, precision)
+        if candidate is None:
+            report = {"ran": False, "reason": runner_name}
+        else:
+            reference = torch_runner(student)
+            report = compare(reference, candidate, verify, text, mask)
+            if "text_encoder" in paths:
+                report["text_encoder"] = compare_text(reference, candidate, list(cache.phrases))
+            report["ran"], report["runner"] = True, runner_name
         report["precision"] = precision
         report["verification_images"] = len(verify)
         report["calibration_images"] = len(calibrate) if precision == "int8" else 0
-        failed = passes(report, precision) + _profile_checks(profile, paths)
+        failed = (passes(report, precision) if report["ran"] else []) + _profile_checks(profile, paths)
         report["failed"], report["forced"] = failed, bool(failed and force)
         bar.update(1)
         if failed and not force:
+            figures = {k: report[k] for k in ('recall', 'mask_iou', 'score_mae') if k in report}
             raise ValueError(f"export verification failed ({'; '.join(failed)}); nothing was written to {out}. "
-                             f"Figures: {json.dumps({k: report[k] for k in ('recall', 'mask_iou', 'score_mae')})}. "
+                             f"Figures: {json.dumps(figures)}. "
                              "Try a higher precision, more calibration images (--calib), or --force")
         cache.save(tmp)
         from importlib.resources import files as package_files
@@ -164,6 +160,15 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
         bar.update(1)
     bar.close()
     return manifest
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _graph_bytes(paths: dict) -> int:
@@ -199,7 +204,6 @@ def _subset(cache, phrases: list[str]):
 def _manifest(student, spec, target, precision, paths, root: Path, cache, report, source, t0) -> dict:
     import onnx
     import onnxruntime
-    import openvino
     import torch
 
     from sam3edge import __version__
@@ -223,6 +227,6 @@ def _manifest(student, spec, target, precision, paths, root: Path, cache, report
                                                                                         time.gmtime()),
                        "export_seconds": round(time.time() - t0, 1), "sam3edge": __version__,
                        "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                       "openvino": openvino.__version__,
+                       "openvino": _version("openvino"), "coremltools": _version("coremltools"),
                        "host": platform.machine()},
     }

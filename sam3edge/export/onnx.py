@@ -19,14 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam3edge.export.graphs import DECODER_INPUTS, DECODER_OUTPUTS, IMAGE_OUTPUTS, DecoderGraph, ImageEncoderGraph
+from sam3edge.export.graphs import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    IMAGE_OUTPUTS,
+    DecoderGraph,
+    ImageEncoderGraph,
+    TextEncoderGraph,
+)
 
 OPSET = 18
 
 
 def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarray, mask: np.ndarray
                 ) -> dict[str, Path]:
-    """Write ``image_encoder.onnx`` and ``decoder.onnx`` (fp32) into ``out_dir``; returns name -> path.
+    """Write ``image_encoder.onnx``, ``decoder.onnx`` (and ``text_encoder.onnx`` for a student with its own
+    text encoder) in fp32 into ``out_dir``; returns name -> path.
 
     Every target starts from these graphs. images / text / mask: the domain's images (the first is the
     example input) and the concepts' features.
@@ -49,16 +57,37 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
         torch.onnx.export(decoder, (*levels, text.float(), mask.bool()), dynamo=True, opset_version=OPSET,
                           input_names=list(DECODER_INPUTS), output_names=list(DECODER_OUTPUTS),
                           dynamic_shapes=dyn, verbose=False).save(str(paths["decoder"]))
+        if student.text_mode == "encoder":
+            paths["text_encoder"] = out_dir / "text_encoder.onnx"
+            ids, attn = text_encoder_inputs(["a ripe apple", "leaf"])
+            torch.onnx.export(TextEncoderGraph(student).eval(), (torch.from_numpy(ids), torch.from_numpy(attn)),
+                              dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
+                              output_names=["text", "text_mask"],
+                              dynamic_shapes={"input_ids": {0: prompts}, "attention_mask": {0: prompts}},
+                              verbose=False).save(str(paths["text_encoder"]))
     return paths
+
+
+def text_encoder_inputs(phrases: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64 [P, 32]) of phrases, as the runtime's tokenizer makes them."""
+    from sam3edge.export.spec import CONTEXT_LENGTH
+    from sam3edge.runtime.tokenizer import ClipTokenizer
+
+    return ClipTokenizer.default().encode(list(phrases), context_length=CONTEXT_LENGTH)
 
 
 def to_fp16(src: Path, dst: Path) -> Path:
     """Float16 weights and arithmetic; float32 / uint8 / bool graph inputs and outputs kept as they are."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
-    onnx.save(model, str(dst))
+    model = OnnxModel(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False))
+    # The converter inserts some Casts after the nodes that read them and leaves stale intermediate types (a
+    # Resize's float scales typed float16): onnxruntime tolerates both, onnx.checker and TensorRT do not.
+    model.topological_sort()
+    del model.model.graph.value_info[:]
+    onnx.save(model.model, str(dst))
     return dst
 
 
@@ -79,8 +108,9 @@ class _Reader:
 
 
 def calibration_feeds(fp32: dict[str, Path], images: list[np.ndarray], text: np.ndarray, mask: np.ndarray,
-                      prompts_per_feed: int = 8) -> dict[str, list[dict]]:
-    """The inputs each graph sees in the real pipeline: images, then their fp32 features x every concept."""
+                      prompts_per_feed: int = 8, phrases: list[str] | None = None) -> dict[str, list[dict]]:
+    """The inputs each graph sees in the real pipeline: images, then their fp32 features x every concept
+    (and the concepts' token ids for a text encoder graph)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(fp32["image_encoder"]), providers=["CPUExecutionProvider"])
@@ -92,11 +122,23 @@ def calibration_feeds(fp32: dict[str, Path], images: list[np.ndarray], text: np.
             decoder_feeds.append({"feat0": levels[0], "feat1": levels[1], "feat2": levels[2],
                                   "text": text[s:s + prompts_per_feed].astype(np.float32),
                                   "text_mask": mask[s:s + prompts_per_feed].astype(bool)})
-    return {"image_encoder": image_feeds, "decoder": decoder_feeds}
+    feeds = {"image_encoder": image_feeds, "decoder": decoder_feeds}
+    if "text_encoder" in fp32:
+        if not phrases:
+            raise ValueError("calibrating a text encoder graph needs the concept phrases")
+        ids, attn = text_encoder_inputs(phrases)
+        n = prompts_per_feed
+        feeds["text_encoder"] = [{"input_ids": ids[s:s + n], "attention_mask": attn[s:s + n]}
+                                 for s in range(0, len(ids), n)]
+    return feeds
 
 
-def to_int8(src: Path, dst: Path, feeds: list[dict], exclude_ops: tuple[str, ...] = ()) -> Path:
-    """Static QDQ int8 (per-channel weights, uint8 activations, MinMax calibration) of ``src``."""
+def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False) -> Path:
+    """Static QDQ int8 of ``src``: per-channel int8 weights, MinMax calibration on the real pipeline's inputs.
+
+    Activations are uint8 with zero points (onnxruntime's fastest on x86), or with ``symmetric`` int8 with
+    zero points 0 and float biases: the only QDQ form TensorRT's parser takes.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -108,10 +150,13 @@ def to_int8(src: Path, dst: Path, feeds: list[dict], exclude_ops: tuple[str, ...
     except Exception:  # pre-processing is an optimisation; quantise the graph as exported if it fails
         pre = src
     ops = ["Conv", "MatMul", "Gemm"]  # weight-carrying ops; the head arithmetic (softmax, sigmoid, top-k) stays float
+    options = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    if symmetric:
+        options["QuantizeBias"] = False  # TensorRT has no int32 bias DequantizeLinear
     quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    op_types_to_quantize=ops, extra_options=options)
     if pre != src:
         pre.unlink(missing_ok=True)
     return dst
@@ -131,8 +176,12 @@ def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.nd
         for name, path in fp32.items():
             out[name] = to_fp16(path, out_dir / path.name)
     else:
-        feeds = calibration_feeds(fp32, calib_images, text, mask)
+        feeds = calibration_feeds(fp32, calib_images, text, mask, phrases=concept_phrases(student))
         for name, path in fp32.items():
             out[name] = to_int8(path, out_dir / path.name, feeds[name])
     shutil.rmtree(work)
     return out
+
+
+def concept_phrases(student) -> list[str] | None:
+    return list(student.concepts.phrases) if student.concepts is not None else None

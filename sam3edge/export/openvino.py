@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3edge.export.onnx import calibration_feeds, export_fp32
+from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32
 
 SENSITIVE = (".*box_head.*", ".*presence_head.*", ".*dot_product_scoring.*", ".*ref_point_head.*")
 
@@ -29,7 +29,8 @@ def export_openvino(student, out_dir: Path, precision: str, calib_images: list[n
         raise ValueError(f"OpenVINO supports precisions fp32, fp16, int8; got {precision!r}")
     work = out_dir / ".onnx-work"
     onnx_paths = export_fp32(student, work, calib_images, text, mask)
-    feeds = calibration_feeds(onnx_paths, calib_images, text, mask) if precision == "int8" else {}
+    feeds = (calibration_feeds(onnx_paths, calib_images, text, mask, phrases=concept_phrases(student))
+             if precision == "int8" else {})
     out = {}
     for name, src in onnx_paths.items():
         model = ov.convert_model(str(src))
@@ -71,4 +72,12 @@ def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None
                      "text_mask": mask.astype(bool)})
         return tuple(d[decoder.output(i)] for i in range(5))
 
+    if "text_encoder" in paths:
+        text = core.compile_model(str(paths["text_encoder"]), device, config)
+
+        def run_text(ids: np.ndarray, attn: np.ndarray):
+            r = text({"input_ids": ids, "attention_mask": attn})
+            return r[text.output(0)], r[text.output(1)]
+
+        run.text = run_text
     return run

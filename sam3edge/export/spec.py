@@ -34,18 +34,20 @@ class Thresholds:
 
     mask_iou: mean IoU of PyTorch's kept instances (score >= 0.5) with the export's mask of the same
     query slot; recall: fraction of PyTorch's kept instances the export also keeps (same slot, IoU >=
-    0.5); score_mae: mean absolute score difference over the top-K slots.
+    0.5); score_mae: mean absolute score difference over the top-K slots; text_cosine: lowest cosine
+    similarity of a token's text-encoder features (bundles with a text encoder graph).
     """
 
     mask_iou: float
     recall: float
     score_mae: float
+    text_cosine: float
 
 
 THRESHOLDS = {
-    "fp32": Thresholds(mask_iou=0.99, recall=0.98, score_mae=1e-3),
-    "fp16": Thresholds(mask_iou=0.95, recall=0.9, score_mae=0.02),
-    "int8": Thresholds(mask_iou=0.80, recall=0.75, score_mae=0.08),
+    "fp32": Thresholds(mask_iou=0.99, recall=0.98, score_mae=1e-3, text_cosine=0.9999),
+    "fp16": Thresholds(mask_iou=0.95, recall=0.9, score_mae=0.02, text_cosine=0.999),
+    "int8": Thresholds(mask_iou=0.80, recall=0.75, score_mae=0.08, text_cosine=0.97),
 }
 
 

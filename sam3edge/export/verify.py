@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from sam3edge.export.graphs import DecoderGraph, ImageEncoderGraph
+from sam3edge.export.graphs import DecoderGraph, ImageEncoderGraph, TextEncoderGraph
 from sam3edge.export.spec import THRESHOLDS
 
 
@@ -29,6 +29,14 @@ def torch_runner(student) -> Callable:
         out = decoder(*levels, torch.from_numpy(text).float(), torch.from_numpy(mask).bool())
         return tuple(o.numpy() for o in out)
 
+    if student.text_mode == "encoder":
+        text_graph = TextEncoderGraph(student).eval()
+
+        @torch.no_grad()
+        def text(ids: np.ndarray, attn: np.ndarray):
+            return tuple(o.numpy() for o in text_graph(torch.from_numpy(ids), torch.from_numpy(attn)))
+
+        run.text = text  # the text encoder graph, where the student has one
     return run
 
 
@@ -46,6 +54,9 @@ def onnx_runner(paths: dict, threads: int = 0) -> Callable:
         return tuple(decoder.run(None, {"feat0": f0, "feat1": f1, "feat2": f2, "text": text.astype(np.float32),
                                         "text_mask": mask.astype(bool)}))
 
+    if "text_encoder" in paths:
+        text = ort.InferenceSession(str(paths["text_encoder"]), opts, providers=["CPUExecutionProvider"])
+        run.text = lambda ids, attn: tuple(text.run(None, {"input_ids": ids, "attention_mask": attn}))
     return run
 
 
@@ -91,6 +102,20 @@ def compare(reference: Callable, candidate: Callable, images: list[np.ndarray], 
             "max_abs_error": max_err}
 
 
+def compare_text(reference: Callable, candidate: Callable, phrases: list[str]) -> dict:
+    """Agreement of two runners' text encoder graphs (``run.text``) on the concept phrases' token ids:
+    max absolute error and the lowest cosine similarity of a phrase's token features (masked tokens only)."""
+    from sam3edge.export.onnx import text_encoder_inputs
+
+    ids, attn = text_encoder_inputs(phrases)
+    (ref, ref_mask), (got, got_mask) = reference.text(ids, attn), candidate.text(ids, attn)
+    keep = ref_mask.astype(bool)
+    r, g = ref[keep].astype(np.float64), got[keep].astype(np.float64)
+    cos = (r * g).sum(-1) / np.maximum(np.linalg.norm(r, axis=-1) * np.linalg.norm(g, axis=-1), 1e-12)
+    return {"phrases": len(phrases), "max_abs_error": float(np.abs(r - g).max()), "min_cosine": float(cos.min()),
+            "mask_equal": bool((ref_mask.astype(bool) == got_mask.astype(bool)).all())}
+
+
 def passes(report: dict, precision: str) -> list[str]:
     """The thresholds ``report`` misses at ``precision`` (empty: it passes)."""
     t = THRESHOLDS[precision]
@@ -101,4 +126,10 @@ def passes(report: dict, precision: str) -> list[str]:
         failed.append(f"mask IoU {report['mask_iou']:.3f} < {t.mask_iou}")
     if report["score_mae"] > t.score_mae:
         failed.append(f"score MAE {report['score_mae']:.4f} > {t.score_mae}")
+    text = report.get("text_encoder")
+    if text is not None:
+        if text["min_cosine"] < t.text_cosine:
+            failed.append(f"text encoder cosine similarity {text['min_cosine']:.4f} < {t.text_cosine}")
+        if not text["mask_equal"]:
+            failed.append("text encoder token mask differs from PyTorch's")
     return failed

@@ -1,0 +1,60 @@
+"""The export targets: one module each, registered here with what they support (checked before any work).
+
+A target module provides ``export_<name>(student, out_dir, precision, images, text, mask[, options])`` ->
+graph name -> path, and a way to run the written graphs on this host for verification. Adding a target
+is one module and one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    precisions: tuple[str, ...]
+    module: str  # sam3edge.export.<module>
+    graph_format: str  # what the bundle's graphs/ holds
+    takes_options: bool = False  # export_<name>() takes a device profile's backend_options
+
+    def export(self, student, out_dir: Path, precision: str, images, text, mask, options: dict | None = None
+               ) -> dict[str, Path]:
+        mod = importlib.import_module(f"sam3edge.export.{self.module}")
+        fn = getattr(mod, f"export_{self.name}")
+        args = (student, out_dir, precision, images, text, mask)
+        return fn(*args, options=options) if self.takes_options else fn(*args)
+
+    def verification_runner(self, paths: dict[str, Path], precision: str) -> tuple[Callable | None, str]:
+        """(runner, what it runs) on this host; runner None (and why) where this host cannot run the graphs."""
+        if self.name == "onnx":
+            from sam3edge.export.verify import onnx_runner
+
+            return onnx_runner(paths), f"onnxruntime CPU ({platform.machine()})"
+        if self.name == "openvino":
+            from sam3edge.export.openvino import openvino_runner
+
+            return openvino_runner(paths), f"OpenVINO CPU ({platform.machine()}), f32 inference precision"
+        if self.name == "coreml":
+            if platform.system() != "Darwin":
+                return None, ("Core ML prediction needs macOS: the packages were converted and their specs checked "
+                              "here, not run; verify on a Mac with `pytest -m macos`")
+            from sam3edge.export.coreml import coreml_runner
+
+            return coreml_runner(paths), "Core ML on macOS"
+        from sam3edge.export.tensorrt import verification_runner
+
+        return verification_runner(paths, precision)
+
+
+TARGETS = {t.name: t for t in (
+    Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)"),
+    Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)"),
+    Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)"),
+    Target("tensorrt", ("fp16", "int8"), "tensorrt", "ONNX for TensorRT + tensorrt.json (engines built on the GPU)",
+           takes_options=True),
+)}
