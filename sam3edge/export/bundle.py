@@ -156,10 +156,20 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
         if profile is not None:
             manifest["device_profile"] = profile.to_json() | {"input_size_matches": profile.input_size ==
                                                                student.image_size}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        manifest_json = json.dumps(manifest, indent=1)
+        (tmp / "manifest.json").write_text(manifest_json)
+        manifest = json.loads(manifest_json)  # what a reader of the bundle sees (lists, not tuples)
         bar.update(1)
     bar.close()
     return manifest
+
+
+def _io_dtypes(target: str) -> dict:
+    if target == "coreml":  # no uint8, bool or int64 multi-arrays in Core ML
+        from sam3edge.export.coreml import COREML_DTYPES
+
+        return COREML_DTYPES
+    return {}
 
 
 def _version(package: str) -> str | None:
@@ -211,9 +221,13 @@ def _manifest(student, spec, target, precision, paths, root: Path, cache, report
     graphs = {}
     for g in spec.graphs:
         if g.name in paths:
-            graphs[g.name] = {"file": paths[g.name].relative_to(root).as_posix(),
-                              "inputs": [vars(t) | {"shape": list(t.shape)} for t in g.inputs],
-                              "outputs": [vars(t) | {"shape": list(t.shape)} for t in g.outputs]}
+            dtypes = _io_dtypes(target).get(g.name, {})  # where a format cannot hold the spec's dtype
+
+            def io(tensors, dtypes=dtypes):
+                return [vars(t) | {"shape": list(t.shape), "dtype": dtypes.get(t.name, t.dtype)} for t in tensors]
+
+            graphs[g.name] = {"file": paths[g.name].relative_to(root).as_posix(), "inputs": io(g.inputs),
+                              "outputs": io(g.outputs)}
     files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
