@@ -1,0 +1,364 @@
+"""Streaming: frame order, pipelined == sequential, errors and Ctrl-C stop every thread, bounded memory."""
+
+from __future__ import annotations
+
+import _thread
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from sam3edge.runtime.image import Resize, as_rgb_uint8
+from sam3edge.runtime.instances import Instances
+from sam3edge.runtime.sources import Frame
+from sam3edge.runtime.stream import STAGES, StreamError, StreamStats, current_rss_mb, run_stream
+
+
+@dataclass
+class Prepared:
+    frame: np.ndarray  # uint8 [1, S, S, 3]
+    resize: Resize
+    image_size: tuple[int, int]
+
+
+class FakeSegmenter:
+    """Test double for the stream machinery, not a backend.
+
+    Follows the Segmenter protocol (``prepare`` / ``infer`` / ``postprocess`` / ``segment`` /
+    ``concepts``) and does real numpy work on the pixels, so results depend on the frame: concept 0
+    ("bright thing") is where the input frame is brighter than 128, concept 1 ("red thing") where
+    red exceeds green by 40; masks go back to the original size through ``Resize``. It can sleep
+    in a stage (to see overlap) and raise on the ``fail_on``-th call of ``fail_stage`` (the calls of
+    a stage come in frame order, so that is frame ``fail_on`` of a stream counted from 0).
+    """
+
+    concepts = ["bright thing", "red thing"]
+
+    def __init__(self, size: int = 32, fail_stage: str | None = None, fail_on: int = -1,
+                 delays: dict[str, float] | None = None, jitter_s: float = 0.0):
+        self.size = size
+        self.fail_stage, self.fail_on = fail_stage, fail_on
+        self.delays = delays or {}
+        self.jitter = np.random.default_rng(0).uniform(0, jitter_s, 10_000) if jitter_s else None
+        self.calls = Counter()
+
+    def _enter(self, stage: str) -> None:
+        n = self.calls[stage]
+        self.calls[stage] += 1
+        if stage == self.fail_stage and n == self.fail_on:
+            raise ValueError(f"fake {stage} failure")
+        delay = self.delays.get(stage, 0.0) + (self.jitter[n % len(self.jitter)] if self.jitter is not None else 0)
+        if delay:
+            time.sleep(delay)
+
+    def prepare(self, image) -> Prepared:
+        self._enter("prepare")
+        rgb = as_rgb_uint8(image)
+        resize = Resize.fit(rgb.shape[0], rgb.shape[1], self.size)
+        return Prepared(resize.apply(rgb)[None], resize, rgb.shape[:2])
+
+    def infer(self, prepared: Prepared) -> dict:
+        self._enter("infer")
+        f = prepared.frame[0].astype(np.float32)
+        logits = np.stack([(f.mean(axis=-1) - 128.0) / 16.0, (f[..., 0] - f[..., 1] - 40.0) / 16.0])
+        return {"mask_logits": logits, "presence": 1.0 / (1.0 + np.exp(-logits.max(axis=(1, 2))))}
+
+    def postprocess(self, raw: dict, prepared: Prepared, score_threshold: float = 0.5, top_k: int | None = None,
+                    masks: bool = True) -> Instances:
+        self._enter("postprocess")
+        full = prepared.resize.masks_to_original(raw["mask_logits"])
+        keep = [i for i in range(len(full)) if full[i].any()]
+        boxes = []
+        for i in keep:
+            ys, xs = np.nonzero(full[i])
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        scores = [float(full[i].mean()) ** 0.25 for i in keep]
+        inst = Instances([self.concepts[i] for i in keep], keep, scores, np.asarray(boxes, np.float32).reshape(-1, 4),
+                         full[keep], dict(zip(self.concepts, raw["presence"].tolist())), prepared.image_size)
+        inst = inst.filter(score_threshold)
+        if top_k is not None:
+            inst = inst.top_k(top_k)
+        if not masks:
+            inst.masks = None
+        return inst
+
+    def segment(self, image, **options) -> Instances:
+        prepared = self.prepare(image)
+        return self.postprocess(self.infer(prepared), prepared, **options)
+
+
+def frame_image(i: int, size: int = 64) -> np.ndarray:
+    """A new array per frame, as a decoder gives: a red square moving over a gradient, brightness varying with i."""
+    y, x = np.mgrid[0:size, 0:size]
+    rgb = np.stack([x * 4 % 256, y * 4 % 256, np.full_like(x, (i * 37) % 256)], -1).astype(np.uint8)
+    s = size // 4
+    x0 = (5 * i) % (size - s)
+    rgb[s:2 * s, x0:x0 + s] = (230, 30, 30)
+    return rgb
+
+
+def synthetic_frames(n: int, size: int = 64, counter: list | None = None):
+    """In-memory source of ``n`` frames; appends to ``counter`` each time a frame is produced."""
+    for i in range(n):
+        if counter is not None:
+            counter.append(i)
+        yield Frame(i, frame_image(i, size), f"synthetic_{i:06d}", i / 30.0)
+
+
+def stream_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("sam3edge-stream")]
+
+
+def collect(segmenter, source, **options) -> tuple[list, StreamStats]:
+    results = []
+    stats = run_stream(segmenter, source, lambda frame, inst: results.append((frame.index, inst)), **options)
+    return results, stats
+
+
+def test_stream_imports_without_torch_cv2_or_av():
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'cv2', 'av'): sys.modules[name] = None\n"
+        "import sam3edge.runtime.stream\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- order and equality ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("queue_size", [1, 4])
+def test_results_arrive_in_frame_order_even_when_stage_times_vary(queue_size):
+    seg = FakeSegmenter(jitter_s=0.003)
+    results, stats = collect(seg, synthetic_frames(40), queue_size=queue_size)
+    assert [i for i, _ in results] == list(range(40))
+    assert stats.frames == 40 and not stream_threads()
+
+
+def test_pipelined_results_equal_sequential_results():
+    pipelined, _ = collect(FakeSegmenter(), synthetic_frames(30), pipelined=True)
+    sequential, _ = collect(FakeSegmenter(), synthetic_frames(30), pipelined=False)
+    assert [i for i, _ in pipelined] == [i for i, _ in sequential] == list(range(30))
+    assert [inst.to_dict() for _, inst in pipelined] == [inst.to_dict() for _, inst in sequential]
+    assert any(len(inst) for _, inst in pipelined)  # the fake found something to compare
+
+
+def test_stream_results_equal_segment_on_each_frame():
+    results, _ = collect(FakeSegmenter(), synthetic_frames(5), score_threshold=0.3, top_k=1, masks=False)
+    for i, inst in results:
+        expected = FakeSegmenter().segment(frame_image(i), score_threshold=0.3, top_k=1, masks=False)
+        assert inst.to_dict() == expected.to_dict() and inst.masks is None and len(inst) <= 1
+
+
+def test_a_list_of_images_is_a_source_with_numbered_frames():
+    frames = []
+    run_stream(FakeSegmenter(), [frame_image(i) for i in range(3)], lambda f, inst: frames.append(f))
+    assert [(f.index, f.name) for f in frames] == [(0, "frame_000000"), (1, "frame_000001"), (2, "frame_000002")]
+
+
+def test_a_folder_path_is_opened_and_streamed(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(frame_image(i)).save(tmp_path / f"{i}.png")
+    names = []
+    stats = run_stream(FakeSegmenter(), str(tmp_path), lambda f, inst: names.append(f.name))
+    assert names == ["0.png", "1.png", "2.png"] and stats.frames == 3
+
+
+def test_pipelining_overlaps_the_stages():
+    delays = {"prepare": 0.01, "infer": 0.01, "postprocess": 0.01}
+    _, sequential = collect(FakeSegmenter(delays=delays), synthetic_frames(20), pipelined=False)
+    _, pipelined = collect(FakeSegmenter(delays=delays), synthetic_frames(20), pipelined=True)
+    assert sequential.seconds > 0.6
+    assert pipelined.seconds < 0.7 * sequential.seconds
+
+
+# ---- stats ----------------------------------------------------------------------------------------
+
+
+def test_stats_report_frames_rate_stage_times_and_memory():
+    _, stats = collect(FakeSegmenter(delays={"infer": 0.002}), synthetic_frames(25))
+    assert stats.frames == 25 and stats.pipelined
+    assert stats.fps == pytest.approx(25 / stats.seconds)
+    assert list(stats.stages) == list(STAGES)
+    assert all(s.count == 25 for s in stats.stages.values())
+    infer = stats.stages["infer"]
+    assert 2.0 <= infer.p50_ms <= infer.p90_ms and infer.mean_ms >= 2.0
+    if sys.platform.startswith("linux"):
+        assert 0 < stats.rss_start_mb <= stats.rss_peak_mb and stats.rss_end_mb <= stats.rss_peak_mb
+    assert "25 frames" in stats.summary() and "infer" in stats.summary()
+
+
+def test_an_empty_source_gives_zero_frames():
+    _, stats = collect(FakeSegmenter(), [])
+    assert stats.frames == 0 and stats.fps >= 0 and stats.stages["infer"].count == 0
+
+
+def test_stage_percentiles_stay_representative_beyond_the_sample_reservoir():
+    from sam3edge.runtime.stream import _SAMPLES, _StageClock
+
+    clock = _StageClock(seed=0)
+    values = np.random.default_rng(1).permutation(np.linspace(0.0, 0.01, 3 * _SAMPLES))
+    for v in values:
+        clock.add(float(v))
+    stats = clock.stats()
+    assert stats.count == 3 * _SAMPLES and stats.mean_ms == pytest.approx(5.0)
+    assert stats.p50_ms == pytest.approx(5.0, abs=0.3) and stats.p90_ms == pytest.approx(9.0, abs=0.3)
+
+
+# ---- errors, Ctrl-C, stop -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "sequential"])
+@pytest.mark.parametrize("stage", ["prepare", "infer", "postprocess", "on_result"])
+def test_an_error_on_frame_5_propagates_with_its_index_and_no_thread_is_left(stage, pipelined):
+    seg = FakeSegmenter(fail_stage=None if stage == "on_result" else stage, fail_on=5)
+    delivered = []
+
+    def on_result(frame, inst):
+        if stage == "on_result" and frame.index == 5:
+            raise ValueError("fake on_result failure")
+        delivered.append(frame.index)
+
+    with pytest.raises(StreamError, match=rf"{stage} of frame 5 \(synthetic_000005\) failed: ValueError") as info:
+        run_stream(seg, synthetic_frames(1000), on_result, queue_size=2, pipelined=pipelined)
+    assert (info.value.stage, info.value.frame_index, info.value.frame_name) == (stage, 5, "synthetic_000005")
+    assert isinstance(info.value.__cause__, ValueError)
+    assert delivered == [0, 1, 2, 3, 4]  # every frame before the failing one was handed over
+    assert not stream_threads()
+
+
+def test_an_error_while_reading_the_source_names_the_last_good_frame():
+    def source():
+        yield from synthetic_frames(3)
+        raise OSError("decoder crashed")
+
+    with pytest.raises(StreamError, match="reading the frame after frame 2 failed: OSError: decoder crashed") as info:
+        run_stream(FakeSegmenter(), source())
+    assert info.value.stage == "decode" and info.value.frame_index is None
+    assert not stream_threads()
+
+
+def test_the_source_generator_is_closed_when_the_stream_fails():
+    closed = []
+
+    def source():
+        try:
+            yield from synthetic_frames(1000)
+        finally:
+            closed.append(True)
+
+    with pytest.raises(StreamError):
+        run_stream(FakeSegmenter(fail_stage="infer", fail_on=3), source(), queue_size=1)
+    assert closed == [True] and not stream_threads()
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "sequential"])
+def test_keyboard_interrupt_in_the_callback_stops_cleanly(pipelined):
+    def on_result(frame, inst):
+        if frame.index == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(FakeSegmenter(), synthetic_frames(1000), on_result, pipelined=pipelined)
+    assert not stream_threads()
+
+
+def test_ctrl_c_while_streaming_an_endless_source_stops_every_thread():
+    def endless():
+        i = 0
+        while True:
+            yield Frame(i, frame_image(i, 32), f"live_{i}", None)
+            i += 1
+
+    safety = threading.Event()  # ends the stream (and fails the test) if the interrupt never came
+    timers = [threading.Timer(0.3, _thread.interrupt_main), threading.Timer(20.0, safety.set)]
+    for t in timers:
+        t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_stream(FakeSegmenter(delays={"infer": 0.002}), endless(), stop=safety)
+    finally:
+        for t in timers:
+            t.cancel()
+    assert not safety.is_set()
+    assert not stream_threads()
+
+
+def test_a_stop_event_ends_the_stream_and_returns_the_stats():
+    stop = threading.Event()
+
+    def on_result(frame, inst):
+        if frame.index == 10:
+            stop.set()
+
+    stats = run_stream(FakeSegmenter(), synthetic_frames(10_000), on_result, queue_size=2, stop=stop)
+    assert 11 <= stats.frames <= 11 + 2 * 2 + 3
+    assert not stream_threads()
+
+
+def test_queue_size_must_be_positive():
+    with pytest.raises(ValueError, match="queue_size"):
+        run_stream(FakeSegmenter(), synthetic_frames(1), queue_size=0)
+
+
+# ---- bounded memory -------------------------------------------------------------------------------
+
+
+def test_bounded_queues_keep_few_frames_in_flight_behind_a_slow_callback():
+    produced, in_flight = [], []
+
+    def on_result(frame, inst):
+        in_flight.append(len(produced) - frame.index)
+        time.sleep(0.002)
+
+    run_stream(FakeSegmenter(), synthetic_frames(100, counter=produced), on_result, queue_size=2)
+    assert max(in_flight) <= 2 * 2 + 3
+    assert max(in_flight) >= 4  # the queues did fill up: the bound was exercised
+
+
+def _rss_growth_over_2000_frames(source, **options) -> tuple[float, float, float]:
+    """(RSS at frame 200, RSS at frame 1999, seconds) of a 2000-frame stream."""
+    rss = {}
+
+    def on_result(frame, inst):
+        if frame.index in (200, 1999):
+            rss[frame.index] = current_rss_mb()
+
+    stats = run_stream(FakeSegmenter(size=64), source, on_result, **options)
+    assert stats.frames == 2000
+    print(f"\nRSS at frame 200: {rss[200]:.2f} MB, at frame 1999: {rss[1999]:.2f} MB, "
+          f"growth {rss[1999] - rss[200]:+.2f} MB; {stats.summary()}")
+    return rss[200], rss[1999], stats.seconds
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc")
+def test_memory_stays_flat_over_a_2000_frame_stream():
+    at_200, at_2000, seconds = _rss_growth_over_2000_frames(synthetic_frames(2000), queue_size=4)
+    assert at_2000 - at_200 < 3.0
+    assert not stream_threads()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc")
+def test_memory_stays_flat_over_a_2000_frame_video_file(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from sam3edge.runtime.sources import open_source
+
+    path = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (96, 64))
+    assert writer.isOpened()
+    for i in range(2000):
+        writer.write(np.ascontiguousarray(frame_image(i, 96)[:64, :, ::-1]))
+    writer.release()
+    with open_source(path) as source:
+        assert len(source) == 2000
+        at_200, at_2000, _ = _rss_growth_over_2000_frames(source, queue_size=4)
+    assert at_2000 - at_200 < 3.0
+    assert not stream_threads()
