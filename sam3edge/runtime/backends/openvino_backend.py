@@ -1,0 +1,132 @@
+"""OpenVINO backend: ``openvino`` bundles (IR ``.xml`` + ``.bin``) on CPU, GPU or NPU.
+
+device: an OpenVINO device name (``CPU``, ``GPU``, ``GPU.1``, ``NPU``); default: the bundle's device profile's
+``runtime.device`` where this host has it, else CPU. Compiled with the ``LATENCY`` performance hint (or the
+profile's ``backend_options.performance_hint``) and, where the profile names one, its model cache directory.
+On CPU an fp32 bundle computes in f32 (OpenVINO would pick bf16 on CPUs that have it; the bundle was
+verified in f32). The NPU compiles static shapes only: the decoder (and text encoder) are reshaped to the
+number of concepts and recompiled when that number changes (``prompts_changed``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sam3edge.runtime.backends.base import (
+    DECODER_OUTPUTS,
+    IMAGE_OUTPUTS,
+    TEXT_OUTPUTS,
+    Backend,
+    BackendUnavailable,
+    as_spec,
+)
+
+INSTALL_HINT = "pip install openvino (the NPU and GPU plugins also need Intel's drivers for that device)"
+STATIC_DEVICES = ("NPU",)  # plugins that compile static shapes only
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise BackendUnavailable(f"the openvino backend needs OpenVINO: {INSTALL_HINT}") from e
+    return openvino
+
+
+class OpenVinoBackend(Backend):
+    backend = "openvino"
+    targets = ("openvino",)
+
+    @classmethod
+    def available(cls, bundle) -> tuple[bool, str]:
+        if bundle.target not in cls.targets:
+            return False, f"openvino runs openvino bundles (IR graphs), not {bundle.target} ones"
+        try:
+            ov = _openvino()
+        except BackendUnavailable as e:
+            return False, str(e)
+        return True, f"OpenVINO {ov.__version__} ({', '.join(ov.Core().available_devices)})"
+
+    def __init__(self, bundle, device: str | None = None, threads: int = 0):
+        super().__init__(bundle, device, threads)
+        ov = _openvino()
+        self._core = ov.Core()
+        have = self._core.available_devices
+        profile = bundle.device_profile or {}
+        options = profile.get("backend_options") or {}
+        if device is None:
+            wanted = (profile.get("runtime") or {}).get("device")
+            device = wanted if wanted and _has(have, wanted) else "CPU"
+        device = str(device).upper()
+        if not _has(have, device):
+            raise BackendUnavailable(f"OpenVINO device {device!r} is not on this host; it has {', '.join(have)}")
+        self.device = device
+        self._config = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY"))}
+        if device.startswith("CPU"):
+            if threads:
+                self._config["INFERENCE_NUM_THREADS"] = int(threads)
+            if bundle.precision == "fp32":
+                self._config["INFERENCE_PRECISION_HINT"] = "f32"
+        if options.get("cache_dir"):
+            self._config["CACHE_DIR"] = str(Path(options["cache_dir"]).expanduser())
+        kind = device.split(".")[0]
+        self._static = kind in STATIC_DEVICES or (bool(options.get("static_prompts")) and kind != "CPU")
+        self._models = {name: self.load_graph(name, lambda p: self._core.read_model(str(p)))
+                        for name in bundle.manifest["graphs"]}
+        self._compiled = {"image_encoder": self._compile("image_encoder")}
+        self._prompts, self._text_static = None, {}
+        if not self._static:
+            for name in ("decoder", "text_encoder"):
+                if name in self._models:
+                    self._compiled[name] = self._compile(name)
+
+    def _compile(self, name: str, prompts: int | None = None):
+        def compile_(path: Path):
+            model = self._models[name]
+            if prompts is not None:
+                model = model.clone()
+                model.reshape({i.get_any_name(): [prompts, *(d.get_length() for d in list(i.get_partial_shape())[1:])]
+                               for i in model.inputs if i.get_partial_shape()[0].is_dynamic})
+            return self._core.compile_model(model, self.device, self._config)
+
+        return self.load_graph(name, compile_)
+
+    def prompts_changed(self, n: int) -> None:
+        if not self._static or n == self._prompts:
+            return
+        self._compiled["decoder"] = self._compile("decoder", n)  # a failure leaves the previous one in place
+        self._prompts = n
+
+    def _run(self, name: str, feeds: dict, names: tuple[str, ...]):
+        compiled = self._compiled.get(name)
+        if compiled is None:  # static shapes, no prompt count yet (the Segmenter always sets one first)
+            raise RuntimeError(f"OpenVINO {self.device} compiles static shapes: call prompts_changed(n) first")
+        result = compiled(feeds)
+        return as_spec(names, [result[compiled.output(i)] for i in range(len(names))])
+
+    def image(self, frame: np.ndarray):
+        return self._run("image_encoder", {"image": np.ascontiguousarray(frame)}, IMAGE_OUTPUTS)
+
+    def decoder(self, feat0, feat1, feat2, text, text_mask):
+        feeds = {"feat0": feat0, "feat1": feat1, "feat2": feat2, "text": np.asarray(text, np.float32),
+                 "text_mask": np.asarray(text_mask, bool)}
+        return self._run("decoder", feeds, DECODER_OUTPUTS)
+
+    def text(self, input_ids, attention_mask):
+        if "text_encoder" not in self._models:
+            return super().text(input_ids, attention_mask)
+        if self._static:  # one compiled text encoder per prompt count (usually just one: the new phrases)
+            n = len(input_ids)
+            if n not in self._text_static:
+                self._text_static[n] = self._compile("text_encoder", n)
+            self._compiled["text_encoder"] = self._text_static[n]
+        return self._run("text_encoder", {"input_ids": np.asarray(input_ids, np.int64),
+                                          "attention_mask": np.asarray(attention_mask, np.int64)}, TEXT_OUTPUTS)
+
+
+def _has(available: list[str], device: str) -> bool:
+    """Whether ``device`` (``GPU`` or ``GPU.0``) is among OpenVINO's ``available_devices``."""
+    device = device.upper()
+    return any(d == device or d.split(".")[0] == device for d in available)
