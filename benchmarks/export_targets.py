@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     text, mask = student.concepts.features.astype(np.float32), student.concepts.mask.astype(bool)
     ref = torch_runner(student)
     rows = []
-    for target, precision in [(t, p) for t in args.targets.split(",") for p in TARGETS[t]]:
+    for target, precision in [(t, p) for t in args.targets.split(",") for p in TARGETS[t].precisions]:
         out = work / f"{label}-{target}-{precision}.sam3edge"
         t0 = time.time()
         manifest = export_bundle(source, out, target, precision, calib=calib, progress=False, force=bool(args.random))

@@ -82,6 +82,48 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _load_segmenter(args):
+    from sam3edge.runtime.segmenter import Segmenter
+
+    seg = Segmenter.load(args.bundle, backend=args.backend, device=args.device, threads=args.threads,
+                         resize=args.resize)
+    if getattr(args, "concept", None):
+        seg.set_concepts(args.concept)
+    return seg
+
+
+def _cmd_segment(args) -> int:
+    from sam3edge.runtime.segment import segment_source
+
+    seg = _load_segmenter(args)
+    summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
+                             masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
+                             max_frames=args.max_frames, progress=not args.quiet)
+    print(f"{summary['frames']} frame(s), {summary['instances']} instance(s) of {', '.join(seg.concepts)} with "
+          f"{seg.backend_name} at {summary['fps']:.1f} fps (pipelined); wrote {summary['predictions']}"
+          + (f" and overlays in {summary['overlays']}" if summary["overlays"] else ""))
+    return 0
+
+
+def _cmd_build_engines(args) -> int:
+    import json
+
+    from sam3edge.export.spec import ExportSpec
+    from sam3edge.export.tensorrt import build_bundle_engines
+    from sam3edge.runtime.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle)
+    if bundle.target != "tensorrt":
+        raise ValueError(f"{args.bundle} is a {bundle.target} bundle; engines are built for tensorrt bundles "
+                         "(export with --target tensorrt or a Jetson / nvidia-gpu --device)")
+    config = json.loads(bundle.resolve("graphs/tensorrt.json").read_text())
+    paths = {name: bundle.graph_path(name) for name in bundle.manifest["graphs"]}
+    engines = build_bundle_engines(paths, ExportSpec.from_json(bundle.manifest["export_spec"]), config)
+    for name, path in engines.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _cmd_devices(args) -> int:
     from sam3edge.devices.host import can_export, can_run, detect
     from sam3edge.devices.profiles import list_profiles
@@ -272,6 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=_cmd_export)
 
+    sg = sub.add_parser("segment", help="segment images, a folder, a video or a camera with a bundle "
+                                        "(overlay PNGs + COCO-style JSON)")
+    sg.add_argument("bundle", help="a NAME.sam3edge bundle directory (sam3edge export)")
+    sg.add_argument("input", help="image, folder, video file, camera index (0) or stream URL")
+    sg.add_argument("--concept", action="append", help="a concept phrase (repeat for more; default: the bundle's)")
+    sg.add_argument("--out", required=True, type=Path, help="output directory")
+    _runtime_args(sg)
+    sg.add_argument("--threshold", type=float, default=0.5, help="score threshold (default 0.5)")
+    sg.add_argument("--top-k", type=int, default=None, help="keep at most this many instances per frame")
+    sg.add_argument("--no-masks", action="store_true", help="boxes and scores only (faster)")
+    sg.add_argument("--no-overlays", action="store_true", help="write only the JSON")
+    sg.add_argument("--stride", type=int, default=1, help="every Nth frame of a video")
+    sg.add_argument("--max-frames", type=int, default=None)
+    sg.add_argument("--quiet", action="store_true")
+    sg.set_defaults(func=_cmd_segment)
+
+    be = sub.add_parser("build-engines", help="build a TensorRT bundle's engines on this GPU (cached in the bundle)")
+    be.add_argument("bundle")
+    be.set_defaults(func=_cmd_build_engines)
+
     dv = sub.add_parser("devices", help="list the device profiles and what this host can export and run")
     dv.add_argument("--json", action="store_true", help="print host facts and profiles as JSON")
     dv.set_defaults(func=_cmd_devices)
@@ -281,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", metavar="PATH", help="also write the table as JSON here ('-': print JSON only)")
     st.set_defaults(func=_cmd_students)
     return p
+
+
+def _runtime_args(p) -> None:
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino, tensorrt or coreml")
+    p.add_argument("--device", default=None, help="backend device: cpu, cuda, tensorrt (onnxruntime); CPU, GPU, "
+                                                  "NPU (OpenVINO); ALL, CPU_AND_NE (Core ML)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads of the backend (0: its default)")
+    p.add_argument("--resize", default="stretch", choices=["stretch", "letterbox"],
+                   help="how frames are fitted to the square input (stretch: as the students were trained)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,3 +73,17 @@ def scenes(tmp_path_factory):
     for i in range(6):
         Image.fromarray(render_scene(scene_rng(11, i), 160).image).save(folder / f"s{i}.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def toy_bundles(toy_student_dir, scenes, tmp_path_factory):
+    """fp32 bundles of the 128 px toy student, exported once per session: {"onnx": path, "openvino": path}.
+    Tests that modify a bundle copy it first."""
+    from sam3edge.export.bundle import export_bundle
+
+    root = tmp_path_factory.mktemp("toy-bundles")
+    out = {}
+    for target in ("onnx", "openvino"):
+        out[target] = root / f"toy-{target}.sam3edge"
+        export_bundle(toy_student_dir, out[target], target, "fp32", calib=scenes, n_verify=2, progress=False)
+    return out

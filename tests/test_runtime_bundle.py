@@ -12,12 +12,8 @@ ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]  # as the toy_student_d
 
 
 @pytest.fixture(scope="module")
-def exported(toy_student_dir, scenes, tmp_path_factory):
-    from sam3edge.export.bundle import export_bundle
-
-    path = tmp_path_factory.mktemp("bundle") / "toy.sam3edge"
-    export_bundle(toy_student_dir, path, "onnx", "fp32", calib=scenes, n_verify=2, progress=False)
-    return path
+def exported(toy_bundles):
+    return toy_bundles["onnx"]
 
 
 @pytest.fixture

@@ -17,15 +17,8 @@ THRESHOLD = 0.1  # the toy student's encoder is random: its best scores are ~0.1
 
 
 @pytest.fixture(scope="module")
-def bundles(toy_student_dir, scenes, tmp_path_factory):
-    from sam3edge.export.bundle import export_bundle
-
-    root = tmp_path_factory.mktemp("runtime-bundles")
-    out = {}
-    for target in ("onnx", "openvino"):
-        out[target] = root / f"toy-{target}.sam3edge"
-        export_bundle(toy_student_dir, out[target], target, "fp32", calib=scenes, n_verify=2, progress=False)
-    return out
+def bundles(toy_bundles):
+    return toy_bundles
 
 
 @pytest.fixture(scope="module")

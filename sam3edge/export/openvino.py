@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32
+from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, float_islands
 
 SENSITIVE = (".*box_head.*", ".*presence_head.*", ".*dot_product_scoring.*", ".*ref_point_head.*")
 
@@ -35,7 +35,7 @@ def export_openvino(student, out_dir: Path, precision: str, calib_images: list[n
     for name, src in onnx_paths.items():
         model = ov.convert_model(str(src))
         if precision == "int8":
-            model = _quantize(model, feeds[name])
+            model = _quantize(model, feeds[name], float_islands(src))
         path = out_dir / f"{name}.xml"
         ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
         out[name] = path
@@ -43,14 +43,20 @@ def export_openvino(student, out_dir: Path, precision: str, calib_images: list[n
     return out
 
 
-def _quantize(model, feeds: list[dict]):
+def _quantize(model, feeds: list[dict], keep_float: list[str]):
+    """NNCF int8 of an IR converted from ONNX; ``keep_float``: ONNX node names to leave in float (a converted
+    Conv is named ``NAME/WithoutBiases``; attention MatMuls fused into SDPA keep ``NAME``)."""
+    import re
+
     import nncf
 
     if not feeds:
         raise ValueError("no calibration inputs: pass --calib with at least one image")
     return nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
                          subset_size=len(feeds), preset=nncf.QuantizationPreset.MIXED,
-                         ignored_scope=nncf.IgnoredScope(patterns=list(SENSITIVE), validate=False))
+                         ignored_scope=nncf.IgnoredScope(
+                             patterns=list(SENSITIVE) + [re.escape(n) + "(/WithoutBiases)?" for n in keep_float],
+                             validate=False))
 
 
 def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None = "f32", threads: int = 0):

@@ -72,6 +72,17 @@ class ExportSpec:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> ExportSpec:
+        """The spec as a bundle's manifest stores it (``manifest["export_spec"]``)."""
+        def tensors(items):
+            return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
+
+        graphs = tuple(GraphSpec(g["name"], tensors(g["inputs"]), tensors(g["outputs"])) for g in d["graphs"])
+        return cls(student=d["student"], input_size=d["input_size"], width=d["width"], top_k=d["top_k"],
+                   text_mode=d["text_mode"], text_length=d["text_length"], graphs=graphs,
+                   thresholds=d.get("thresholds", {}))
+
 
 def export_spec(student, text_length: int | None = None) -> ExportSpec:
     """The :class:`ExportSpec` of a :class:`~sam3edge.models.student.Sam3Student`."""

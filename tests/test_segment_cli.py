@@ -1,0 +1,97 @@
+"""`sam3edge segment` / `build-engines` and the latency chart: real bundles, real files, readable errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam3edge.cli import main
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    from sam3edge.data.orchard import render_scene, scene_rng
+
+    folder = tmp_path_factory.mktemp("frames")
+    for i in range(2):
+        Image.fromarray(render_scene(scene_rng(21, i), 240).image[:, :200]).save(folder / f"view {i}.png")
+    return folder
+
+
+def test_segment_a_folder_writes_overlays_and_coco_json(toy_bundles, frames_dir, tmp_path, capsys):
+    from sam3edge.runtime.instances import decode_rle
+
+    out = tmp_path / "out"
+    assert main(["segment", str(toy_bundles["onnx"]), str(frames_dir), "--concept", "ripe apple", "--concept",
+                 "leaf", "--out", str(out), "--threshold", "0", "--top-k", "3", "--threads", "2", "--quiet"]) == 0
+    assert "2 frame(s)" in capsys.readouterr().out
+    coco = json.loads((out / "predictions.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["ripe apple", "leaf"]
+    assert [(i["file_name"].split("/")[-1], i["height"], i["width"]) for i in coco["images"]] == \
+        [("view 0.png", 240, 200), ("view 1.png", 240, 200)]
+    # the toy student's encoder is random (scores ~1e-4): threshold 0 and top-3 keep 3 instances per frame
+    assert [a["image_id"] for a in coco["annotations"]] == [1, 1, 1, 2, 2, 2]
+    for a in coco["annotations"]:
+        assert a["category_id"] in (1, 2) and 0 <= a["score"] <= 1
+        assert decode_rle(a["segmentation"]).shape == (240, 200)
+        x, y, w, h = a["bbox"]
+        assert 0 <= x <= x + w <= 200 and 0 <= y <= y + h <= 240
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == ["view_0.png", "view_1.png"]
+    assert np.asarray(Image.open(out / "overlays" / "view_0.png")).shape == (240, 200, 3)
+
+
+def test_segment_a_video_file_frame_by_frame(toy_bundles, tmp_path, capsys):
+    cv2 = pytest.importorskip("cv2")
+    from sam3edge.data.orchard import render_scene, scene_rng
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for i in range(6):
+        writer.write(np.ascontiguousarray(render_scene(scene_rng(5, i), 160).image[:120, :, ::-1]))
+    writer.release()
+    out = tmp_path / "v"
+    assert main(["segment", str(toy_bundles["openvino"]), str(video), "--out", str(out), "--stride", "2",
+                 "--no-overlays", "--quiet"]) == 0
+    coco = json.loads((out / "predictions.json").read_text())
+    assert [i["frame_index"] for i in coco["images"]] == [0, 2, 4]
+    assert not (out / "overlays").exists()
+
+
+def test_segment_errors_name_the_problem_and_write_nothing(toy_bundles, frames_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    cases = [
+        ([str(toy_bundles["onnx"]), str(tmp_path / "missing.png")], "missing.png"),
+        ([str(toy_bundles["onnx"]), str(frames_dir), "--concept", " "], "empty phrase"),
+        ([str(toy_bundles["onnx"]), str(frames_dir), "--concept", "x" * 10_000], "characters"),
+        ([str(toy_bundles["onnx"]), str(frames_dir), "--concept", "giraffe"], "ripe apple"),  # lists the known ones
+        ([str(tmp_path), str(frames_dir)], "manifest.json"),
+        ([str(toy_bundles["onnx"]), str(frames_dir), "--backend", "tflite"], "onnxruntime"),
+    ]
+    for args, expected in cases:
+        assert main(["segment", *args, "--out", str(out), "--quiet"]) == 2, args
+        assert expected in capsys.readouterr().err, args
+    assert not out.exists()
+
+
+def test_build_engines_refuses_a_bundle_that_is_not_for_tensorrt(toy_bundles, capsys):
+    assert main(["build-engines", str(toy_bundles["onnx"])]) == 2
+    assert "is a onnx bundle" in capsys.readouterr().err
+
+
+def test_the_latency_chart_draws_one_bar_per_row_with_stage_colours(tmp_path):
+    from sam3edge.runtime.chart import STAGE_COLORS, stacked_bars
+
+    path = stacked_bars([("onnx fp32", {"image encoder": 10.0, "decoder": 30.0}),
+                         ("onnx int8", {"image encoder": 5.0, "decoder": 10.0})], tmp_path / "c.png", title="t")
+    img = np.asarray(Image.open(path).convert("RGB"))
+    colours = {tuple(c) for c in img.reshape(-1, 3)}
+    assert STAGE_COLORS[0] in colours and STAGE_COLORS[1] in colours
+    rows = [np.nonzero((img == STAGE_COLORS[1]).all(-1).any(0))[0] for _ in range(1)]
+    assert len(rows[0]) > 100  # the longest decoder bar spans a good part of the width
+    with pytest.raises(ValueError, match="finite"):
+        stacked_bars([("x", {"decoder": float("nan")})], tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
