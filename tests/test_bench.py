@@ -24,12 +24,8 @@ from sam3edge.runtime.bench import (
 
 
 @pytest.fixture(scope="module")
-def bundle(toy_student_dir, scenes, tmp_path_factory):
-    from sam3edge.export.bundle import export_bundle
-
-    path = tmp_path_factory.mktemp("bench-bundle") / "toy-onnx.sam3edge"
-    export_bundle(toy_student_dir, path, "onnx", "fp32", calib=scenes, n_verify=2, progress=False)
-    return path
+def bundle(toy_bundles):
+    return toy_bundles["onnx"]  # the session's fp32 ONNX bundle of the 128 px toy student (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +46,24 @@ def report(segmenter, images):
                      command="sam3edge bench toy-onnx.sam3edge --runs 3")
 
 
-def test_orchard_frames_are_camera_sized_and_need_no_torch():
+def test_the_bench_runs_without_torch_on_orchard_frames(bundle, tmp_path):
+    """A subprocess where torch, transformers, timm, pycocotools and scipy cannot be imported: the orchard frames
+    (numpy only) and the whole torch-free report, written to disk."""
     script = textwrap.dedent("""
         import sys
         for name in ("torch", "transformers", "timm", "pycocotools", "scipy"):
             sys.modules[name] = None
-        import sam3edge.runtime.bench as b
-        frames = b.orchard_frames(2)
+        from sam3edge.runtime.bench import orchard_frames, run_bench, write_report
+        from sam3edge.runtime.segmenter import Segmenter
+        frames = orchard_frames(2)
         print(frames[0].shape, frames[0].dtype, len(frames))
+        report = run_bench(Segmenter.load(sys.argv[1], threads=1), frames, runs=2, warmup=1, frames=4)
+        print(sorted(p.suffix for p in write_report(report, sys.argv[2]).values()))
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run([sys.executable, "-c", script, str(bundle), str(tmp_path)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "(480, 640, 3) uint8 2"
+    assert r.stdout.strip().splitlines() == ["(480, 640, 3) uint8 2", "['.json', '.md', '.png']"]
 
 
 def test_latency_percentiles_are_ordered_and_stages_add_up_to_end_to_end(segmenter, images):
@@ -136,8 +137,9 @@ def test_write_report_adds_the_teacher_bar_and_summary_lines(report, tmp_path):
                                  "speedup": 20.0, "recall": 0.5, "precision": None, "mean_iou": 0.8,
                                  "teacher_instances": 4},
                 accuracy={"data": "/x/annotations.json", "pairs": 12, "cgf1": 0.25, "pmf1": 0.5, "il_mcc": 0.5,
-                          "ms_per_image": 3.0})
+                          "ms_per_image": 3.0, "cgf1_75": float("nan")})
     paths = write_report(full, tmp_path)
+    assert json.loads(paths["json"].read_text())["accuracy"]["cgf1_75"] is None  # JSON has no NaN
     with Image.open(paths["chart"]) as im, Image.open(write_report(report, tmp_path / "b")["chart"]) as one:
         assert im.height > one.height  # a second bar
     text = format_summary(full)
@@ -238,6 +240,13 @@ def test_vs_teacher_measures_speedup_and_agreement_with_the_bundled_teacher(segm
     assert got["recall"] is None or 0.0 <= got["recall"] <= 1.0
     assert got["mean_iou"] is None or 0.0 <= got["mean_iou"] <= 1.0
     assert got["teacher_instances"] >= 0 and got["matched"] <= got["teacher_instances"]
+
+
+def test_vs_teacher_names_a_missing_teacher_directory(segmenter, images):
+    from sam3edge.eval.bench_accuracy import vs_teacher
+
+    with pytest.raises(FileNotFoundError, match="no-such-teacher"):
+        vs_teacher(segmenter, "/no-such-teacher", images)
 
 
 def test_the_summary_of_the_test_bundle(report):

@@ -66,24 +66,29 @@ def predict_with_segmenter(segmenter, dataset, min_score: float = 0.05) -> tuple
     (``image_id`` = pair id, ``category_id`` 1, RLE ``segmentation``, xywh ``bbox``, ``score``), and the
     milliseconds ``segment`` took per image.
 
-    The concepts are set once to all of the dataset's phrases, so each image is segmented once for every
-    phrase (each concept is decoded on its own: the other concepts do not change its instances).
+    Each image is segmented once, for the phrases of its pairs (as ``predict_dataset`` asks the teacher): a
+    dataset may ask thousands of phrases in all, a few per image. Every phrase is checked against the bundle
+    first, so an unknown one fails before any image is read.
     """
     from sam3edge.data.images import load_image
 
-    phrases = dataset.phrases
-    index = {p: i for i, p in enumerate(phrases)}
     previous = segmenter.concepts
-    _use_phrases(segmenter, phrases, f"dataset {dataset.source}")
+    missing = _missing_phrases(segmenter, dataset.phrases)
+    if missing:
+        _use_phrases(segmenter, dataset.phrases, f"dataset {dataset.source}")  # raises, listing them
     results, times = [], []
     try:
         for file_name in dataset.files:
+            pairs = dataset.by_file[file_name]
+            phrases = list(dict.fromkeys(p.phrase for p in pairs))
+            if segmenter.concepts != phrases:
+                segmenter.set_concepts(phrases)
             image = load_image(dataset.image_path(file_name))
             t0 = time.perf_counter()
             inst = segmenter.segment(image, score_threshold=min_score)
             times.append((time.perf_counter() - t0) * 1e3)
-            for pair in dataset.by_file[file_name]:
-                results += _coco_results(inst, pair.id, index[pair.phrase])
+            for pair in pairs:
+                results += _coco_results(inst, pair.id, phrases.index(pair.phrase))
     finally:
         _restore(segmenter, previous)
     return results, times
