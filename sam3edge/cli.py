@@ -105,6 +105,44 @@ def _cmd_segment(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from sam3edge.runtime.bench import format_summary, load_images, orchard_frames, run_bench, write_report
+
+    seg = _load_segmenter(args)
+    if args.images:
+        images, source = load_images(args.images, limit=args.n_images), str(args.images)
+    else:
+        images, source = orchard_frames(args.n_images), f"{args.n_images} orchard scenes, 480x640 (seed 0)"
+    command = "sam3edge bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+    report = run_bench(seg, images, runs=args.runs, warmup=args.warmup, frames=args.frames, threads=args.threads,
+                       images_source=source, command=command)
+    if args.data or args.vs_teacher:  # the torch side: evaluation code, the PyTorch teacher
+        from sam3edge.eval.bench_accuracy import accuracy_on_dataset, vs_teacher
+
+        if args.data:
+            report["accuracy"] = accuracy_on_dataset(seg, args.data, known_only=args.known_only)
+        if args.vs_teacher:
+            report["teacher"] = vs_teacher(seg, resolve_model(args.vs_teacher), images[:args.teacher_images],
+                                           threads=args.threads)
+    paths = write_report(report, args.out)
+    print(format_summary(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_quickstart(args) -> int:
+    from sam3edge.quickstart import QuickstartConfig, format_table, run_quickstart
+
+    cfg = QuickstartConfig(out=args.out, teacher=args.teacher, images=args.images, data=args.data,
+                           student=args.student, n_train=args.n_train, n_eval=args.n_eval, steps=args.steps,
+                           threads=args.threads)
+    result = run_quickstart(cfg, progress=not args.quiet)
+    print()
+    print(format_table(result))
+    print(f"\nwrote {args.out}/quickstart.md, bundles {args.out}/orchard-*-int8.sam3edge, overlays {args.out}/overlays")
+    return 0
+
+
 def _cmd_build_engines(args) -> int:
     import json
 
@@ -329,6 +367,37 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--max-frames", type=int, default=None)
     sg.add_argument("--quiet", action="store_true")
     sg.set_defaults(func=_cmd_segment)
+
+    q = sub.add_parser("quickstart", help="the whole loop on the embedded default in minutes: distil a student "
+                                          "from the toy teacher, export ONNX + OpenVINO int8, segment, compare")
+    q.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="work directory (rerunning resumes)")
+    q.add_argument("--teacher", default="orchard-toy", help="teacher directory (default: the bundled orchard-toy)")
+    q.add_argument("--images", help="a folder of your domain's images to distil on (default: rendered orchard)")
+    q.add_argument("--data", help="an SA-Co / COCO annotations.json to score on (default: rendered orchard)")
+    q.add_argument("--student", default="toy", help="registry student (see `sam3edge students`)")
+    q.add_argument("--steps", type=int, default=900, help="distillation steps (default 900)")
+    q.add_argument("--n-train", type=int, default=160, help="rendered training scenes (default 160)")
+    q.add_argument("--n-eval", type=int, default=40, help="rendered held-out scenes (default 40)")
+    q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_cmd_quickstart)
+
+    bn = sub.add_parser("bench", help="latency per stage, throughput, memory (and accuracy, speed-up vs the "
+                                      "teacher) of a bundle on this host: JSON + Markdown + PNG")
+    bn.add_argument("bundle")
+    bn.add_argument("--concept", action="append", help="concepts to run (default: the bundle's)")
+    _runtime_args(bn)
+    bn.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    bn.add_argument("--warmup", type=int, default=5)
+    bn.add_argument("--frames", type=int, default=200, help="frames of the throughput passes")
+    bn.add_argument("--images", help="image folder / video to time on (default: rendered orchard scenes)")
+    bn.add_argument("--n-images", type=int, default=8)
+    bn.add_argument("--data", help="a COCO / SA-Co annotations.json: adds cgF1 and friends")
+    bn.add_argument("--known-only", action="store_true", help="with --data: score only the phrases the bundle knows")
+    bn.add_argument("--vs-teacher", help="a SAM3 teacher directory (or orchard-toy): speed-up and agreement")
+    bn.add_argument("--teacher-images", type=int, default=4, help="images the teacher runs on (it is slow)")
+    bn.add_argument("--out", type=Path, default=Path("runs/bench"), help="report directory (default runs/bench)")
+    bn.set_defaults(func=_cmd_bench)
 
     be = sub.add_parser("build-engines", help="build a TensorRT bundle's engines on this GPU (cached in the bundle)")
     be.add_argument("bundle")

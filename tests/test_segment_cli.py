@@ -95,3 +95,20 @@ def test_the_latency_chart_draws_one_bar_per_row_with_stage_colours(tmp_path):
     with pytest.raises(ValueError, match="finite"):
         stacked_bars([("x", {"decoder": float("nan")})], tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_bench_writes_json_markdown_and_chart_named_by_host_backend_and_precision(toy_bundles, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", str(toy_bundles["onnx"]), "--runs", "3", "--warmup", "1", "--frames", "6", "--n-images",
+                 "2", "--threads", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "end to end" in text and "overhead" in text
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 3 and all(f.startswith("bench_") and "_onnxruntime_fp32" in f for f in files)
+    report = json.loads(next(out.glob("*.json")).read_text())
+    lat = report["latency"]
+    assert lat["e2e"]["p50"] <= lat["e2e"]["p90"] <= lat["e2e"]["p99"] and lat["overhead"] >= 0
+    assert report["throughput"]["pipelined_fps"] > 0 and report["bundle"]["precision"] == "fp32"
+    assert main(["bench", str(toy_bundles["onnx"]), "--data", str(tmp_path / "none.json"), "--runs", "1",
+                 "--frames", "2", "--n-images", "1", "--out", str(out)]) == 2
+    assert "no such annotation file" in capsys.readouterr().err

@@ -18,9 +18,7 @@ builds the engines where TensorRT and a GPU are present. Only :func:`build_engin
 
 from __future__ import annotations
 
-import ctypes
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,22 +63,9 @@ def _tensorrt():
 
 
 def _cuda_devices() -> list[tuple[str, int, int]]:
-    """(name, major, minor) of every CUDA device, read from the driver (libcuda) without torch; [] if none."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1" if os.name != "nt" else "nvcuda.dll")
-    except OSError:
-        return []
-    count, devices = ctypes.c_int(0), []
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return []
-    for i in range(count.value):
-        dev, name, major, minor = ctypes.c_int(0), ctypes.create_string_buffer(256), ctypes.c_int(0), ctypes.c_int(0)
-        cuda.cuDeviceGet(ctypes.byref(dev), i)
-        cuda.cuDeviceGetName(name, 256, dev)
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-        devices.append((name.value.decode(errors="replace"), major.value, minor.value))
-    return devices
+    from sam3edge.runtime.backends.tensorrt_backend import _cuda_devices as devices
+
+    return devices()
 
 
 def available() -> bool:
@@ -93,13 +78,11 @@ def available() -> bool:
 
 
 def engine_cache_key(device: int = 0) -> str:
-    """``trt<version>-<gpu name>-sm<cc>``: engines built under one key run only under the same key."""
-    trt = _tensorrt()
-    devices = _cuda_devices()
-    if device >= len(devices):
-        raise RuntimeError(f"no CUDA device {device} (found {len(devices)}); TensorRT engines need an NVIDIA GPU")
-    name, major, minor = devices[device]
-    return f"trt{trt.__version__}-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-sm{major}{minor}"
+    """``trt<version>-<gpu name>-sm<cc>``: engines built under one key run only under the same key (the runtime's
+    TensorRT backend looks them up the same way)."""
+    from sam3edge.runtime.backends.tensorrt_backend import engine_key
+
+    return engine_key(_tensorrt().__version__, device)
 
 
 def cached_engine_path(onnx_path: Path, precision: str, key: str | None = None) -> Path:
