@@ -46,9 +46,12 @@ def export_openvino(student, out_dir: Path, precision: str, calib_images: list[n
 def _quantize(model, feeds: list[dict], keep_float: list[str]):
     """NNCF int8 of an IR converted from ONNX; ``keep_float``: ONNX node names to leave in float (a converted
     Conv is named ``NAME/WithoutBiases``; attention MatMuls fused into SDPA keep ``NAME``)."""
+    import logging
     import re
 
     import nncf
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-layer INFO lines drown the export's own output
 
     if not feeds:
         raise ValueError("no calibration inputs: pass --calib with at least one image")
