@@ -12,8 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sam3edge data orchard --out runs/demo/orchard --n 100 --seed 12345
-	$(VENV)/bin/sam3edge eval --model orchard-toy --data runs/demo/orchard/annotations.json --json runs/demo/report.json
+	$(VENV)/bin/sam3edge quickstart --out runs/quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -25,4 +24,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sam3edge tests benchmarks
 
 clean:
-	rm -rf runs/demo .pytest_cache
+	rm -rf runs/demo runs/quickstart .pytest_cache
