@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sam3edge.runtime.backends.tensorrt_backend import _cuda_devices, capturing_logger, engine_key
+
 INSTALL_HINT = ("TensorRT is needed to build and run TensorRT engines: on a Jetson it comes with JetPack "
                 "(python3-libnvinfer), on x86 with an NVIDIA GPU `pip install tensorrt` (CUDA 12). The ONNX graphs "
                 "of a TensorRT bundle are built into engines on the device, where TensorRT is installed.")
@@ -62,12 +64,6 @@ def _tensorrt():
     return trt
 
 
-def _cuda_devices() -> list[tuple[str, int, int]]:
-    from sam3edge.runtime.backends.tensorrt_backend import _cuda_devices as devices
-
-    return devices()
-
-
 def available() -> bool:
     """Whether this host can build and run engines: ``tensorrt`` imports and a CUDA device is present."""
     try:
@@ -80,8 +76,6 @@ def available() -> bool:
 def engine_cache_key(device: int = 0) -> str:
     """``trt<version>-<gpu name>-sm<cc>``: engines built under one key run only under the same key (the runtime's
     TensorRT backend looks them up the same way)."""
-    from sam3edge.runtime.backends.tensorrt_backend import engine_key
-
     return engine_key(_tensorrt().__version__, device)
 
 
@@ -89,23 +83,6 @@ def cached_engine_path(onnx_path: Path, precision: str, key: str | None = None) 
     """Where the engine of ``onnx_path`` is cached: ``<graphs>/engines/<key>/<stem>.<precision>.engine``."""
     onnx_path = Path(onnx_path)
     return onnx_path.parent / "engines" / (key or engine_cache_key()) / f"{onnx_path.stem}.{precision}.engine"
-
-
-def _logger(trt):
-    class Log(trt.ILogger):
-        """Keeps every message, so a failed build can say why."""
-
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.lines = []
-
-        def log(self, severity, msg):
-            if severity in keep:
-                self.lines.append(f"[{getattr(severity, 'name', severity)}] {msg}")
-
-    keep = {trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR, trt.ILogger.Severity.WARNING}
-
-    return Log()
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str, graph_spec, *,
@@ -124,7 +101,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
         raise ValueError(f"TensorRT engines are built in fp32, fp16 or int8; got {precision!r}")
     trt = _tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    log = _logger(trt)
+    log = capturing_logger(trt)
     builder = trt.Builder(log)
     flags = 0
     if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from TensorRT 10 on
@@ -205,7 +182,7 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
         ("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"), ("int32", "int32"),
         ("int64", "int64"), ("int8", "int8"), ("uint8", "uint8"), ("bool", "bool")) if hasattr(trt, n)}
     dev = torch.device("cuda", device)
-    log = _logger(trt)
+    log = capturing_logger(trt)
     runtime = trt.Runtime(log)
     engines = {}
     for name in ("image_encoder", "decoder"):

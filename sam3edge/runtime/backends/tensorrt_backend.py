@@ -150,7 +150,7 @@ class TensorRtBackend(Backend):
         self.device = f"cuda:{index}"
         self._dtype = {getattr(trt, n): getattr(torch, n) for n in (
             "float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool") if hasattr(trt, n)}
-        self._log = _logger(trt)
+        self._log = capturing_logger(trt)
         runtime = trt.Runtime(self._log)
         self._engines = {}
         for name, path in paths.items():
@@ -233,9 +233,9 @@ def _deserialize(runtime, path: Path, log):
     return engine
 
 
-def _logger(trt):
+def capturing_logger(trt):
     class Log(trt.ILogger):
-        """Keeps errors and warnings, so a failure can say why."""
+        """Keeps errors and warnings, so a failed build or load can say why (the export side builds with it too)."""
 
         def __init__(self):
             trt.ILogger.__init__(self)
