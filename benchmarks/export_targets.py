@@ -75,17 +75,19 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--heldout", type=int, default=24, help="held-out scenes for the agreement figures")
+    ap.add_argument("--heldout-seed", type=int, default=777, help="orchard seed of the held-out scenes")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    label = f"{args.random}_random" if args.random else "toy"
+    label = (f"{args.random}_random" if args.random else "toy") + \
+        (f"_heldout{args.heldout_seed}" if args.heldout_seed != 777 else "")
     work = args.work or REPO / "runs" / f"export_{label}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     source, calib = (_random_student(args.random, work) if args.random else (args.run, None))
     student = load_student(resolve_student_dir(source)).eval()
-    held = [render_scene(scene_rng(777, i), 224).image for i in range(args.heldout)]
+    held = [render_scene(scene_rng(args.heldout_seed, i), 224).image for i in range(args.heldout)]
     held, _ = resize_batch(held, student.image_size)
     text, mask = student.concepts.features.astype(np.float32), student.concepts.mask.astype(bool)
     ref = torch_runner(student)
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
                                   / (base["recall_vs_pytorch"] * base["mask_iou_vs_pytorch"]))
     result = {"command": "python benchmarks/export_targets.py " + " ".join(argv or sys.argv[1:]),
               "student": args.random or str(args.run), "random_weights": bool(args.random),
-              "input_size": student.image_size, "heldout_seed": 777, "heldout_images": args.heldout,
+              "input_size": student.image_size, "heldout_seed": args.heldout_seed, "heldout_images": args.heldout,
               "threads": args.threads, "rows": rows,
               "host": {"machine": platform.machine(), "processor": platform.processor(),
                        "onnxruntime": ort.__version__}}
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
     what = (f"{args.random} student with random weights ({student.image_size} px)" if args.random
             else f"Toy student (distilled, {student.image_size} px)")
     md = [f"{what}; onnxruntime / OpenVINO CPU, {args.threads} threads, {platform.machine()}; agreement vs PyTorch "
-          f"on {args.heldout} orchard scenes (seed 777) x {len(text)} concepts; '-': not runnable on this host"
+          f"on {args.heldout} orchard scenes (seed {args.heldout_seed}) x {len(text)} concepts; "
+          "'-': not runnable on this host"
           + (", or no instance scored >= 0.5 (random weights)" if args.random else "") + ".", "",
           "| target | precision | graphs MB | image encoder ms | decoder ms (all concepts) | recall vs PyTorch | "
           "mask IoU vs PyTorch | score MAE | same top-K queries | agreement / fp32's |",
