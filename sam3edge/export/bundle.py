@@ -89,8 +89,12 @@ def resolve_target(target: str | None, precision: str | None, device: str | None
 
 def export_bundle(source: str | Path, out: str | Path, target: str | None = None, precision: str | None = None,
                   calib: str | Path | None = None, concepts: list[str] | None = None, overwrite: bool = False,
-                  force: bool = False, n_verify: int = 8, progress: bool = True, device: str | None = None) -> dict:
+                  force: bool = False, n_verify: int = 8, progress: bool = True, device: str | None = None,
+                  fused_ops: bool = False) -> dict:
     """Export a student to a verified bundle at ``out``; returns the manifest.
+
+    ``fused_ops``: the decoder carries the sam3edge fused ops (:mod:`sam3edge.ops`) as custom-domain
+    ONNX nodes with function bodies (onnx, openvino, tensorrt targets), instead of their plain decomposition.
 
     ``device``: a device profile (name or .json path) that sets target and default precision, and
     whose memory budget the graphs must fit (``sam3edge devices`` lists them).
@@ -103,6 +107,9 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     from sam3edge.models.student_io import load_student
 
     target, precision, profile = resolve_target(target, precision, device)
+    if fused_ops and not TARGETS[target].fused_ops:
+        raise ValueError(f"target {target} cannot carry the fused ops; targets that can: "
+                         f"{', '.join(t for t, v in TARGETS.items() if v.fused_ops)}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -126,7 +133,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     bar = tqdm(total=3, desc=f"export {target} {precision}", disable=not progress, unit="step")
     with atomic_directory(out) as tmp:
         paths = TARGETS[target].export(student, tmp / "graphs", precision, calibrate, text, mask,
-                                       options=profile.backend_options if profile else None)
+                                       options=profile.backend_options if profile else None, fused=fused_ops)
         bar.update(1)
         candidate, runner_name = TARGETS[target].verification_runner(paths, precision)
         if candidate is None:
@@ -153,6 +160,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
 
         shutil.copyfile(package_files("sam3edge.assets") / "clip_tokenizer.json", tmp / "tokenizer.json")
         manifest = _manifest(student, spec, target, precision, paths, tmp, cache, report, source, t0)
+        manifest["ops"] = "fused" if fused_ops else "plain"
         if profile is not None:
             manifest["device_profile"] = profile.to_json() | {"input_size_matches": profile.input_size ==
                                                                student.image_size}

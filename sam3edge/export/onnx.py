@@ -31,13 +31,15 @@ from sam3edge.export.graphs import (
 OPSET = 18
 
 
-def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarray, mask: np.ndarray
-                ) -> dict[str, Path]:
+def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarray, mask: np.ndarray,
+                fused: bool = False) -> dict[str, Path]:
     """Write ``image_encoder.onnx``, ``decoder.onnx`` (and ``text_encoder.onnx`` for a student with its own
     text encoder) in fp32 into ``out_dir``; returns name -> path.
 
     Every target starts from these graphs. images / text / mask: the domain's images (the first is the
-    example input) and the concepts' features.
+    example input) and the concepts' features. ``fused``: the decoder's attentions and mask path become
+    ``sam3edge``-domain nodes with ONNX function bodies (:mod:`sam3edge.ops.onnx`) instead of their plain
+    decomposition.
     """
     if not images:
         raise ValueError("export needs at least one image (verification, and calibration for int8)")
@@ -54,9 +56,7 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
         torch.onnx.export(image_graph, (img,), dynamo=True, opset_version=OPSET, input_names=["image"],
                           output_names=list(IMAGE_OUTPUTS), verbose=False).save(str(paths["image_encoder"]))
         dyn = {"feat0": None, "feat1": None, "feat2": None, "text": {0: prompts}, "text_mask": {0: prompts}}
-        torch.onnx.export(decoder, (*levels, text.float(), mask.bool()), dynamo=True, opset_version=OPSET,
-                          input_names=list(DECODER_INPUTS), output_names=list(DECODER_OUTPUTS),
-                          dynamic_shapes=dyn, verbose=False).save(str(paths["decoder"]))
+        _export_decoder(decoder, (*levels, text.float(), mask.bool()), dyn, paths["decoder"], fused)
         if student.text_mode == "encoder":
             paths["text_encoder"] = out_dir / "text_encoder.onnx"
             ids, attn = text_encoder_inputs(["a ripe apple", "leaf"])
@@ -66,6 +66,24 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
                               dynamic_shapes={"input_ids": {0: prompts}, "attention_mask": {0: prompts}},
                               verbose=False).save(str(paths["text_encoder"]))
     return paths
+
+
+def _export_decoder(decoder, args: tuple, dynamic_shapes: dict, path: Path, fused: bool) -> None:
+    if not fused:
+        torch.onnx.export(decoder, args, dynamo=True, opset_version=OPSET, input_names=list(DECODER_INPUTS),
+                          output_names=list(DECODER_OUTPUTS), dynamic_shapes=dynamic_shapes,
+                          verbose=False).save(str(path))
+        return
+    import onnx
+
+    from sam3edge.ops import fused_ops
+    from sam3edge.ops.onnx import attach_functions, translation_table
+
+    with fused_ops():
+        program = torch.onnx.export(decoder, args, dynamo=True, opset_version=OPSET, input_names=list(DECODER_INPUTS),
+                                    output_names=list(DECODER_OUTPUTS), dynamic_shapes=dynamic_shapes, verbose=False,
+                                    custom_translation_table=translation_table())
+    onnx.save(attach_functions(program.model_proto), str(path))
 
 
 def text_encoder_inputs(phrases: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -206,14 +224,18 @@ def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, is
 
 
 def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,
-                mask: np.ndarray) -> dict[str, Path]:
-    """All graphs of ``student`` at ``precision`` in ``out_dir`` (fp32 intermediates removed)."""
+                mask: np.ndarray, fused: bool = False) -> dict[str, Path]:
+    """All graphs of ``student`` at ``precision`` in ``out_dir`` (fp32 intermediates removed).
+
+    ``fused``: the decoder carries the ``sam3edge`` fused-op nodes (onnxruntime runs their function
+    bodies; quantisation leaves them in float, as the float-island rules keep those layers anyway).
+    """
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"ONNX supports precisions fp32, fp16, int8; got {precision!r}")
     if precision == "fp32":
-        return export_fp32(student, out_dir, calib_images, text, mask)
+        return export_fp32(student, out_dir, calib_images, text, mask, fused=fused)
     work = out_dir / f".{precision}-work"
-    fp32 = export_fp32(student, work, calib_images, text, mask)
+    fp32 = export_fp32(student, work, calib_images, text, mask, fused=fused)
     out = {}
     if precision == "fp16":
         for name, path in fp32.items():

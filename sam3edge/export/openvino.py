@@ -21,14 +21,23 @@ SENSITIVE = (".*box_head.*", ".*presence_head.*", ".*dot_product_scoring.*", ".*
 
 
 def export_openvino(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,
-                    mask: np.ndarray) -> dict[str, Path]:
-    """All graphs of ``student`` as OpenVINO IR at ``precision`` in ``out_dir``; returns name -> ``.xml`` path."""
+                    mask: np.ndarray, fused: bool = False) -> dict[str, Path]:
+    """All graphs of ``student`` as OpenVINO IR at ``precision`` in ``out_dir``; returns name -> ``.xml`` path.
+
+    ``fused``: converted from the fused-op ONNX; OpenVINO's ONNX frontend does not read model-local
+    functions, so the ``sam3edge`` nodes are first replaced by their ONNX function bodies.
+    """
     import openvino as ov
 
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"OpenVINO supports precisions fp32, fp16, int8; got {precision!r}")
     work = out_dir / ".onnx-work"
-    onnx_paths = export_fp32(student, work, calib_images, text, mask)
+    onnx_paths = export_fp32(student, work, calib_images, text, mask, fused=fused)
+    if fused:  # OpenVINO reads no model-local functions: the sam3edge nodes become their bodies
+        from sam3edge.ops.onnx import inline, rewrite_file
+
+        for path in onnx_paths.values():
+            rewrite_file(path, inline)
     feeds = (calibration_feeds(onnx_paths, calib_images, text, mask, phrases=concept_phrases(student))
              if precision == "int8" else {})
     out = {}

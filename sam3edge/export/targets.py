@@ -21,13 +21,17 @@ class Target:
     module: str  # sam3edge.export.<module>
     graph_format: str  # what the bundle's graphs/ holds
     takes_options: bool = False  # export_<name>() takes a device profile's backend_options
+    fused_ops: bool = False  # export_<name>() takes fused=True (the sam3edge fused-op nodes, sam3edge.ops)
 
-    def export(self, student, out_dir: Path, precision: str, images, text, mask, options: dict | None = None
-               ) -> dict[str, Path]:
+    def export(self, student, out_dir: Path, precision: str, images, text, mask, options: dict | None = None,
+               fused: bool = False) -> dict[str, Path]:
+        if fused and not self.fused_ops:
+            raise ValueError(f"target {self.name} cannot carry the fused ops (its converter starts from PyTorch, "
+                             "not from the ONNX graph with their function bodies); export it without --fused-ops")
         mod = importlib.import_module(f"sam3edge.export.{self.module}")
         fn = getattr(mod, f"export_{self.name}")
-        args = (student, out_dir, precision, images, text, mask)
-        return fn(*args, options=options) if self.takes_options else fn(*args)
+        kwargs = ({"options": options} if self.takes_options else {}) | ({"fused": True} if fused else {})
+        return fn(student, out_dir, precision, images, text, mask, **kwargs)
 
     def verification_runner(self, paths: dict[str, Path], precision: str) -> tuple[Callable | None, str]:
         """(runner, what it runs) on this host; runner None (and why) where this host cannot run the graphs."""
@@ -52,9 +56,9 @@ class Target:
 
 
 TARGETS = {t.name: t for t in (
-    Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)"),
-    Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)"),
+    Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)", fused_ops=True),
+    Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)", fused_ops=True),
     Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)"),
     Target("tensorrt", ("fp16", "int8"), "tensorrt", "ONNX for TensorRT + tensorrt.json (engines built on the GPU)",
-           takes_options=True),
+           takes_options=True, fused_ops=True),
 )}

@@ -107,6 +107,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
     if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from TensorRT 10 on
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)  # not strongly typed: precision comes from the builder flags
+    if _has_fused_ops(onnx_path):  # the parser maps sam3edge nodes to these plugins (else builds their ONNX bodies)
+        from sam3edge.ops.tensorrt_plugins import register_plugins
+
+        register_plugins()
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -234,13 +238,23 @@ BUILD_OPTIONS = ("workspace_gb", "dla_core", "gpu_fallback", "opt_prompts", "max
 PRECISIONS = ("fp16", "int8")
 
 
+def _has_fused_ops(onnx_path: Path) -> bool:
+    import onnx
+
+    from sam3edge.ops.onnx import custom_nodes
+
+    return bool(custom_nodes(onnx.load(str(onnx_path), load_external_data=False)))
+
+
 def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,
-                    mask: np.ndarray, options: dict | None = None) -> dict[str, Path]:
+                    mask: np.ndarray, options: dict | None = None, fused: bool = False) -> dict[str, Path]:
     """The ONNX graphs TensorRT builds ``precision`` engines from, checked for its parser, plus ``tensorrt.json``
     (build settings: optimisation profiles, workspace, DLA core for the image encoder); engines too where
     TensorRT and a GPU are present. Returns graph name -> ONNX path.
 
     options: TensorRT entries of a device profile's ``backend_options`` (``BUILD_OPTIONS``); others are ignored.
+    ``fused``: the decoder's sam3edge nodes run as the TensorRT plugins of :mod:`sam3edge.ops.tensorrt_plugins`
+    (``tensorrt.json`` then lists them: building and loading the engines registers them).
     """
     import json
     import shutil
@@ -255,13 +269,16 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
                          f"fp16 keeps fp32's accuracy on these graphs); got {precision!r}")
     options = {k: v for k, v in (options or {}).items() if k in BUILD_OPTIONS}
     if precision == "fp16":  # TensorRT chooses fp16 kernels itself from the fp32 graph
-        paths = export_fp32(student, out_dir, calib_images, text, mask)
+        paths = export_fp32(student, out_dir, calib_images, text, mask, fused=fused)
     else:
         work = out_dir / ".fp32-work"
-        fp32 = export_fp32(student, work, calib_images, text, mask)
+        fp32 = export_fp32(student, work, calib_images, text, mask, fused=fused)
         feeds = calibration_feeds(fp32, calib_images, text, mask, phrases=concept_phrases(student))
         paths = {n: to_int8(p, out_dir / p.name, feeds[n], symmetric=True) for n, p in fp32.items()}
         shutil.rmtree(work)
+    from sam3edge.ops.onnx import for_tensorrt, rewrite_file
+
+    plugins = [n for n, p in paths.items() if rewrite_file(p, for_tensorrt)]  # sam3edge nodes name their plugins
     checks = {n: check_onnx_for_tensorrt(p, strict=True) for n, p in paths.items()}  # a clear error, not a bad bundle
     spec = export_spec(student, text_length=text.shape[1])
     opt, top = int(options.get("opt_prompts", 8)), int(options.get("max_prompts", 64))
@@ -269,6 +286,7 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
               "dla_core": options.get("dla_core"), "gpu_fallback": options.get("gpu_fallback", True),
               "dla_graphs": ["image_encoder"] if options.get("dla_core") is not None else [],
               "opt_prompts": opt, "max_prompts": top, "parser_ops_version": _ops_version(),
+              "plugins": {"sam3edge": plugins} if plugins else {},
               "graphs": {n: {"file": p.name, "profile": {k: [list(s) for s in v] for k, v in
                                                          optimization_profile(spec.graph(n), 1, opt, top).items()},
                              "notes": checks[n]["notes"]} for n, p in paths.items()}}

@@ -69,7 +69,8 @@ def _node_problem(node, constants: dict) -> str | None:
     """What TensorRT's parser refuses in this node beyond its op type (docs/operators.md restrictions)."""
     from onnx import helper
 
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    # Inside a function body an attribute may refer to the calling node's (ref_attr_name): no value here.
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if not a.ref_attr_name}
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
         has_zp = len(node.input) > 2 and node.input[2]
         zp = constants.get(node.input[2]) if has_zp else None
@@ -87,7 +88,7 @@ def _node_problem(node, constants: dict) -> str | None:
         k = constants.get(node.input[1])
         if k is None:
             return "K must be a constant"
-        if int(k.reshape(-1)[0]) >= TOPK_MAX_K:
+        if isinstance(k, np.ndarray) and int(k.reshape(-1)[0]) >= TOPK_MAX_K:
             return f"K={int(k.reshape(-1)[0])} must be < {TOPK_MAX_K}"
         if attrs.get("sorted", 1) != 1:
             return "sorted must be 1"
@@ -147,6 +148,9 @@ def check_onnx_for_tensorrt(path: str | Path, strict: bool = False) -> dict:
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer if not t.external_data}
     constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in nodes
                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    # A Constant of a function body whose value is the calling node's attribute: constant, value per call.
+    constants |= {n.output[0]: "per call" for n in nodes
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].ref_attr_name}
     lo, hi = OPSET_RANGE
     if not lo <= opset <= hi:
         problems.append(f"opset {opset} is outside the {lo}-{hi} range TensorRT {OPS_TENSORRT_VERSION}'s parser takes")

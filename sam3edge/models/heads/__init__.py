@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sam3edge.models.sam3_heads import HeadOutputs
+from sam3edge.ops.mode import fused_ops_enabled
 
 from .attention import padding_bias
 from .config import HeadsConfig
@@ -154,9 +155,18 @@ class Sam3Heads(nn.Module):
         scoring = self.dot_product_scoring
         logits = scoring.score(d.queries[-1], scoring.pooled_prompt(d.prompt, d.prompt_mask))  # [N, Q]
         presence = d.presence_logits[-1].sigmoid()  # [N, 1]
+        pixels = self.mask_decoder.pixel_embeddings(list(fpn_features), d.image_tokens, d.prompt, d.prompt_bias)
+        if fused_ops_enabled():
+            # One op from scores to the k masks: the instance projection is folded into the k kept embeddings.
+            proj = self.mask_decoder.instance_projection
+            embed = self.mask_decoder.mask_embedder(d.queries[-1])
+            scores, idx, masks = torch.ops.sam3edge.mask_topk(
+                (logits.sigmoid() * presence).contiguous(), embed.contiguous(), pixels.contiguous(),
+                proj.weight.flatten(1), proj.bias, k, pixels.shape[-2], pixels.shape[-1], 0)
+            boxes = cxcywh_to_xyxy(d.boxes[-1].gather(1, idx[..., None].expand(-1, -1, 4)))
+            return TopKOutputs(scores=scores, boxes=boxes, mask_logits=masks, presence=presence, indices=idx)
         scores, idx = (logits.sigmoid() * presence).topk(k, dim=1)
         queries = d.queries[-1].gather(1, idx[..., None].expand(-1, -1, d.queries.shape[-1]))
         boxes = cxcywh_to_xyxy(d.boxes[-1].gather(1, idx[..., None].expand(-1, -1, 4)))
-        pixels = self.mask_decoder.pixel_embeddings(list(fpn_features), d.image_tokens, d.prompt, d.prompt_bias)
         return TopKOutputs(scores=scores, boxes=boxes, mask_logits=self.mask_decoder.masks(queries, pixels),
                            presence=presence, indices=idx)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sam3edge.ops.mode import fused_ops_enabled
+
 
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive key-padding bias [N, 1, 1, L] from a mask [N, L] (True = real token).
@@ -41,6 +43,11 @@ class Attention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
         """query [N, Lq, C], key and value [N, Lk, C], bias broadcastable to [N, heads, Lq, Lk] -> [N, Lq, C]."""
+        if bias is not None and bias.dim() == 4 and bias.shape[1] == 1 and bias.shape[2] == 1 and fused_ops_enabled():
+            # A key-padding bias [N, 1, 1, Lk] (prompt tokens): the fused op, one kernel from scores to output.
+            out = torch.ops.sam3edge.prompt_attention(self.q_proj(query), self.k_proj(key), self.v_proj(value),
+                                                      bias[:, 0, 0, :].contiguous(), self.num_heads, self.scaling)
+            return self.o_proj(out)
         q = self._split(self.q_proj(query))
         k = self._split(self.k_proj(key))
         v = self._split(self.v_proj(value))

@@ -9,14 +9,36 @@ image at all; each query's own logit then only has to say "which one".
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam3edge.ops.mode import fused_ops_enabled
+
 from .attention import Attention
 from .config import HeadsConfig
 from .layers import MLP, FeedForward, cxcywh_to_xyxy, inverse_sigmoid, sine_box_embedding
+
+
+class BoxRPB(NamedTuple):
+    """What the BoxRPB bias is computed from: boxes [N, Q, 4] cxcywh, the grid, the per-axis MLPs."""
+
+    boxes: torch.Tensor
+    height: int
+    width: int
+    embed_x: nn.Module
+    embed_y: nn.Module
+
+    def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``attn(query, key, value, bias)`` with the bias of these boxes, via ``sam3edge::box_attention``."""
+        mx, my = self.embed_x, self.embed_y
+        out = torch.ops.sam3edge.box_attention(
+            attn.q_proj(query), attn.k_proj(key), attn.v_proj(value), self.boxes.contiguous(), self.height,
+            self.width, mx.layer1.weight, mx.layer1.bias, mx.layer2.weight, mx.layer2.bias,
+            my.layer1.weight, my.layer1.bias, my.layer2.weight, my.layer2.bias, attn.num_heads, attn.scaling)
+        return attn.o_proj(out)
 
 
 class DetrDecoderLayer(nn.Module):
@@ -39,14 +61,18 @@ class DetrDecoderLayer(nn.Module):
         self.mlp_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, query_pos: torch.Tensor, prompt: torch.Tensor, prompt_bias: torch.Tensor,
-                image: torch.Tensor, image_key: torch.Tensor, box_bias: torch.Tensor) -> torch.Tensor:
+                image: torch.Tensor, image_key: torch.Tensor, box_bias: torch.Tensor | BoxRPB) -> torch.Tensor:
         """x, query_pos [N, 1+Q, C]; prompt [N, P, C], prompt_bias [N, 1, 1, P];
-        image [N, HW, C] (values), image_key [N, HW, C] (image + position); box_bias [N, heads, 1+Q, HW]."""
+        image [N, HW, C] (values), image_key [N, HW, C] (image + position); box_bias [N, heads, 1+Q, HW],
+        or the boxes it is made of (:class:`BoxRPB`) for the fused op, which builds it inside the kernel."""
         q = x + query_pos
         x = self.self_attn_layer_norm(x + self.self_attn_dropout(self.self_attn(q, q, x)))
         attn = self.text_cross_attn(x + query_pos, prompt, prompt, prompt_bias)
         x = self.text_cross_attn_layer_norm(x + self.text_cross_attn_dropout(attn))
-        attn = self.vision_cross_attn(x + query_pos, image_key, image, box_bias)
+        if isinstance(box_bias, BoxRPB):
+            attn = box_bias.attend(self.vision_cross_attn, x + query_pos, image_key, image)
+        else:
+            attn = self.vision_cross_attn(x + query_pos, image_key, image, box_bias)
         x = self.vision_cross_attn_layer_norm(x + self.vision_cross_attn_dropout(attn))
         return self.mlp_layer_norm(x + self.mlp_dropout(self.mlp(x)))
 
@@ -106,7 +132,10 @@ class DetrDecoder(nn.Module):
         for layer in self.layers:
             query_pos = self.ref_point_head(sine_box_embedding(boxes, self.hidden_size // 2))
             query_pos = F.pad(query_pos, (0, 0, 1, 0))  # presence token: no position
-            box_bias = F.pad(self.box_bias(boxes, height, width), (0, 0, 1, 0))  # ... and no BoxRPB
+            if fused_ops_enabled():
+                box_bias = BoxRPB(boxes, height, width, self.box_rpb_embed_x, self.box_rpb_embed_y)
+            else:
+                box_bias = F.pad(self.box_bias(boxes, height, width), (0, 0, 1, 0))  # ... and no BoxRPB
             x = layer(x, query_pos, prompt, prompt_bias, image, image_key, box_bias)
             q = self.output_layer_norm(x[:, 1:])
             refined = (inverse_sigmoid(boxes) + self.box_head(q)).sigmoid()

@@ -150,6 +150,13 @@ class TensorRtBackend(Backend):
         self.device = f"cuda:{index}"
         self._dtype = {getattr(trt, n): getattr(torch, n) for n in (
             "float32", "float16", "bfloat16", "int32", "int64", "int8", "uint8", "bool") if hasattr(trt, n)}
+        if read_config(bundle).get("plugins"):  # engines with the fused-op plugins need them registered to load
+            from sam3edge.ops.tensorrt_plugins import register_plugins
+
+            try:
+                register_plugins()
+            except RuntimeError as e:
+                raise BackendUnavailable(f"bundle {bundle.path} was exported with fused ops: {e}") from e
         self._log = capturing_logger(trt)
         runtime = trt.Runtime(self._log)
         self._engines = {}
