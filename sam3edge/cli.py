@@ -65,7 +65,7 @@ def _cmd_export(args) -> int:
     concepts = parse_phrases(args.concepts) if args.concepts else None
     m = export_bundle(args.source, args.out, target=args.target, precision=args.precision, calib=args.calib,
                       concepts=concepts, overwrite=args.overwrite, force=args.force, progress=not args.quiet,
-                      device=args.device, fused_ops=args.fused_ops)
+                      device=args.device, fused_ops={"auto": None, "fused": True, "plain": False}[args.ops])
     v, prof = m["verification"], m.get("device_profile")
     if prof and not prof["input_size_matches"]:
         print(f"note: device profile {prof['name']} is sized for {prof['input_size']} px input, this student takes "
@@ -349,9 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="bundle directory to write, e.g. orchard.sam3edge")
     x.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     x.add_argument("--force", action="store_true", help="write the bundle even if verification fails")
-    x.add_argument("--fused-ops", action="store_true",
-                   help="the decoder's attentions and mask path as sam3edge fused-op nodes with ONNX function bodies "
-                        "(TensorRT: plugins; onnx, openvino, tensorrt targets)")
+    x.add_argument("--ops", choices=["auto", "fused", "plain"], default="auto",
+                   help="fused: the decoder's attentions and mask path as sam3edge fused-op nodes with ONNX function "
+                        "bodies (TensorRT: plugins); plain: their standard-operator decomposition; auto (default): "
+                        "fused for onnx and openvino, plain for tensorrt and coreml")
     x.add_argument("--quiet", action="store_true")
     x.set_defaults(func=_cmd_export)
 

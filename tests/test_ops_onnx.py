@@ -147,17 +147,22 @@ def test_tensorrt_graph_names_the_plugins_and_passes_the_parser_checks(graphs, t
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino"])
-def test_fused_bundle_verifies_and_segments_like_the_plain_bundle(target, toy_student_dir, scenes, toy_bundles,
-                                                                 tmp_path):
+def test_default_bundle_is_fused_and_segments_like_the_plain_bundle(target, toy_student_dir, scenes, toy_bundles,
+                                                                    tmp_path):
+    import json
+
     from test_runtime_segmenter import THRESHOLD, assert_same_instances, orchard_images
 
     from sam3edge.export.bundle import export_bundle
     from sam3edge.runtime.segmenter import Segmenter
 
-    out = tmp_path / f"fused-{target}.sam3edge"
-    m = export_bundle(toy_student_dir, out, target, "fp32", calib=scenes, n_verify=2, progress=False, fused_ops=True)
-    assert m["ops"] == "fused" and m["verification"]["failed"] == [] and m["verification"]["recall"] == 1.0
-    fused, plain = Segmenter.load(out, threads=2), Segmenter.load(toy_bundles[target], threads=2)
+    out = tmp_path / f"plain-{target}.sam3edge"
+    m = export_bundle(toy_student_dir, out, target, "fp32", calib=scenes, n_verify=2, progress=False, fused_ops=False)
+    assert m["ops"] == "plain" and m["verification"]["failed"] == []
+    fused_bundle = toy_bundles[target]  # exported with the target's default
+    fused_manifest = json.loads((fused_bundle / "manifest.json").read_text())
+    assert fused_manifest["ops"] == "fused" and fused_manifest["verification"]["recall"] == 1.0
+    fused, plain = Segmenter.load(fused_bundle, threads=2), Segmenter.load(out, threads=2)
     for image in orchard_images():
         want = plain.segment(image, score_threshold=THRESHOLD)
         assert len(want) > 0

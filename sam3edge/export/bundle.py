@@ -90,11 +90,12 @@ def resolve_target(target: str | None, precision: str | None, device: str | None
 def export_bundle(source: str | Path, out: str | Path, target: str | None = None, precision: str | None = None,
                   calib: str | Path | None = None, concepts: list[str] | None = None, overwrite: bool = False,
                   force: bool = False, n_verify: int = 8, progress: bool = True, device: str | None = None,
-                  fused_ops: bool = False) -> dict:
+                  fused_ops: bool | None = None) -> dict:
     """Export a student to a verified bundle at ``out``; returns the manifest.
 
     ``fused_ops``: the decoder carries the sam3edge fused ops (:mod:`sam3edge.ops`) as custom-domain
-    ONNX nodes with function bodies (onnx, openvino, tensorrt targets), instead of their plain decomposition.
+    ONNX nodes with function bodies (onnx, openvino, tensorrt targets), instead of their plain decomposition;
+    None: the target's default (fused for onnx and openvino, plain for tensorrt and coreml).
 
     ``device``: a device profile (name or .json path) that sets target and default precision, and
     whose memory budget the graphs must fit (``sam3edge devices`` lists them).
@@ -107,6 +108,8 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     from sam3edge.models.student_io import load_student
 
     target, precision, profile = resolve_target(target, precision, device)
+    if fused_ops is None:
+        fused_ops = TARGETS[target].fused_by_default
     if fused_ops and not TARGETS[target].fused_ops:
         raise ValueError(f"target {target} cannot carry the fused ops; targets that can: "
                          f"{', '.join(t for t, v in TARGETS.items() if v.fused_ops)}")

@@ -22,12 +22,13 @@ class Target:
     graph_format: str  # what the bundle's graphs/ holds
     takes_options: bool = False  # export_<name>() takes a device profile's backend_options
     fused_ops: bool = False  # export_<name>() takes fused=True (the sam3edge fused-op nodes, sam3edge.ops)
+    fused_by_default: bool = False  # what `--ops auto` means for this target
 
     def export(self, student, out_dir: Path, precision: str, images, text, mask, options: dict | None = None,
                fused: bool = False) -> dict[str, Path]:
         if fused and not self.fused_ops:
             raise ValueError(f"target {self.name} cannot carry the fused ops (its converter starts from PyTorch, "
-                             "not from the ONNX graph with their function bodies); export it without --fused-ops")
+                             "not from the ONNX graph with their function bodies); export it with --ops plain")
         mod = importlib.import_module(f"sam3edge.export.{self.module}")
         fn = getattr(mod, f"export_{self.name}")
         kwargs = ({"options": options} if self.takes_options else {}) | ({"fused": True} if fused else {})
@@ -56,8 +57,12 @@ class Target:
 
 
 TARGETS = {t.name: t for t in (
-    Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)", fused_ops=True),
-    Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)", fused_ops=True),
+    # onnxruntime runs the fused nodes' function bodies and OpenVINO their inlined form, both torch-free and
+    # faster than the plain graph (benchmarks/results/fused_ops_cpu_*.md); TensorRT's plugins need torch and the
+    # CUDA extension on the device, so there they are opt-in; Core ML converts from PyTorch (plain only).
+    Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)", fused_ops=True, fused_by_default=True),
+    Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)", fused_ops=True,
+           fused_by_default=True),
     Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)"),
     Target("tensorrt", ("fp16", "int8"), "tensorrt", "ONNX for TensorRT + tensorrt.json (engines built on the GPU)",
            takes_options=True, fused_ops=True),

@@ -37,7 +37,7 @@ OPS: dict[str, OpInfo] = {o.name: o for o in (
                     "(fusion encoder, decoder text cross-attention, mask decoder prompt attention)",
            avoids="the [N, heads, Lq, Lk] score and probability tensors and the transposed head copies",
            why="edge-s, 512 px, CPU 2 threads: the fusion encoder's image->prompt cross-attention is 2.7 ms of the "
-               "182 ms decoder (1.5 %); on a GPU each of its 6 kernels is launch- and bandwidth-bound at "
+               "200 ms decoder (1.4 %); on a GPU each of its 6 kernels is launch- and bandwidth-bound at "
                "Lk <= 64, and the same op serves 3 more attentions per decoder layer and the mask decoder. The "
                "output projection stays a cuBLAS GEMM: it is compute-bound (C x C per token) and a hand kernel "
                "without tensor cores would lose to it."),
@@ -46,7 +46,7 @@ OPS: dict[str, OpInfo] = {o.name: o for o in (
                     "pad for the presence token) then attention with that bias",
            avoids="the [N, heads, 1+Q, H*W] bias (1.6 MB per layer and prompt at edge-s; 30 MB at SAM3's "
                   "200 queries x 72 x 72) and the score tensor of the same size",
-           why="edge-s CPU: BoxRPB 3.7 ms + the biased attention 7.5 ms = 6.1 % of the decoder, 3 layers; the "
+           why="edge-s CPU: BoxRPB 3.8 ms + the biased attention 7.7 ms = 5.7 % of the decoder, 3 layers; the "
                "bias is built from H + W per-axis terms, so computing it inside the kernel costs H + W MLP "
                "evaluations per query instead of reading H x W x heads floats."),
     OpInfo("mask_topk",
@@ -54,6 +54,7 @@ OPS: dict[str, OpInfo] = {o.name: o for o in (
                     "query x pixel product, (upsample, sigmoid / threshold at the runtime)",
            avoids="the C x h x w projected pixel embeddings and any Q x h x w logits: the projection is folded "
                   "into the k kept embeddings (W^T e), so only k x out_h x out_w values are written",
-           why="edge-s CPU: the top-K mask path is 17.8 ms (9.8 % of the decoder), 14.7 ms of it the 1x1 "
-               "projection of 128 x 128 x 256 pixel features that the fold replaces by a 20 x 256 x 256 matmul."),
+           why="edge-s CPU: the top-K mask path is 16.5 ms (8.3 % of the decoder), 13.7 ms of it the 1x1 "
+               "projection of 128 x 128 x 256 pixel features that the fold replaces by a 20 x 256 x 256 matmul "
+               "(measured: 8.4x faster mask path on CPU, benchmarks/results/fused_ops_cpu_*.md)."),
 )}
