@@ -46,3 +46,19 @@ def test_load_extension_without_a_gpu_says_so():
     build.load_extension.cache_clear()
     with pytest.raises(RuntimeError, match="need a CUDA GPU"):
         build.load_extension()
+
+
+@pytest.mark.slow
+def test_torch_extension_compiles_links_and_refuses_cpu_tensors(tmp_path):
+    """binding.cpp + the kernels build as a torch extension for the Jetson Orin (about two minutes on 2 cores);
+    nothing can run without a GPU, but the binding's first check answers."""
+    import torch
+
+    if build.cuda_home() is None:
+        pytest.skip("no CUDA toolkit (nvcc and headers) on this machine")
+    ext = build.build_extension(("87",), build_directory=tmp_path)
+    for name in ("prompt_attention", "box_attention", "mask_topk"):
+        assert callable(getattr(ext, name))
+    q = torch.randn(1, 4, 8)
+    with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
+        ext.prompt_attention(q, q, q, torch.zeros(1, 4), 2, 0.5)

@@ -213,3 +213,15 @@ def test_tensorrt_builds_the_fused_decoder_with_the_plugins(graphs, toy_student_
     build_engine(path, engines["decoder"], "fp32", spec.graph("decoder"))
     _assert_same_instances(onnx_runner(fused), tensorrt_runner(engines), images, text, mask, score_atol=1e-3)
 
+
+
+def test_onnx_function_bodies_compile_silently_with_typed_outputs(capsys):
+    """onnxscript prints (not raises) on annotations it cannot read, and then drops typed outputs."""
+    import importlib
+
+    import sam3edge.ops.onnx as ops_onnx
+
+    importlib.reload(ops_onnx)
+    assert capsys.readouterr().out == ""
+    outputs = {name: len(fn.to_function_proto().output) for name, fn in ops_onnx.FUNCTIONS.items()}
+    assert outputs == {"prompt_attention": 1, "box_attention": 1, "mask_topk": 3}

@@ -23,12 +23,15 @@ from pathlib import Path
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("sam3edge_ops.cu", "binding.cpp")
 KERNELS = CSRC / "sam3edge_ops.cu"
-ARCHITECTURES = {  # compute capability -> the devices it is built for
+ARCHITECTURES = {  # compute capability -> the devices it is built for (all that CUDA 13's nvcc targets)
+    "75": "Turing (T4, RTX 20xx)",
     "80": "Ampere data centre (A100, A30)",
     "86": "Ampere desktop / Jetson-class (RTX 30xx, A10)",
     "87": "Jetson AGX Orin, Orin NX, Orin Nano",
     "89": "Ada (RTX 40xx, L4, L40)",
     "90": "Hopper (H100, H200)",
+    "100": "Blackwell data centre (B200)",
+    "120": "Blackwell desktop (RTX 50xx)",
 }
 CI_ARCHITECTURES = ("80", "87", "90")
 NVCC_FLAGS = ("-std=c++17", "-O3")
@@ -109,6 +112,28 @@ def cache_dir() -> Path:
     return Path(root) / sources_hash()
 
 
+def build_extension(archs, build_directory: str | Path | None = None, verbose: bool = False):
+    """Compile and import the torch extension for ``archs`` (e.g. ``("87",)``); needs nvcc, not a GPU."""
+    home = cuda_home()
+    if home is None:
+        raise RuntimeError("building the sam3edge CUDA ops needs the CUDA toolkit (nvcc and headers): install it or "
+                           "set CUDA_HOME")
+    import torch.utils.cpp_extension as cpp
+
+    # torch reads CUDA_HOME when cpp_extension is first imported; a wrapper nvcc on PATH can mislead it.
+    os.environ["CUDA_HOME"] = str(home)
+    cpp.CUDA_HOME = str(home)
+    build = Path(build_directory) if build_directory else cache_dir()
+    build.mkdir(parents=True, exist_ok=True)
+    try:
+        return cpp.load(name=f"sam3edge_ops_{sources_hash()}", sources=[str(CSRC / s) for s in SOURCES],
+                        extra_cflags=["-O3"], extra_cuda_cflags=[*NVCC_FLAGS, *_gencode(archs)],
+                        build_directory=str(build), verbose=verbose)
+    except Exception as e:
+        raise RuntimeError(f"building the sam3edge CUDA ops for sm_{', sm_'.join(map(str, archs))} failed in "
+                           f"{build}: {e}") from e
+
+
 @functools.lru_cache(maxsize=1)
 def load_extension(verbose: bool = False):
     """The compiled torch extension (module with ``prompt_attention``, ``box_attention``, ``mask_topk``), built for
@@ -118,23 +143,12 @@ def load_extension(verbose: bool = False):
     if not torch.cuda.is_available():
         raise RuntimeError("the sam3edge CUDA ops need a CUDA GPU visible to torch; on CPU the custom ops run their "
                            "PyTorch reference")
-    home = cuda_home()
-    if home is None:
-        raise RuntimeError("building the sam3edge CUDA ops needs the CUDA toolkit (nvcc and headers): install it or "
-                           "set CUDA_HOME")
-    os.environ.setdefault("CUDA_HOME", str(home))
-    from torch.utils.cpp_extension import load
-
     major, minor = torch.cuda.get_device_capability()
-    build = cache_dir()
-    build.mkdir(parents=True, exist_ok=True)
-    try:
-        return load(name=f"sam3edge_ops_{sources_hash()}", sources=[str(CSRC / s) for s in SOURCES],
-                    extra_cflags=["-O3"], extra_cuda_cflags=[*NVCC_FLAGS, f"-gencode=arch=compute_{major}{minor},"
-                                                             f"code=sm_{major}{minor}"],
-                    build_directory=str(build), verbose=verbose)
-    except Exception as e:
-        raise RuntimeError(f"building the sam3edge CUDA ops for sm_{major}{minor} failed in {build}: {e}") from e
+    arch = f"{major}{minor}"
+    if arch not in ARCHITECTURES:
+        raise RuntimeError(f"this GPU is sm_{arch}; the sam3edge CUDA ops are built for "
+                           f"{', '.join('sm_' + a for a in ARCHITECTURES)}")
+    return build_extension((arch,), verbose=verbose)
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, Union
 
 import onnx
 import onnxscript
@@ -25,7 +25,7 @@ DOMAIN = "sam3edge"
 VERSION = 1
 sam3edge = Opset(DOMAIN, VERSION)
 # The exporter reads inputs and outputs from the annotations (unannotated outputs would be dropped).
-T = TypeVar("T", bound=FLOAT | FLOAT16)
+T = TypeVar("T", bound=Union[FLOAT, FLOAT16])  # noqa: UP007  (onnxscript reads typing.Union, not X | Y)
 
 
 @onnxscript.script(opset=sam3edge, default_opset=op)
