@@ -225,3 +225,17 @@ def test_onnx_function_bodies_compile_silently_with_typed_outputs(capsys):
     assert capsys.readouterr().out == ""
     outputs = {name: len(fn.to_function_proto().output) for name, fn in ops_onnx.FUNCTIONS.items()}
     assert outputs == {"prompt_attention": 1, "box_attention": 1, "mask_topk": 3}
+
+
+def test_int8_quantisation_keeps_the_fused_nodes_in_float(graphs, tmp_path):
+    """onnxruntime's pre-processing would inline the functions (and quantise the attentions' activation x
+    activation MatMuls); fused graphs skip it, so the nodes survive, in float like the float islands."""
+    from sam3edge.export.onnx import calibration_feeds, to_int8
+
+    plain, fused, images, text, mask = graphs
+    feeds = calibration_feeds(fused, images[:2], text, mask)
+    q = onnx.load(str(to_int8(fused["decoder"], tmp_path / "decoder.onnx", feeds["decoder"])))
+    counts = Counter(n.op_type for n in q.graph.node if n.domain == "sam3edge")
+    assert counts == {"prompt_attention": 6, "box_attention": 3, "mask_topk": 1} and len(q.functions) == 3
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # the rest of the decoder is int8
+    assert not any("inlfunc" in n.name for n in q.graph.node)

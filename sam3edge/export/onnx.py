@@ -205,8 +205,13 @@ def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, is
     if not feeds:
         raise ValueError(f"no calibration inputs for {src.name}: pass --calib with at least one image")
     pre = dst.with_name(dst.stem + ".pre.onnx")
+    # onnxruntime's graph optimisation inlines model-local functions: a graph with sam3edge fused-op nodes is
+    # pre-processed without it, so the nodes (kept in float, like the float islands) survive quantisation.
+    from sam3edge.ops.onnx import file_has_custom_nodes
+
+    fused = file_has_custom_nodes(src)
     try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, skip_optimization=fused)
     except Exception:  # pre-processing is an optimisation; quantise the graph as exported if it fails
         pre = src
     ops = ["Conv", "MatMul", "Gemm"]  # weight-carrying ops; the head arithmetic (softmax, sigmoid, top-k) stays float

@@ -107,7 +107,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
     if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from TensorRT 10 on
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)  # not strongly typed: precision comes from the builder flags
-    if _has_fused_ops(onnx_path):  # the parser maps sam3edge nodes to these plugins (else builds their ONNX bodies)
+    from sam3edge.ops.onnx import file_has_custom_nodes
+
+    if file_has_custom_nodes(onnx_path):  # the parser maps sam3edge nodes to the plugins (else builds their bodies)
         from sam3edge.ops.tensorrt_plugins import register_plugins
 
         register_plugins()
@@ -236,14 +238,6 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
 
 BUILD_OPTIONS = ("workspace_gb", "dla_core", "gpu_fallback", "opt_prompts", "max_prompts")
 PRECISIONS = ("fp16", "int8")
-
-
-def _has_fused_ops(onnx_path: Path) -> bool:
-    import onnx
-
-    from sam3edge.ops.onnx import custom_nodes
-
-    return bool(custom_nodes(onnx.load(str(onnx_path), load_external_data=False)))
 
 
 def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,

@@ -196,6 +196,11 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def file_has_custom_nodes(path) -> bool:
+    """Whether the ONNX graph at ``path`` has sam3edge nodes (weights not loaded)."""
+    return bool(custom_nodes(onnx.load(str(path), load_external_data=False)))
+
+
 def rewrite_file(path, transform) -> bool:
     """Replace the graph at ``path`` by ``transform(model)`` if it has sam3edge nodes; whether it had any."""
     model = onnx.load(str(path))
