@@ -5,8 +5,8 @@ so onnxruntime runs the node without any plugin (it inlines model-local function
 TensorRT build maps the node to the plugin of the same name (:func:`for_tensorrt`). Bodies are
 type-polymorphic (every constant goes through ``CastLike``), so an fp16 conversion of the graph
 keeps them valid. OpenVINO's ONNX frontend does not read model-local functions: :func:`inline`
-expands them into plain nodes before conversion. ``fused=False`` at export time (the switch)
-exports the plain decomposition of the unfused modules instead.
+expands them into plain nodes before conversion. The switch is ``sam3edge export --ops plain``
+(``export_fp32(..., fused=False)``): the plain decomposition of the unfused modules instead.
 """
 
 from __future__ import annotations
