@@ -19,6 +19,7 @@ A backend's package (onnxruntime, openvino, tensorrt, coremltools) is imported i
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,11 +38,21 @@ class BackendUnavailable(RuntimeError):
     """This host cannot run the backend (package missing, wrong OS, no such device); the message says what to do."""
 
 
+def import_package(module: str, backend: str, package: str, hint: str):
+    """The backend's package ``module``, or :class:`BackendUnavailable` saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailable(f"the {backend} backend needs {package}: {hint}") from e
+
+
 class Backend:
-    """One bundle's graphs loaded for one backend. Subclasses set ``targets`` and implement the three graphs."""
+    """One bundle's graphs loaded for one backend. Subclasses set ``targets`` / ``runs``, implement ``probe`` and
+    the three graphs."""
 
     backend: str = ""  # registry name: onnxruntime, openvino, tensorrt, coreml
     targets: tuple[str, ...] = ()  # the bundle targets whose graphs this backend runs
+    runs: str = ""  # those bundles in words, for the refusal of another target's bundle
 
     def __init__(self, bundle: Bundle, device: str | None = None, threads: int = 0):
         self.bundle, self.threads = bundle, int(threads)
@@ -55,6 +66,16 @@ class Backend:
     @classmethod
     def available(cls, bundle: Bundle) -> tuple[bool, str]:
         """(whether this host can run ``bundle`` with this backend, why not / what it would use)."""
+        if bundle.target not in cls.targets:
+            return False, f"{cls.backend} runs {cls.runs}, not {bundle.target} ones"
+        try:
+            return True, cls.probe(bundle)
+        except BackendUnavailable as e:
+            return False, str(e)
+
+    @classmethod
+    def probe(cls, bundle: Bundle) -> str:
+        """What this host would run ``bundle`` (one of ``targets``) with; :class:`BackendUnavailable` if it cannot."""
         raise NotImplementedError
 
     # ---- the graphs -------------------------------------------------------------------------------

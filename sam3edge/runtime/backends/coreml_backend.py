@@ -21,6 +21,7 @@ from sam3edge.runtime.backends.base import (
     Backend,
     BackendUnavailable,
     as_spec,
+    import_package,
 )
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -34,18 +35,14 @@ def _not_macos() -> str:
 class CoreMlBackend(Backend):
     backend = "coreml"
     targets = ("coreml",)
+    runs = "coreml bundles (.mlpackage graphs)"
 
     @classmethod
-    def available(cls, bundle) -> tuple[bool, str]:
-        if bundle.target not in cls.targets:
-            return False, f"coreml runs coreml bundles (.mlpackage graphs), not {bundle.target} ones"
+    def probe(cls, bundle) -> str:
         if sys.platform != "darwin":
-            return False, _not_macos()
-        try:
-            import coremltools
-        except ImportError:
-            return False, "the coreml backend needs coremltools: pip install coremltools"
-        return True, f"coremltools {coremltools.__version__}"
+            raise BackendUnavailable(_not_macos())
+        coremltools = import_package("coremltools", "coreml", "coremltools", "pip install coremltools")
+        return f"coremltools {coremltools.__version__}"
 
     def __init__(self, bundle, device: str | None = None, threads: int = 0):
         super().__init__(bundle, device, threads)

@@ -22,6 +22,7 @@ from sam3edge.runtime.backends.base import (
     Backend,
     BackendUnavailable,
     as_spec,
+    import_package,
 )
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -30,26 +31,18 @@ INSTALL_HINT = ("pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / Tensor
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendUnavailable(f"the onnxruntime backend needs onnxruntime: {INSTALL_HINT}") from e
-    return onnxruntime
+    return import_package("onnxruntime", "onnxruntime", "onnxruntime", INSTALL_HINT)
 
 
 class OnnxRuntimeBackend(Backend):
     backend = "onnxruntime"
     targets = ("onnx", "tensorrt")
+    runs = "onnx and tensorrt bundles"
 
     @classmethod
-    def available(cls, bundle) -> tuple[bool, str]:
-        if bundle.target not in cls.targets:
-            return False, f"onnxruntime runs onnx and tensorrt bundles, not {bundle.target} ones"
-        try:
-            ort = _ort()
-        except BackendUnavailable as e:
-            return False, str(e)
-        return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+    def probe(cls, bundle) -> str:
+        ort = _ort()
+        return f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
 
     def __init__(self, bundle, device: str | None = None, threads: int = 0):
         super().__init__(bundle, device, threads)

@@ -21,6 +21,7 @@ from sam3edge.runtime.backends.base import (
     Backend,
     BackendUnavailable,
     as_spec,
+    import_package,
 )
 
 INSTALL_HINT = "pip install openvino (the NPU and GPU plugins also need Intel's drivers for that device)"
@@ -28,26 +29,18 @@ STATIC_DEVICES = ("NPU",)  # plugins that compile static shapes only
 
 
 def _openvino():
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailable(f"the openvino backend needs OpenVINO: {INSTALL_HINT}") from e
-    return openvino
+    return import_package("openvino", "openvino", "OpenVINO", INSTALL_HINT)
 
 
 class OpenVinoBackend(Backend):
     backend = "openvino"
     targets = ("openvino",)
+    runs = "openvino bundles (IR graphs)"
 
     @classmethod
-    def available(cls, bundle) -> tuple[bool, str]:
-        if bundle.target not in cls.targets:
-            return False, f"openvino runs openvino bundles (IR graphs), not {bundle.target} ones"
-        try:
-            ov = _openvino()
-        except BackendUnavailable as e:
-            return False, str(e)
-        return True, f"OpenVINO {ov.__version__} ({', '.join(ov.Core().available_devices)})"
+    def probe(cls, bundle) -> str:
+        ov = _openvino()
+        return f"OpenVINO {ov.__version__} ({', '.join(ov.Core().available_devices)})"
 
     def __init__(self, bundle, device: str | None = None, threads: int = 0):
         super().__init__(bundle, device, threads)

@@ -28,6 +28,7 @@ from sam3edge.runtime.backends.base import (
     Backend,
     BackendUnavailable,
     as_spec,
+    import_package,
 )
 from sam3edge.runtime.bundle import BundleError
 
@@ -38,11 +39,7 @@ CONFIG = "tensorrt.json"
 
 
 def _tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailable(f"the tensorrt backend needs TensorRT: {INSTALL_HINT}") from e
-    return trt
+    return import_package("tensorrt", "tensorrt", "TensorRT", INSTALL_HINT)
 
 
 def _cuda_devices() -> list[tuple[str, int, int]]:
@@ -113,20 +110,16 @@ def _missing_engines(bundle, device: int) -> tuple[dict[str, Path], list[str]]:
 class TensorRtBackend(Backend):
     backend = "tensorrt"
     targets = ("tensorrt",)
+    runs = "tensorrt bundles"
 
     @classmethod
-    def available(cls, bundle) -> tuple[bool, str]:
-        if bundle.target not in cls.targets:
-            return False, f"tensorrt runs tensorrt bundles, not {bundle.target} ones"
-        try:
-            trt = _tensorrt()
-            _, missing = _missing_engines(bundle, 0)
-        except BackendUnavailable as e:
-            return False, str(e)
+    def probe(cls, bundle) -> str:
+        trt = _tensorrt()
+        _, missing = _missing_engines(bundle, 0)
         if missing:
-            return False, (f"no engine for this GPU and TensorRT {trt.__version__} ({', '.join(missing)}): run "
-                           f"`sam3edge build-engines {bundle.path}` on this device")
-        return True, f"TensorRT {trt.__version__} engines"
+            raise BackendUnavailable(f"no engine for this GPU and TensorRT {trt.__version__} ({', '.join(missing)}): "
+                                     f"run `sam3edge build-engines {bundle.path}` on this device")
+        return f"TensorRT {trt.__version__} engines"
 
     def __init__(self, bundle, device=None, threads: int = 0):
         super().__init__(bundle, device, threads)
