@@ -66,16 +66,20 @@ def _dims(value_info) -> list:
 
 
 def _node_problem(node, constants: dict) -> str | None:
-    """What TensorRT's parser refuses in this node beyond its op type (docs/operators.md restrictions)."""
+    """What TensorRT's parser refuses in this node beyond its op type (docs/operators.md restrictions).
+
+    ``constants``: tensor name -> value of every constant; None where the value is not known here (a
+    function body's Constant that takes the calling node's attribute), which is still a constant.
+    """
     from onnx import helper
 
     # Inside a function body an attribute may refer to the calling node's (ref_attr_name): no value here.
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if not a.ref_attr_name}
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
         has_zp = len(node.input) > 2 and node.input[2]
-        zp = constants.get(node.input[2]) if has_zp else None
-        if has_zp and zp is None:
+        if has_zp and node.input[2] not in constants:
             return "zero point is not a constant"
+        zp = constants.get(node.input[2]) if has_zp else None
         x = constants.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
         dtype = str(zp.dtype if zp is not None else x.dtype if x is not None else "int8")
         if dtype not in QDQ_DTYPES:
@@ -85,10 +89,10 @@ def _node_problem(node, constants: dict) -> str | None:
         if zp is not None and np.any(zp.astype(np.float32)):
             return "zero point must be 0 (symmetric quantization); quantize with to_int8(symmetric=True)"
     if node.op_type == "TopK":
-        k = constants.get(node.input[1])
-        if k is None:
+        if node.input[1] not in constants:
             return "K must be a constant"
-        if isinstance(k, np.ndarray) and int(k.reshape(-1)[0]) >= TOPK_MAX_K:
+        k = constants[node.input[1]]
+        if k is not None and int(k.reshape(-1)[0]) >= TOPK_MAX_K:
             return f"K={int(k.reshape(-1)[0])} must be < {TOPK_MAX_K}"
         if attrs.get("sorted", 1) != 1:
             return "sorted must be 1"
@@ -149,7 +153,7 @@ def check_onnx_for_tensorrt(path: str | Path, strict: bool = False) -> dict:
     constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in nodes
                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
     # A Constant of a function body whose value is the calling node's attribute: constant, value per call.
-    constants |= {n.output[0]: "per call" for n in nodes
+    constants |= {n.output[0]: None for n in nodes
                   if n.op_type == "Constant" and n.attribute and n.attribute[0].ref_attr_name}
     lo, hi = OPSET_RANGE
     if not lo <= opset <= hi:
