@@ -44,8 +44,8 @@ OPS: dict[str, OpInfo] = {o.name: o for o in (
     OpInfo("box_attention",
            replaces="BoxRPB (box to cell log deltas, two MLPs per axis, broadcast sum to [N, heads, 1+Q, H*W], "
                     "pad for the presence token) then attention with that bias",
-           avoids="the [N, heads, 1+Q, H*W] bias (1.6 MB per layer and prompt at edge-s; 30 MB at SAM3's "
-                  "200 queries x 72 x 72) and the score tensor of the same size",
+           avoids="the [N, heads, 1+Q, H*W] fp32 bias (per layer and prompt 8 x 51 x 32 x 32 x 4 B = 1.6 MiB at "
+                  "edge-s, 8 x 201 x 72 x 72 x 4 B = 31.8 MiB at SAM3's size) and the score tensor of the same size",
            why="edge-s CPU: BoxRPB 3.8 ms + the biased attention 7.7 ms = 5.7 % of the decoder, 3 layers; the "
                "bias is built from H + W per-axis terms, so computing it inside the kernel costs H + W MLP "
                "evaluations per query instead of reading H x W x heads floats."),
