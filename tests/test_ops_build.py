@@ -62,3 +62,8 @@ def test_torch_extension_compiles_links_and_refuses_cpu_tensors(tmp_path):
     q = torch.randn(1, 4, 8)
     with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
         ext.prompt_attention(q, q, q, torch.zeros(1, 4), 2, 0.5)
+
+
+def test_build_cli_reports_a_bad_architecture_without_a_traceback(capsys):
+    assert build.main(["--archs", "61"]) == 2
+    assert "unknown CUDA architecture '61'" in capsys.readouterr().err

@@ -69,10 +69,10 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
 
 
 def _export_decoder(decoder, args: tuple, dynamic_shapes: dict, path: Path, fused: bool) -> None:
+    options = dict(dynamo=True, opset_version=OPSET, input_names=list(DECODER_INPUTS),
+                   output_names=list(DECODER_OUTPUTS), dynamic_shapes=dynamic_shapes, verbose=False)
     if not fused:
-        torch.onnx.export(decoder, args, dynamo=True, opset_version=OPSET, input_names=list(DECODER_INPUTS),
-                          output_names=list(DECODER_OUTPUTS), dynamic_shapes=dynamic_shapes,
-                          verbose=False).save(str(path))
+        torch.onnx.export(decoder, args, **options).save(str(path))
         return
     import onnx
 
@@ -80,9 +80,7 @@ def _export_decoder(decoder, args: tuple, dynamic_shapes: dict, path: Path, fuse
     from sam3edge.ops.onnx import attach_functions, translation_table
 
     with fused_ops():
-        program = torch.onnx.export(decoder, args, dynamo=True, opset_version=OPSET, input_names=list(DECODER_INPUTS),
-                                    output_names=list(DECODER_OUTPUTS), dynamic_shapes=dynamic_shapes, verbose=False,
-                                    custom_translation_table=translation_table())
+        program = torch.onnx.export(decoder, args, custom_translation_table=translation_table(), **options)
     onnx.save(attach_functions(program.model_proto), str(path))
 
 

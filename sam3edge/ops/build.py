@@ -17,6 +17,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -158,7 +159,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sam3edge_ops_"))
-    built = compile_kernels(out, archs)
+    try:
+        built = compile_kernels(out, archs)
+    except (ValueError, RuntimeError) as e:  # unknown arch, no nvcc, a compile error: the message says which
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for a, cubin in built["cubins"].items():
         print(f"sm_{a} ({ARCHITECTURES[a]}): {cubin} ({cubin.stat().st_size} bytes, ELF arch sm_{cubin_arch(cubin)})")
     print(f"object with {len(archs)} architectures: {built['object']} ({built['object'].stat().st_size} bytes)")
