@@ -1,9 +1,12 @@
 """Export a student to every target x precision and measure size on disk, CPU latency and agreement.
 
     python benchmarks/distill_toy.py --fresh          # first: the distilled student in runs/distill_toy/run
-    python benchmarks/export_targets.py               # ~4 min: benchmarks/results/export_toy.{json,md}
+    python benchmarks/export_targets.py               # ~4 min: benchmarks/results/export_toy_<KERNELS>.{json,md}
     python benchmarks/export_targets.py --random edge-s   # a real-size student with random weights:
-                                                          # benchmarks/results/export_edge-s_random.{json,md}
+                                                          # benchmarks/results/export_edge-s_random_<KERNELS>.*
+
+<KERNELS> is this CPU's int8 kernel class (x86-vnni, x86-avx2, arm64-dot ...: sam3edge.runtime.cpu), since int8
+results and speed-ups differ between them; the instruction set is stated in every result.
 
 The distilled toy student's bundles are calibrated (int8) on the run's own training images; a
 ``--random`` student (registry name, random weights, 16 random concept embeddings) on 24 orchard
@@ -13,6 +16,9 @@ measure numerical fidelity only; int8 bundles are written with ``force`` and the
 Latency: onnxruntime / OpenVINO CPU with ``--threads`` threads, median of ``--runs`` runs after
 warm-up, of the image encoder (one frame) and of the decoder (all concepts of the bundle at once).
 Core ML packages are converted and measured on disk (prediction needs macOS: no latency here).
+ONNX int8 is also run with onnxruntime's optimisations off ("int8, exact arithmetic"): the Q/DQ graph computed
+in float, i.e. what a CPU whose integer kernels cannot saturate (VNNI, ARM) computes, so one machine
+shows both arithmetics.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ def main(argv=None) -> int:
     from sam3edge.export.bundle import TARGETS, export_bundle, resolve_student_dir
     from sam3edge.export.verify import compare, torch_runner
     from sam3edge.models.student_io import load_student
+    from sam3edge.runtime.cpu import cpu_info
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=REPO / "runs" / "distill_toy" / "run")
@@ -80,8 +87,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    cpu = cpu_info()
     label = (f"{args.random}_random" if args.random else "toy") + \
-        (f"_heldout{args.heldout_seed}" if args.heldout_seed != 777 else "")
+        (f"_heldout{args.heldout_seed}" if args.heldout_seed != 777 else "") + f"_{cpu.int8_kernels}"
     work = args.work or REPO / "runs" / f"export_{label}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -120,8 +128,12 @@ def main(argv=None) -> int:
                 row |= {"recall_vs_pytorch": agree["recall"], "mask_iou_vs_pytorch": agree["mask_iou"]}
         rows.append(row)
         print(json.dumps(row))
+        if target == "onnx" and precision == "int8":
+            rows.append(_exact_row(row, paths, ref, list(held), text, mask))
+            print(json.dumps(rows[-1]))
     for r in rows:
         base = next((x for x in rows if x["target"] == r["target"] and x["precision"] == "fp32"), rows[0])
+        r.setdefault("recall_vs_pytorch", None)
         r["agreement_of_fp32"] = (None if r["recall_vs_pytorch"] is None or base["recall_vs_pytorch"] is None else
                                   (r["recall_vs_pytorch"] * r["mask_iou_vs_pytorch"])
                                   / (base["recall_vs_pytorch"] * base["mask_iou_vs_pytorch"]))
@@ -130,12 +142,13 @@ def main(argv=None) -> int:
               "input_size": student.image_size, "heldout_seed": args.heldout_seed, "heldout_images": args.heldout,
               "threads": args.threads, "rows": rows,
               "host": {"machine": platform.machine(), "processor": platform.processor(),
-                       "onnxruntime": ort.__version__}}
+                       "onnxruntime": ort.__version__, "cpu": cpu.to_json()}}
     out = REPO / "benchmarks" / "results" / f"export_{label}.json"
     atomic_write_text(out, json.dumps(result, indent=1))
     what = (f"{args.random} student with random weights ({student.image_size} px)" if args.random
             else f"Toy student (distilled, {student.image_size} px)")
-    md = [f"{what}; onnxruntime / OpenVINO CPU, {args.threads} threads, {platform.machine()}; agreement vs PyTorch "
+    md = [f"{what}; onnxruntime / OpenVINO CPU, {args.threads} threads, {cpu.describe()} (int8 kernels: "
+          f"{cpu.int8_kernels}); agreement vs PyTorch "
           f"on {args.heldout} orchard scenes (seed {args.heldout_seed}) x {len(text)} concepts; "
           "'-': not runnable on this host"
           + (", or no instance scored >= 0.5 (random weights)" if args.random else "") + ".", "",
@@ -143,13 +156,28 @@ def main(argv=None) -> int:
           "mask IoU vs PyTorch | score MAE | same top-K queries | agreement / fp32's |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v, fmt: "-" if v is None else format(v, fmt)
-    md += [f"| {r['target']} | {r['precision']} | {r['graph_mb']:.2f} | {f(r['image_encoder_ms'], '.1f')} | "
-           f"{f(r['decoder_ms'], '.1f')} | {f(r['recall_vs_pytorch'], '.3f')} | {f(r['mask_iou_vs_pytorch'], '.3f')} | "
+    md += [f"| {r['target']} | {r['precision']} | {f(r.get('graph_mb'), '.2f')} | "
+           f"{f(r.get('image_encoder_ms'), '.1f')} | {f(r.get('decoder_ms'), '.1f')} | "
+           f"{f(r['recall_vs_pytorch'], '.3f')} | {f(r['mask_iou_vs_pytorch'], '.3f')} | "
            f"{f(r['score_mae'], '.4f')} | {f(r.get('same_query_rate'), '.1%')} | {f(r['agreement_of_fp32'], '.1%')} |"
            for r in rows]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
+
+
+def _exact_row(row: dict, paths: dict, ref, held: list, text, mask) -> dict:
+    """The ONNX int8 bundle's agreement when its Q/DQ arithmetic is computed exactly (no latency: it is not a way
+    to run it, it is what non-saturating integer kernels give)."""
+    from sam3edge.export.verify import compare, onnx_runner
+
+    agree = compare(ref, onnx_runner(paths, exact=True), held, text, mask)
+    out = {"target": "onnx", "precision": "int8, exact arithmetic", "graph_mb": row["graph_mb"],
+           "image_encoder_ms": None, "decoder_ms": None, "score_mae": agree["score_mae"],
+           "same_query_rate": agree["same_query_rate"], "recall_vs_pytorch": None, "mask_iou_vs_pytorch": None}
+    if agree["reference_instances"]:
+        out |= {"recall_vs_pytorch": agree["recall"], "mask_iou_vs_pytorch": agree["mask_iou"]}
+    return out
 
 
 def _runner(target: str, paths: dict, precision: str, threads: int):

@@ -178,7 +178,7 @@ def _cmd_devices(args) -> int:
     if args.json:
         print(json.dumps({"host": host.to_json(), "profiles": rows}, indent=1))
         return 0
-    print(f"host: {host.system} {host.machine}, {host.cpu}, {host.cores} cores")
+    print(f"host: {host.system}, {host.isa}, {host.cores} cores; int8 kernels: {host.int8_kernels}")
     print(f"  onnxruntime {host.onnxruntime or '-'}: {', '.join(host.ort_providers) or 'not installed'}")
     print(f"  OpenVINO {host.openvino or '-'}: {', '.join(host.openvino_devices) or 'not installed'}")
     print(f"  TensorRT: {host.tensorrt or 'not installed'}; NVIDIA GPUs: {host.cuda_devices}; "

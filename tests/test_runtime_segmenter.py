@@ -291,3 +291,36 @@ def test_a_tensorrt_bundle_runs_on_onnxruntime_where_tensorrt_is_missing(bundles
     assert len(seg.segment(orchard_images(1)[0], score_threshold=THRESHOLD)) > 0
     with pytest.raises(BackendUnavailable, match="needs TensorRT"):
         Segmenter.load(bundle, backend="tensorrt")
+
+
+def test_an_int8_bundle_verified_on_other_int8_kernels_warns_at_load_and_in_bench(bundles, tmp_path):
+    """A full-range int8 bundle verified on a VNNI CPU, loaded on a CPU whose pair sums saturate, warns that its
+    results can be wrong (and bench's report carries the warning); on the CPU it was verified on, it is silent."""
+    import shutil
+    import warnings
+
+    from sam3edge.runtime import Segmenter
+    from sam3edge.runtime.bench import bench_environment
+    from sam3edge.runtime.cpu import cpu_info
+    from sam3edge.runtime.int8_scheme import Int8KernelWarning
+
+    here = cpu_info()
+    other = "x86-vnni" if here.saturating else "x86-avx2"
+    path = tmp_path / "int8.sam3edge"
+    shutil.copytree(bundles["onnx"], path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["precision"] = "int8"
+    manifest["quantization"] = {"scheme": "u8s8-w8", "activations": "uint8", "weights": "int8", "max_pair_sum": 64770,
+                                "saturation_free": False}
+    manifest["verification"]["host"] = {"machine": "x86_64", "isa": [], "int8_kernels": other}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(Int8KernelWarning, match=f"verified on a CPU with {other} int8 kernels") as caught:
+        seg = Segmenter.load(path, backend="onnxruntime")
+    text = str(caught[0].message)
+    assert ("results can be wrong" if here.saturating else "differ from the verified ones") in text
+    assert seg.int8_warning == text and bench_environment(seg)["bundle"]["int8_warning"] == text
+    manifest["verification"]["host"]["int8_kernels"] = here.int8_kernels
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Int8KernelWarning)
+        assert Segmenter.load(path, backend="onnxruntime").int8_warning is None

@@ -22,6 +22,8 @@ class Host:
     machine: str  # x86_64, aarch64, arm64
     cpu: str
     cores: int
+    isa: str = ""  # the instruction set that decides int8 / bf16 kernels (sam3edge.runtime.cpu)
+    int8_kernels: str = "generic"
     onnxruntime: str | None = None  # version, None if not installed
     ort_providers: list[str] = field(default_factory=list)
     openvino: str | None = None
@@ -72,7 +74,11 @@ def _cuda_devices() -> int:
 
 
 def detect() -> Host:
-    host = Host(system=platform.system(), machine=platform.machine(), cpu=_cpu_name(), cores=os.cpu_count() or 1)
+    from sam3edge.runtime.cpu import cpu_info
+
+    info = cpu_info()
+    host = Host(system=platform.system(), machine=platform.machine(), cpu=_cpu_name(), cores=os.cpu_count() or 1,
+                isa=info.describe(), int8_kernels=info.int8_kernels)
     if _installed("onnxruntime"):
         try:
             import onnxruntime as ort

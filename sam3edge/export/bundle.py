@@ -104,8 +104,9 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
 
     from sam3edge.data.images import load_image, resize_batch
     from sam3edge.export.spec import export_spec
-    from sam3edge.export.verify import compare, compare_text, passes, torch_runner
+    from sam3edge.export.verify import compare, compare_text, integer_kernel_check, passes, torch_runner
     from sam3edge.models.student_io import load_student
+    from sam3edge.runtime.cpu import cpu_info
 
     target, precision, profile = resolve_target(target, precision, device)
     if fused_ops is None:
@@ -147,6 +148,9 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
             if "text_encoder" in paths:
                 report["text_encoder"] = compare_text(reference, candidate, list(cache.phrases))
             report["ran"], report["runner"] = True, runner_name
+            if precision == "int8" and target == "onnx":
+                report["integer_kernels"] = integer_kernel_check(paths, verify[:2], text, mask)
+        report["host"] = cpu_info().to_json()  # int8 and bf16 kernels differ between CPUs: where this was checked
         report["precision"] = precision
         report["verification_images"] = len(verify)
         report["calibration_images"] = len(calibrate) if precision == "int8" else 0
@@ -164,6 +168,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
         shutil.copyfile(package_files("sam3edge.assets") / "clip_tokenizer.json", tmp / "tokenizer.json")
         manifest = _manifest(student, spec, target, precision, paths, tmp, cache, report, source, t0)
         manifest["ops"] = "fused" if fused_ops else "plain"
+        manifest["quantization"] = _quantization(TARGETS[target], precision, paths)
         if profile is not None:
             manifest["device_profile"] = profile.to_json() | {"input_size_matches": profile.input_size ==
                                                                student.image_size}
@@ -173,6 +178,23 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
         bar.update(1)
     bar.close()
     return manifest
+
+
+def _quantization(target, precision: str, paths: dict) -> dict | None:
+    """The int8 scheme the graphs hold (:mod:`sam3edge.runtime.int8_scheme`) and, per graph, the integer ranges
+    read back from the files; an export whose files break its scheme's bound is an error, not a bundle."""
+    if precision != "int8":
+        return None
+    from sam3edge.runtime.int8_scheme import SCHEMES
+
+    scheme = SCHEMES[target.int8_scheme]
+    ranges = target.int8_ranges(paths)
+    for name, r in (ranges or {}).items():
+        if r["weight_max"] > scheme.weight_max:
+            raise RuntimeError(f"{target.name} int8 {name} graph holds weights up to {r['weight_max']}, beyond scheme "
+                               f"{scheme.name}'s {scheme.weight_max}: its quantizer ignored the 7-bit setting; "
+                               "nothing was written (report this with your onnxruntime / nncf versions)")
+    return scheme.to_json() | {"graphs": ranges}
 
 
 def _io_dtypes(target: str) -> dict:

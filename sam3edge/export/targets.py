@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sam3edge.runtime.cpu import cpu_info
+
 
 @dataclass(frozen=True)
 class Target:
@@ -23,6 +25,7 @@ class Target:
     takes_options: bool = False  # export_<name>() takes a device profile's backend_options
     fused_ops: bool = False  # export_<name>() takes fused=True (the sam3edge fused-op nodes, sam3edge.ops)
     fused_by_default: bool = False  # what `--ops auto` means for this target
+    int8_scheme: str = "u8s8-w7"  # what its int8 graphs hold (sam3edge.runtime.int8_scheme.SCHEMES)
 
     def export(self, student, out_dir: Path, precision: str, images, text, mask, options: dict | None = None,
                fused: bool = False) -> dict[str, Path]:
@@ -34,16 +37,27 @@ class Target:
         kwargs = ({"options": options} if self.takes_options else {}) | ({"fused": True} if fused else {})
         return fn(student, out_dir, precision, images, text, mask, **kwargs)
 
+    def int8_ranges(self, paths: dict[str, Path]) -> dict[str, dict] | None:
+        """Per graph, what its integer kernels multiply (``weight_max``, ``max_pair_sum``), read from the written
+        files; None where the format holds no integer arithmetic to check (Core ML's weight-only int8)."""
+        if self.name == "coreml":
+            return None
+        if self.name == "openvino":
+            from sam3edge.export.openvino import int8_ranges
+        else:
+            from sam3edge.export.onnx import int8_ranges
+        return {name: int8_ranges(path) for name, path in paths.items() if Path(path).suffix in (".onnx", ".xml")}
+
     def verification_runner(self, paths: dict[str, Path], precision: str) -> tuple[Callable | None, str]:
         """(runner, what it runs) on this host; runner None (and why) where this host cannot run the graphs."""
         if self.name == "onnx":
             from sam3edge.export.verify import onnx_runner
 
-            return onnx_runner(paths), f"onnxruntime CPU ({platform.machine()})"
+            return onnx_runner(paths), f"onnxruntime CPU ({cpu_info().describe()})"
         if self.name == "openvino":
             from sam3edge.export.openvino import openvino_runner
 
-            return openvino_runner(paths), f"OpenVINO CPU ({platform.machine()}), f32 inference precision"
+            return openvino_runner(paths), f"OpenVINO CPU ({cpu_info().describe()}), f32 inference precision"
         if self.name == "coreml":
             if platform.system() != "Darwin":
                 return None, ("Core ML prediction needs macOS: the packages were converted and their specs checked "
@@ -63,7 +77,8 @@ TARGETS = {t.name: t for t in (
     Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)", fused_ops=True, fused_by_default=True),
     Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)", fused_ops=True,
            fused_by_default=True),
-    Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)"),
+    Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)",
+           int8_scheme="w8-float-activations"),
     Target("tensorrt", ("fp16", "int8"), "tensorrt", "ONNX for TensorRT + tensorrt.json (engines built on the GPU)",
-           takes_options=True, fused_ops=True),
+           takes_options=True, fused_ops=True, int8_scheme="s8s8-w8"),
 )}

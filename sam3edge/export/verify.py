@@ -40,12 +40,17 @@ def torch_runner(student) -> Callable:
     return run
 
 
-def onnx_runner(paths: dict, threads: int = 0) -> Callable:
+def onnx_runner(paths: dict, threads: int = 0, exact: bool = False) -> Callable:
+    """onnxruntime CPU runner of a bundle's graphs. ``exact``: graph optimisations off, so a QDQ graph runs as
+    DequantizeLinear -> float op -> QuantizeLinear, the int8 arithmetic computed exactly in float (what every
+    CPU whose integer kernels do not saturate computes) instead of on this CPU's integer kernels."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if exact:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     image = ort.InferenceSession(str(paths["image_encoder"]), opts, providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(paths["decoder"]), opts, providers=["CPUExecutionProvider"])
 
@@ -100,6 +105,18 @@ def compare(reference: Callable, candidate: Callable, images: list[np.ndarray], 
             "recall": found / total if total else 1.0, "mask_iou": float(np.mean(ious)) if ious else 1.0,
             "score_mae": float(np.mean(score_err)), "same_query_rate": float(np.mean(same_slot)),
             "max_abs_error": max_err}
+
+
+def integer_kernel_check(paths: dict, images: list[np.ndarray], text: np.ndarray, mask: np.ndarray) -> dict:
+    """How far this CPU's int8 kernels are from the int8 graph's exact arithmetic: the ONNX graphs on
+    onnxruntime's integer kernels against the same graphs computed in float (``onnx_runner(exact=True)``).
+    A saturating kernel shows here as a large error; rounding of the requantisation as a small one."""
+    from sam3edge.runtime.cpu import cpu_info
+
+    report = compare(onnx_runner(paths, exact=True), onnx_runner(paths), images, text, mask)
+    return {"int8_kernels": cpu_info().int8_kernels, "reference": "the same graphs with onnxruntime's "
+            "optimisations off (Q/DQ computed in float)", "max_abs_error": report["max_abs_error"],
+            "score_mae": report["score_mae"], "recall": report["recall"], "mask_iou": report["mask_iou"]}
 
 
 def compare_text(reference: Callable, candidate: Callable, phrases: list[str]) -> dict:

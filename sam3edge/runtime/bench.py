@@ -209,9 +209,10 @@ def _backend_device(full_name: str) -> tuple[str, str]:
 def bench_environment(segmenter, threads: int | None = None) -> dict:
     """``{"bundle", "host", "backend"}``: what was measured, on what, how (see :func:`run_bench`)."""
     from sam3edge.devices.host import detect
+    from sam3edge.runtime.cpu import cpu_info
 
     bundle = segmenter.bundle
-    host = detect()
+    host, cpu = detect(), cpu_info()
     backend, device = _backend_device(segmenter.backend_name)
     if threads is None:  # the backend records what it was asked for; 0 means its own default (one per core)
         threads = getattr(getattr(segmenter, "_backend", None), "threads", None)
@@ -219,11 +220,14 @@ def bench_environment(segmenter, threads: int | None = None) -> dict:
         "bundle": {"name": bundle.path.name, "path": str(bundle.path), "target": bundle.target,
                    "precision": bundle.precision, "input_size": bundle.input_size,
                    "concepts": len(segmenter.concepts), "concept_phrases": list(segmenter.concepts),
-                   "text_encoder": bundle.has_text_encoder, "size_mb": round(bundle.size_bytes / 2**20, 3)},
+                   "text_encoder": bundle.has_text_encoder, "size_mb": round(bundle.size_bytes / 2**20, 3),
+                   "int8_scheme": (bundle.manifest.get("quantization") or {}).get("scheme"),
+                   "verified_on": ((bundle.manifest.get("verification") or {}).get("host") or {}).get("describe"),
+                   "int8_warning": getattr(segmenter, "int8_warning", None)},
         "host": {"label": _host_label(host), "system": host.system, "machine": host.machine, "cpu": host.cpu,
                  "cores": host.cores, "onnxruntime": host.onnxruntime, "openvino": host.openvino,
                  "tensorrt": host.tensorrt, "cuda_devices": host.cuda_devices, "jetson": host.jetson,
-                 "python": platform.python_version()},
+                 "python": platform.python_version(), "isa": cpu.describe(), "int8_kernels": cpu.int8_kernels},
         "backend": {"name": backend, "device": device, "full_name": segmenter.backend_name,
                     "threads": threads},
     }
@@ -305,9 +309,10 @@ def to_markdown(report: dict) -> str:
         f"### sam3edge bench: {b['name']}",
         "",
         f"{b['target']} {b['precision']}, {b['input_size']} px, {b['concepts']} concepts, {b['size_mb']:.2f} MB | "
-        f"{be['full_name']}, threads {threads if threads else 'default'} | {h['cpu']} ({h['cores']} cores), "
-        f"{h['system']} {h['machine']}{', ' + versions if versions else ''} | sam3edge {report.get('sam3edge')}",
+        f"{be['full_name']}, threads {threads if threads else 'default'} | {h.get('isa') or h['cpu']} "
+        f"({h['cores']} cores), {h['system']}{', ' + versions if versions else ''} | sam3edge {report.get('sam3edge')}",
         "",
+        *([f"**Warning:** {b['int8_warning']}", ""] if b.get("int8_warning") else []),
         f"Latency over {lat['runs']} runs ({lat['warmup']} warm-up), masks at the original size, score >= "
         f"{lat['score_threshold']}:",
         "",
@@ -380,8 +385,9 @@ def format_summary(report: dict) -> str:
     stages = "  ".join(f"{s} {lat['stages'][s]['p50']:.2f}" for s in STAGES)
     lines = [
         f"{b['name']} ({b['target']} {b['precision']}, {b['input_size']} px, {b['concepts']} concepts, "
-        f"{b['size_mb']:.2f} MB) on {be['full_name']}, threads {be.get('threads') or 'default'} | {h['cpu']}, "
-        f"{h['cores']} cores",
+        f"{b['size_mb']:.2f} MB) on {be['full_name']}, threads {be.get('threads') or 'default'} | "
+        f"{h.get('isa') or h['cpu']}, {h['cores']} cores",
+        *([f"  WARNING      {b['int8_warning']}"] if b.get("int8_warning") else []),
         f"  end to end   p50 {e2e['p50']:.2f}  p90 {e2e['p90']:.2f}  p99 {e2e['p99']:.2f} ms  "
         f"({lat['runs']} runs, {lat['instances_per_frame']:.1f} instances/frame)",
         f"  stages p50   {stages} ms",

@@ -30,6 +30,7 @@ from sam3edge.runtime.bundle import Bundle, BundleError
 from sam3edge.runtime.concepts import check_phrases
 from sam3edge.runtime.image import RESIZE_MODES, Resize, as_rgb_uint8
 from sam3edge.runtime.instances import Instances
+from sam3edge.runtime.int8_scheme import warn_if_kernels_differ
 
 __all__ = ["MAX_PHRASE_CHARS", "Prepared", "RawOutputs", "Segmenter"]
 
@@ -65,6 +66,7 @@ class Segmenter:
         self.bundle, self._backend, self.resize_mode, self._tokenizer = bundle, backend, resize, tokenizer
         self._prompts: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None = None
         self._text_ms = 0.0
+        self.int8_warning: str | None = None  # set by load(): why this CPU may compute the int8 graphs differently
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
     @classmethod
@@ -92,6 +94,7 @@ class Segmenter:
                               f"decoder takes {width}; re-export the bundle")
         tokenizer = bundle.tokenizer() if bundle.has_text_encoder else None
         seg = cls(bundle, create_backend(bundle, backend, device=device, threads=threads), resize, tokenizer)
+        seg.int8_warning = warn_if_kernels_differ(bundle.manifest, seg.backend_name)
         if bundle.concepts:
             seg.set_concepts(bundle.concepts)
         seg.timings = dict.fromkeys(STAGES, 0.0)
