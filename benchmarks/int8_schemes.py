@@ -6,8 +6,8 @@ OpenVINO, each run on this CPU's integer kernels and (onnxruntime) with its Q/DQ
 
 Schemes (onnxruntime static QDQ, per-channel weights, MinMax calibration, the float islands of
 sam3edge.export.onnx.float_islands; plain graphs, no fused ops): u8s8 (uint8 activations, int8 weights in
-[-127, 127], before issue 19),
-u8s8-w7 (the same with 7-bit weights: what sam3edge writes), u8u8, s8s8. OpenVINO (NNCF): overflow fix on
+[-127, 127], before issue 19), u8s8-w7 (the same with 7-bit weights), u8u8 (uint8 weights: what sam3edge
+writes for ONNX), s8s8. OpenVINO (NNCF): overflow fix on
 the first layer only (NNCF's default) or on every layer (what sam3edge writes). "this CPU" runs the graphs
 as a user would; "exact" runs the ONNX graph with onnxruntime's optimisations off, so Q -> DQ -> float op
 is computed in float: what integer kernels that cannot saturate (x86 VNNI, ARM) compute. The difference

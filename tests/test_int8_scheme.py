@@ -43,6 +43,15 @@ def test_seven_bit_weights_cannot_saturate_pair_sums_and_eight_bit_ones_do():
     assert SCHEMES["u8s8-w7"].max_pair_sum == 32640 <= INT16_MAX and SCHEMES["u8s8-w7"].saturation_free
     assert not SCHEMES["u8s8-w8"].saturation_free and not SCHEMES["s8s8-w8"].saturation_free
     assert SCHEMES["w8-float-activations"].saturation_free  # weight-only: no integer arithmetic at all
+    assert SCHEMES["u8u8"].saturation_free and SCHEMES["u8u8"].max_pair_sum == 0  # u8 x u8 widens first
+
+
+def test_the_targets_write_schemes_that_cannot_saturate_on_any_cpu():
+    from sam3edge.export.targets import TARGETS
+
+    for name in ("onnx", "openvino"):  # what runs on CPUs
+        assert SCHEMES[TARGETS[name].int8_scheme].saturation_free, name
+    assert TARGETS["tensorrt"].int8_scheme == "s8s8-w8"  # TensorRT's parser takes symmetric int8 only
 
 
 @pytest.mark.parametrize("machine,flags,expected", [

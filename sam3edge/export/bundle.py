@@ -190,9 +190,11 @@ def _quantization(target, precision: str, paths: dict) -> dict | None:
     scheme = SCHEMES[target.int8_scheme]
     ranges = target.int8_ranges(paths)
     for name, r in (ranges or {}).items():
-        if r["weight_max"] > scheme.weight_max:
-            raise RuntimeError(f"{target.name} int8 {name} graph holds weights up to {r['weight_max']}, beyond scheme "
-                               f"{scheme.name}'s {scheme.weight_max}: its quantizer ignored the 7-bit setting; "
+        if r["weight_types"] not in ([], [scheme.weight_type]) or r["weight_max"] > scheme.weight_max or \
+                r["max_pair_sum"] > scheme.max_pair_sum:
+            raise RuntimeError(f"{target.name} int8 {name} graph holds {'/'.join(r['weight_types'])} weights up to "
+                               f"{r['weight_max']} (pair sums up to {r['max_pair_sum']}), not scheme {scheme.name}'s "
+                               f"{scheme.weight_type} up to {scheme.weight_max}: the quantizer ignored a setting; "
                                "nothing was written (report this with your onnxruntime / nncf versions)")
     return scheme.to_json() | {"graphs": ranges}
 

@@ -4,10 +4,11 @@
   from :mod:`sam3edge.export.spec`).
 * fp16: the fp32 graph with weights and arithmetic in float16 (onnxruntime's converter), inputs and
   outputs kept float32 / uint8 so the runtime feeds every precision alike.
-* int8: onnxruntime static quantization, QDQ format, per-channel 7-bit int8 weights and uint8
-  activations (scheme ``u8s8-w7``, :mod:`sam3edge.runtime.int8_scheme`: its pair sums cannot saturate
-  on x86 CPUs without VNNI), calibrated by running the real pipeline: the calibration images through
-  the image graph (its own inputs), and their fp32 features with every concept through the decoder.
+* int8: onnxruntime static quantization, QDQ format, per-channel uint8 weights (symmetric about 128) and
+  uint8 activations (scheme ``u8u8``, :mod:`sam3edge.runtime.int8_scheme`: its kernels cannot saturate on
+  any CPU, unlike u8 x s8 on x86 CPUs without VNNI), calibrated by running the real pipeline: the
+  calibration images through the image graph (its own inputs), and their fp32 features with every
+  concept through the decoder.
   Dynamic int8 is slower than fp32 on x86 CPUs (ENVIRONMENT.md), so it is not offered.
 """
 
@@ -195,10 +196,10 @@ def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, is
     """Static QDQ int8 of ``src``: per-channel int8 weights, MinMax calibration on the real pipeline's inputs,
     the :func:`float_islands` kept in float (``islands=False``: every Conv / MatMul / Gemm int8).
 
-    Activations are uint8 with zero points and weights 7-bit (scheme ``u8s8-w7``: onnxruntime's fastest form
-    on x86 and ARM, and its u8 x s8 pair sums cannot saturate on CPUs without VNNI), or with ``symmetric``
-    int8 activations with zero points 0, full-range weights and float biases (scheme ``s8s8-w8``): the only
-    QDQ form TensorRT's parser takes.
+    Activations and weights are uint8 (scheme ``u8u8``: weights symmetric about 128; onnxruntime's u8 x u8
+    kernels sum in 32 bits on every CPU, while u8 x s8 saturates on x86 CPUs without VNNI), or with
+    ``symmetric`` int8 activations with zero points 0, int8 weights and float biases (scheme ``s8s8-w8``):
+    the only QDQ form TensorRT's parser takes.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -222,9 +223,9 @@ def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, is
     exclude = float_islands(src) if islands else []
     quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    op_types_to_quantize=ops, nodes_to_exclude=exclude, extra_options=options,
-                    reduce_range=not symmetric)
+                    weight_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops, nodes_to_exclude=exclude,
+                    extra_options=options)
     if pre != src:
         pre.unlink(missing_ok=True)
     return dst
@@ -260,9 +261,10 @@ def concept_phrases(student) -> list[str] | None:
 
 
 def int8_ranges(path: Path) -> dict:
-    """What a QDQ graph's integer kernels multiply, read from the file: ``weight_max`` (largest |q| of a weight
-    feeding a quantized Conv / MatMul / Gemm), ``activation_types`` (the activations' integer types)
-    and ``max_pair_sum`` (the largest |a0 w0 + a1 w1| a kernel can form; <= 32767 cannot saturate)."""
+    """What a QDQ graph's integer kernels multiply, read from the file: ``weight_types`` of the weights feeding a
+    quantized Conv / MatMul / Gemm, ``weight_max`` (largest |q - zero point|), ``activation_types``, and
+    ``max_pair_sum``: the largest |a0 w0 + a1 w1| that u8 x s8 kernels without VNNI sum in 16 bits (<= 32767
+    cannot saturate; 0 when no weight is int8, as u8 x u8 kernels widen first)."""
     import onnx
     from onnx import numpy_helper
 
@@ -272,18 +274,25 @@ def int8_ranges(path: Path) -> dict:
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    weight_max, act_types, act_max = 0, set(), 0
+    weight_max, signed_max, weight_types, act_types = 0, 0, set(), set()
     for n in model.graph.node:
         if n.op_type != "DequantizeLinear" or not any(  # an operand (not a bias) of a quantized op
                 c.op_type in ("Conv", "MatMul", "Gemm") and n.output[0] in c.input[:2]
                 for c in consumers.get(n.output[0], [])):
             continue
-        if n.input[0] in inits:  # a weight: kernels multiply its raw integers (zero point 0, symmetric)
-            weight_max = max(weight_max, int(np.abs(numpy_helper.to_array(inits[n.input[0]]).astype(np.int64))
-                                             .max(initial=0)))
+        zp = n.input[2] if len(n.input) > 2 else ""
+        if n.input[0] in inits:  # a weight
+            q = numpy_helper.to_array(inits[n.input[0]])
+            weight_types.add(q.dtype.name)
+            z = numpy_helper.to_array(inits[zp]).astype(np.int64) if zp in inits else np.zeros((), np.int64)
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            if z.ndim == 1 and q.ndim > 1:
+                z = z.reshape([-1 if d == axis % q.ndim else 1 for d in range(q.ndim)])
+            size = int(np.abs(q.astype(np.int64) - z).max(initial=0))
+            weight_max = max(weight_max, size)
+            if q.dtype == np.int8:  # kernels multiply the raw int8 values
+                signed_max = max(signed_max, int(np.abs(q.astype(np.int64)).max(initial=0)))
         else:  # an activation; x86 kernels shift int8 activations by 128 into uint8, so either spans 255
-            zp = n.input[2] if len(n.input) > 2 else ""
             act_types.add(numpy_helper.to_array(inits[zp]).dtype.name if zp in inits else "uint8")
-            act_max = 255
-    return {"weight_max": weight_max, "activation_types": sorted(act_types),
-            "max_pair_sum": 2 * act_max * weight_max}
+    return {"weight_types": sorted(weight_types), "weight_max": weight_max, "activation_types": sorted(act_types),
+            "max_pair_sum": 2 * 255 * signed_max}

@@ -98,7 +98,8 @@ def int8_ranges(path: Path) -> dict:
             if op.get_element_type() == ov.Type.u8:  # asymmetric weights: the kernel multiplies value - 128
                 values = values - 128
             weight_max = max(weight_max, int(np.abs(values).max(initial=0)))
-    return {"weight_max": weight_max, "activation_types": ["uint8"] if fake_quantize else [],
+    return {"weight_types": ["int8"] if weight_max else [], "weight_max": weight_max,
+            "activation_types": ["uint8"] if fake_quantize else [],
             "max_pair_sum": 2 * 255 * weight_max if fake_quantize else 0}
 
 

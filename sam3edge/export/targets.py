@@ -25,7 +25,7 @@ class Target:
     takes_options: bool = False  # export_<name>() takes a device profile's backend_options
     fused_ops: bool = False  # export_<name>() takes fused=True (the sam3edge fused-op nodes, sam3edge.ops)
     fused_by_default: bool = False  # what `--ops auto` means for this target
-    int8_scheme: str = "u8s8-w7"  # what its int8 graphs hold (sam3edge.runtime.int8_scheme.SCHEMES)
+    int8_scheme: str = "u8u8"  # what its int8 graphs hold (sam3edge.runtime.int8_scheme.SCHEMES)
 
     def export(self, student, out_dir: Path, precision: str, images, text, mask, options: dict | None = None,
                fused: bool = False) -> dict[str, Path]:
@@ -76,7 +76,7 @@ TARGETS = {t.name: t for t in (
     # CUDA extension on the device, so there they are opt-in; Core ML converts from PyTorch (plain only).
     Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)", fused_ops=True, fused_by_default=True),
     Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)", fused_ops=True,
-           fused_by_default=True),
+           fused_by_default=True, int8_scheme="u8s8-w7"),
     Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)",
            int8_scheme="w8-float-activations"),
     Target("tensorrt", ("fp16", "int8"), "tensorrt", "ONNX for TensorRT + tensorrt.json (engines built on the GPU)",

@@ -6,8 +6,10 @@ added in *pairs* into a saturating 16-bit sum (:mod:`sam3edge.runtime.cpu`). Wit
 and weights in [-128, 127] a pair reaches 2 x 255 x 128 = 65280 and is clipped at 32767; measured on an
 AVX2-only AMD EPYC, the toy student's presence output moved by 0.23 against 0.007 for the same graph's
 exact arithmetic. Weights limited to 7 bits ([-64, 64]) bound every pair by 2 x 255 x 64 = 32640 < 32767,
-so the sums cannot saturate on any CPU and every host computes the graph's arithmetic exactly: that is
-the scheme the CPU targets write (``u8s8-w7``).
+so the sums cannot saturate on any CPU (``u8s8-w7``, what the OpenVINO target writes: NNCF's weights are
+signed). Unsigned weights (``u8u8``, what the ONNX target writes) never reach that instruction: onnxruntime
+widens u8 x u8 to 16-bit operands and sums in 32 bits on every CPU, keeps 8-bit weights, and measured more
+accurate and faster than 7-bit u8s8 on an AVX2-only CPU (``benchmarks/int8_schemes.py``).
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ class Int8Scheme:
     activations: str
     weights: str
     activation_max: int  # largest |activation| a CPU kernel multiplies: 255 (x86 shifts int8 ones into uint8)
-    weight_max: int  # largest |quantized weight|
+    weight_max: int  # largest |quantized weight| (about the zero point, for uint8 weights)
     integer_arithmetic: bool  # False: weight-only int8 (activations stay float); nothing to saturate
     why: str
+    weight_type: str = "int8"  # uint8: u8 x u8 kernels, which widen before multiplying (no 16-bit pair sums)
 
     @property
     def max_pair_sum(self) -> int:
-        """The largest |a0 w0 + a1 w1| the scheme allows: what a 16-bit pair sum must hold."""
-        return 2 * self.activation_max * self.weight_max if self.integer_arithmetic else 0
+        """The largest |a0 w0 + a1 w1| that a 16-bit u8 x s8 pair sum must hold (0: the scheme forms none)."""
+        if not self.integer_arithmetic or self.weight_type != "int8":
+            return 0
+        return 2 * self.activation_max * self.weight_max
 
     @property
     def saturation_free(self) -> bool:
@@ -47,10 +52,16 @@ class Int8Scheme:
 
     def to_json(self) -> dict:
         return {"scheme": self.name, "activations": self.activations, "weights": self.weights,
+                "weight_type": self.weight_type,
                 "max_pair_sum": self.max_pair_sum, "saturation_free": self.saturation_free, "why": self.why}
 
 
 SCHEMES = {s.name: s for s in (
+    Int8Scheme("u8u8", "uint8, asymmetric, per tensor (calibrated)",
+               "uint8, symmetric about 128, per output channel, [0, 255]", 255, 128, True,
+               "onnxruntime's u8 x u8 kernels widen to 16-bit operands and sum in 32 bits on every CPU (x86 with or "
+               "without VNNI, ARM), so nothing saturates and weights keep 8 bits; measured on an AVX2-only CPU it "
+               "kept more of fp32's agreement and ran faster than 7-bit u8 x s8", weight_type="uint8"),
     Int8Scheme("u8s8-w7", "uint8, asymmetric, per tensor (calibrated)",
                "int8, symmetric, per output channel, 7-bit range [-64, 64]", 255, 64, True,
                "u8 x s8 is the fastest int8 form of onnxruntime and OpenVINO on x86 and ARM; 7-bit weights keep "
