@@ -158,7 +158,12 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
                     "grid": {"teacher_tokens": _token_grid(teacher), "student": size // 16}}
 
     if init is not None:
-        report["init_heads"] = {k: (len(v) if k in ("loaded", "kept", "ignored") else v) for k, v in init.items()}
+        report["init_heads"] = {k: (len(v) if k in ("loaded", "kept", "ignored", "reshaped") else v)
+                                for k, v in init.items()}
+        # which parts of the heads start from the teacher and which are trained from their initialisation
+        parts = lambda names: sorted({".".join(n.split(".")[:2]) for n in names})  # noqa: E731
+        report["init_heads"]["parts_from_teacher"] = parts(init["loaded"])
+        report["init_heads"]["parts_not_from_teacher"] = sorted(set(parts(init["kept"])) - set(parts(init["loaded"])))
 
     if 1 in cfg.stages:
         s1 = TrainConfig(steps=cfg.stage1, lr=cfg.stage1_lr, warmup=max(1, min(100, cfg.stage1 // 10)), log_every=10,

@@ -12,6 +12,10 @@ static graph:
   ``presence`` [P], ``masks`` [P, K, S/4, S/4] (logits), ``indices`` [P, K] int64 (the query slot
   of each detection: the same slot is the same query in every precision). The position encodings of a fixed input
   size are constants of the graph; only the top-K queries get masks.
+* Students with fast heads (``HeadsConfig.head_type == "fast"``) keep these names with other contents:
+  ``feat0`` is the shared pixel embeddings [1, m, S/4, S/4], ``feat1`` the coarsest FPN level
+  [1, C, S/16, S/16] (exemplar prompts' ROI features), ``feat2`` the fusion grid [1, C, g, g]; the
+  decoder graph runs only the per-concept part (:class:`~sam3edge.models.heads.fast.FastHeads`).
 * :class:`TextEncoderGraph` - ``input_ids`` int64 [P, 32] and ``attention_mask`` int64 [P, 32] ->
   ``text`` [P, L, C] and ``text_mask`` [P, L] bool (students with their own text encoder).
 """
@@ -26,14 +30,22 @@ DECODER_INPUTS = (*IMAGE_OUTPUTS, "text", "text_mask")
 DECODER_OUTPUTS = ("scores", "boxes", "presence", "masks", "indices")
 
 
+def is_fast(student) -> bool:
+    return student.spec.heads.head_type == "fast"
+
+
 class ImageEncoderGraph(nn.Module):
     def __init__(self, student):
         super().__init__()
         self.encoder = student.image_encoder
+        self.heads = student.heads if is_fast(student) else None
 
     def forward(self, image: torch.Tensor):
-        levels = self.encoder.forward_uint8(image, channels_last=True).levels
-        return tuple(levels)
+        feats = self.encoder.forward_uint8(image, channels_last=True)
+        if self.heads is None:
+            return tuple(feats.levels)
+        pixels, grid, _ = self.heads.image_context(feats.levels, feats.pos)
+        return pixels, feats.levels[-1], grid
 
 
 class DecoderGraph(nn.Module):
@@ -46,8 +58,15 @@ class DecoderGraph(nn.Module):
             pos = student.image_encoder(torch.zeros(1, 3, size, size)).pos
         for i, p in enumerate(pos):
             self.register_buffer(f"pos{i}", p.detach().clone(), persistent=False)
+        self.fast = is_fast(student)
+        if self.fast:
+            grid_pos = pos[-1] if student.spec.heads.fusion_stride == 16 else torch.nn.functional.avg_pool2d(pos[-1], 2)
+            self.register_buffer("grid_pos", grid_pos.detach().clone(), persistent=False)
 
     def forward(self, feat0, feat1, feat2, text, text_mask):
+        if self.fast:  # feat1 (exemplar ROI features) is unused by text prompts
+            top = self.heads.topk_from_context(feat0, feat2, self.grid_pos, text, text_mask, self.k)
+            return top.scores, top.boxes, top.presence[:, 0], top.mask_logits, top.indices
         p = text.shape[0]
         levels = [f.expand(p, -1, -1, -1) for f in (feat0, feat1, feat2)]
         pos = [b.expand(p, -1, -1, -1) for b in (self.pos0, self.pos1, self.pos2)]

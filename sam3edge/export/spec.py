@@ -61,6 +61,7 @@ class ExportSpec:
     text_length: int
     graphs: tuple[GraphSpec, ...]
     thresholds: dict = field(default_factory=lambda: {k: asdict(v) for k, v in THRESHOLDS.items()})
+    heads: str = "sam3"  # HeadsConfig.head_type: what feat0..feat2 hold (sam3edge.export.graphs)
 
     def graph(self, name: str) -> GraphSpec:
         for g in self.graphs:
@@ -81,7 +82,7 @@ class ExportSpec:
         graphs = tuple(GraphSpec(g["name"], tensors(g["inputs"]), tensors(g["outputs"])) for g in d["graphs"])
         return cls(student=d["student"], input_size=d["input_size"], width=d["width"], top_k=d["top_k"],
                    text_mode=d["text_mode"], text_length=d["text_length"], graphs=graphs,
-                   thresholds=d.get("thresholds", {}))
+                   thresholds=d.get("thresholds", {}), heads=d.get("heads", "sam3"))
 
 
 def export_spec(student, text_length: int | None = None) -> ExportSpec:
@@ -90,7 +91,13 @@ def export_spec(student, text_length: int | None = None) -> ExportSpec:
     k = student.spec.export.top_k
     if text_length is None:
         text_length = int(student.concepts.features.shape[1]) if student.concepts is not None else CONTEXT_LENGTH
-    feats = tuple(TensorSpec(f"feat{i}", "float32", (1, c, s // d, s // d)) for i, d in enumerate((4, 8, 16)))
+    heads = student.spec.heads
+    if heads.head_type == "fast":  # shared pixel embeddings, coarsest level, fusion grid (export.graphs)
+        g = s // heads.fusion_stride
+        feats = (TensorSpec("feat0", "float32", (1, heads.pixel_dim, s // 4, s // 4)),
+                 TensorSpec("feat1", "float32", (1, c, s // 16, s // 16)), TensorSpec("feat2", "float32", (1, c, g, g)))
+    else:
+        feats = tuple(TensorSpec(f"feat{i}", "float32", (1, c, s // d, s // d)) for i, d in enumerate((4, 8, 16)))
     graphs = [
         GraphSpec("image_encoder", (TensorSpec("image", "uint8", (1, s, s, 3)),), feats),
         GraphSpec("decoder",
@@ -108,4 +115,4 @@ def export_spec(student, text_length: int | None = None) -> ExportSpec:
             (TensorSpec("input_ids", "int64", ("prompts", n)), TensorSpec("attention_mask", "int64", ("prompts", n))),
             (TensorSpec("text", "float32", ("prompts", n, c)), TensorSpec("text_mask", "bool", ("prompts", n)))))
     return ExportSpec(student=student.spec.name, input_size=s, width=c, top_k=k, text_mode=student.text_mode,
-                      text_length=text_length, graphs=tuple(graphs))
+                      text_length=text_length, graphs=tuple(graphs), heads=heads.head_type)

@@ -18,6 +18,11 @@ A new size is one ``@register_student`` function returning a spec. Entries:
   layers and queries than SAM3's 6 / 6 / 200 and inputs of 512-768 px instead of 1008. At width
   256 the heads cannot go much below ~12 M parameters: SAM3's exemplar ROI projection (3.2 M),
   mask decoder (2.3 M) and scoring MLP (1.2 M) have no layer count to cut.
+* ``toy-fast`` / ``edge-s-fast`` / ``edge-m-fast`` / ``edge-l-fast`` - the same encoders with fast
+  multi-concept heads (:class:`~sam3edge.models.heads.fast.FastHeads`): pixel embeddings once per frame,
+  each concept only fused on a coarse grid, decoded and given top-K masks, so a frame's cost grows slowly
+  with the number of concepts. Their fusion / decoder / scoring tensors keep SAM3's names and start from
+  the teacher where shapes allow; the pixel path is new and trained by stage 2.
 * ``efficientsam3-style`` - the approach of EfficientSAM3 (arXiv 2511.15833) for comparison: a
   timm encoder in front of SAM3's full-size heads (6 + 6 layers, 200 queries).
 """
@@ -119,6 +124,30 @@ def _edge_l() -> StudentSpec:
         text_encoder=TextEncoderConfig(width=512, layers=6, heads=8), text_mode="cache",
         export=ExportDefaults(precision="fp16", top_k=30), teacher="facebook/sam3",
         description="RepViT-M1.1 + 3+4-layer SAM3 heads, 150 queries, 768 px")
+
+
+def _fast(base: str, **sizes) -> StudentSpec:
+    """Registry entry ``base`` with fast heads (``sizes`` override its HeadsConfig)."""
+    import dataclasses
+
+    spec = STUDENTS[base]
+    heads = dataclasses.replace(spec.heads, head_type="fast", **sizes)
+    return dataclasses.replace(spec, name=f"{base}-fast", heads=heads,
+                               description=f"{spec.backbone} + fast multi-concept heads ({heads.encoder_layers} fusion "
+                                           f"+ {heads.decoder_layers} decoder layers at stride {heads.fusion_stride}, "
+                                           f"{heads.num_queries} queries, {heads.pixel_dim}-channel shared pixel "
+                                           f"embeddings), {spec.input_size} px")
+
+
+register_student(_fast("toy", mask_dim=0, fusion_stride=16))  # the teacher's pixel decoder, once per frame
+# edge-*: no per-concept fusion over image tokens (the decoder's queries read the frame's grid, projected once
+# per frame) and a 1024-wide decoder FFN: per concept only the queries, scoring and top-K masks remain.
+register_student(_fast("edge-s", mask_dim=64, fusion_stride=32, encoder_layers=0, decoder_layers=3,
+                       decoder_ffn_size=1024))
+register_student(_fast("edge-m", mask_dim=64, fusion_stride=32, encoder_layers=0, decoder_layers=4,
+                       decoder_ffn_size=1024))
+register_student(_fast("edge-l", mask_dim=96, fusion_stride=32, encoder_layers=1, decoder_layers=4,
+                       decoder_ffn_size=1024, mask_mode="coarse"))
 
 
 @register_student

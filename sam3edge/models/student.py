@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam3edge.data.images import resize_batch
-from sam3edge.models.heads import HeadOutputs, Sam3Heads
+from sam3edge.models.heads import HeadOutputs, build_heads
 from sam3edge.models.image_encoder import ImageEncoder, ImageFeatures
 from sam3edge.models.outputs import ConceptOutputs
 from sam3edge.models.student_spec import StudentSpec
@@ -41,7 +41,7 @@ class Sam3Student(nn.Module):
         self.spec, self.overrides, self.pair_chunk = spec, dict(overrides or {}), pair_chunk
         width = spec.heads.hidden_size
         self.image_encoder = ImageEncoder(spec.backbone, width=width, mean=spec.mean, std=spec.std)
-        self.heads = Sam3Heads(spec.heads)
+        self.heads = build_heads(spec.heads)
         te = spec.text_encoder
         self.text_encoder = (StudentTextEncoder(width, width=te.width, layers=te.layers, heads=te.heads,
                                                 mlp_ratio=te.mlp_ratio) if spec.text_mode == "encoder" else None)

@@ -167,6 +167,9 @@ def init_heads_from_teacher(student: Sam3Student, teacher, layers="first", queri
     queries: "first" (the teacher's first Q query slots; queries are unordered) or Q teacher query
         indices, e.g. those the teacher uses most on the domain (:func:`rank_teacher_queries`).
 
+    Fast heads (``head_type == "fast"``) start from the teacher wherever a tensor's name and shape match;
+    the others stay as initialised ("reshaped" lists those whose name the teacher has in another shape).
+
     Returns {"loaded": [...], "kept": [...] (student tensors the teacher lacks, left as they were),
     "ignored": [...] (teacher tensors the student has no place for), "layers": {stack: indices},
     "queries": indices}.
@@ -209,6 +212,12 @@ def init_heads_from_teacher(student: Sam3Student, teacher, layers="first", queri
     for name in QUERY_TENSORS:
         if name in source:
             source[name] = source[name][q_idx]
+    reshaped = []
+    if student.spec.heads.head_type == "fast":
+        # Fast heads share SAM3's names where they share its parts; a part of another width (a narrower pixel
+        # path, a smaller FFN) has nothing to start from and is trained by stage 2.
+        reshaped = [n for n, t in target_names.items() if n in source and tuple(source[n].shape) != tuple(t.shape)]
+        source = {k: v for k, v in source.items() if k not in reshaped}
     try:
         load_sam3_heads(student.heads, source, strict=False)
     except ValueError as e:
@@ -219,7 +228,8 @@ def init_heads_from_teacher(student: Sam3Student, teacher, layers="first", queri
                          "entry aimed at this teacher, or train the heads from scratch (--no-init-heads)") from e
     used = {origin[n] for n in target_names if n in source}
     return {"loaded": [n for n in target_names if n in source], "kept": [n for n in target_names if n not in source],
-            "ignored": [n for n in teacher_names if n not in used], "layers": chosen, "queries": q_idx}
+            "ignored": [n for n in teacher_names if n not in used], "layers": chosen, "queries": q_idx,
+            "reshaped": reshaped}
 
 
 @torch.no_grad()

@@ -188,6 +188,11 @@ class Bundle:
         return list(self.manifest["concepts"])
 
     @property
+    def heads(self) -> str:
+        """The student's head type ("sam3" or "fast"; bundles before fast heads existed are "sam3")."""
+        return str(self.manifest["export_spec"].get("heads", "sam3"))
+
+    @property
     def has_text_encoder(self) -> bool:
         return "text_encoder" in self.manifest["graphs"]
 

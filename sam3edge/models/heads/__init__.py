@@ -26,7 +26,7 @@ from .layers import cxcywh_to_xyxy
 from .mask_decoder import MaskDecoder
 from .scoring import DotProductScoring
 
-__all__ = ["HeadOutputs", "HeadsConfig", "Sam3Heads", "TopKOutputs"]
+__all__ = ["HeadOutputs", "HeadsConfig", "Sam3Heads", "TopKOutputs", "build_heads"]
 
 # torch.export flattens outputs through pytrees; a dataclass must be registered to be one. The
 # registration is global, so it is skipped if another module registered HeadOutputs first.
@@ -170,3 +170,12 @@ class Sam3Heads(nn.Module):
         boxes = cxcywh_to_xyxy(d.boxes[-1].gather(1, idx[..., None].expand(-1, -1, 4)))
         return TopKOutputs(scores=scores, boxes=boxes, mask_logits=self.mask_decoder.masks(queries, pixels),
                            presence=presence, indices=idx)
+
+
+def build_heads(config: HeadsConfig) -> nn.Module:
+    """The heads ``config.head_type`` names: :class:`Sam3Heads` ("sam3") or :class:`~.fast.FastHeads` ("fast")."""
+    if config.head_type == "fast":
+        from .fast import FastHeads
+
+        return FastHeads(config)
+    return Sam3Heads(config)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 ACTIVATIONS = ("relu", "gelu", "silu")
+HEAD_TYPES = ("sam3", "fast")
+MASK_MODES = ("prototype", "coarse")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,12 @@ class HeadsConfig:
     activation / dropout / ffn_dropout: FFN activation, residual dropout and the dropout inside
     the FFN of the three transformer stacks; mask_dropout: the mask decoder's residual dropout.
     presence_clamp / logit_clamp: SAM3 clamps presence logits to +-10 and query logits to +-12.
+    head_type: "sam3" (:class:`~sam3edge.models.heads.Sam3Heads`, SAM3's layout, a per-concept pixel decoder)
+    or "fast" (:class:`~sam3edge.models.heads.fast.FastHeads`: pixel embeddings once per image, concepts
+    fused on a coarse grid). The fast heads' own sizes: mask_dim (channels of the shared pixel embeddings,
+    0 = hidden_size), fusion_stride (16: the coarsest FPN level; 32: it pooled 2x2), mask_mode
+    ("prototype": mask = query embedding . pixel embeddings; "coarse": plus a concept-aware term from the
+    fused coarse tokens, upsampled).
     """
 
     hidden_size: int = 256
@@ -46,8 +54,21 @@ class HeadsConfig:
     mask_dropout: float = 0.0
     presence_clamp: float = 10.0
     logit_clamp: float = 12.0
+    head_type: str = "sam3"
+    mask_dim: int = 0
+    fusion_stride: int = 16
+    mask_mode: str = "prototype"
 
     def __post_init__(self):
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f"HeadsConfig.head_type={self.head_type!r} is not one of {HEAD_TYPES}")
+        if self.fusion_stride not in (16, 32):
+            raise ValueError(f"HeadsConfig.fusion_stride={self.fusion_stride} must be 16 or 32")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"HeadsConfig.mask_mode={self.mask_mode!r} is not one of {MASK_MODES}")
+        if self.mask_dim < 0 or self.mask_dim % 8:
+            raise ValueError(f"HeadsConfig.mask_dim={self.mask_dim} must be 0 (= hidden_size) or a positive "
+                             "multiple of 8 (the pixel embeddings normalise in 8 groups)")
         for part in ("geometry", "encoder", "decoder", "mask"):
             heads = getattr(self, f"{part}_heads")
             if heads < 1 or self.hidden_size % heads:
@@ -85,6 +106,11 @@ class HeadsConfig:
                    decoder_ffn_size=dec.intermediate_size, num_queries=dec.num_queries,
                    mask_heads=mask.num_attention_heads, mask_upsampling_stages=mask.num_upsampling_stages,
                    activation=act, dropout=dropout, ffn_dropout=ffn_dropout, mask_dropout=float(mask.dropout))
+
+    @property
+    def pixel_dim(self) -> int:
+        """Channels of the fast heads' shared pixel embeddings."""
+        return self.mask_dim or self.hidden_size
 
     def to_dict(self) -> dict:
         return asdict(self)

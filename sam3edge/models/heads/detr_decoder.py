@@ -34,8 +34,11 @@ class BoxRPB(NamedTuple):
     def attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """``attn(query, key, value, bias)`` with the bias of these boxes, via ``sam3edge::box_attention``."""
         mx, my = self.embed_x, self.embed_y
+        k, v = attn.k_proj(key), attn.v_proj(value)
+        if k.shape[0] != query.shape[0]:  # image tokens shared by every prompt: projected once, then broadcast
+            k, v = (t.expand(query.shape[0], -1, -1).contiguous() for t in (k, v))
         out = torch.ops.sam3edge.box_attention(
-            attn.q_proj(query), attn.k_proj(key), attn.v_proj(value), self.boxes.contiguous(), self.height,
+            attn.q_proj(query), k, v, self.boxes.contiguous(), self.height,
             self.width, mx.layer1.weight, mx.layer1.bias, mx.layer2.weight, mx.layer2.bias,
             my.layer1.weight, my.layer1.bias, my.layer2.weight, my.layer2.bias, attn.num_heads, attn.scaling)
         return attn.o_proj(out)
@@ -117,12 +120,13 @@ class DetrDecoder(nn.Module):
 
     def forward(self, image: torch.Tensor, image_pos: torch.Tensor, height: int, width: int, prompt: torch.Tensor,
                 prompt_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """image, image_pos [N, HW, C] (fused tokens of an H x W grid); prompt [N, P, C], prompt_bias [N, 1, 1, P].
+        """image, image_pos [N, HW, C] (fused tokens of an H x W grid; or [1, HW, C] shared by all N prompts, whose
+        key / value projections then run once); prompt [N, P, C], prompt_bias [N, 1, 1, P].
 
         Returns per layer: query features [L, N, Q, C] (after the output norm; what scoring and
         masks read), refined boxes [L, N, Q, 4] (cxcywh in [0, 1]) and presence logits [L, N, 1].
         """
-        n = image.shape[0]
+        n = prompt.shape[0]
         queries = self.query_embed.weight[None].expand(n, -1, -1)
         presence = self.presence_token.weight[None].expand(n, -1, -1)
         x = torch.cat([presence, queries], dim=1)

@@ -40,10 +40,10 @@ class PixelDecoder(nn.Module):
 class MaskEmbedder(nn.Module):
     """3-layer ReLU MLP from query features to mask embeddings (``layers.0..2`` as in SAM3)."""
 
-    def __init__(self, cfg: HeadsConfig):
+    def __init__(self, cfg: HeadsConfig, out_dim: int | None = None):
         super().__init__()
         d = cfg.hidden_size
-        self.layers = nn.ModuleList([nn.Linear(d, d) for _ in range(3)])
+        self.layers = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, out_dim or d)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):

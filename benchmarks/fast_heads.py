@@ -1,0 +1,219 @@
+"""A frame's cost against the number of concepts: SAM3 teacher vs students with SAM3-width and fast heads.
+
+    python benchmarks/fast_heads.py                       # ~15 min: benchmarks/results/fast_heads_<KERNELS>.{json,md}
+    python benchmarks/fast_heads.py --students edge-s-fast --no-teacher --runs 5     # one student, quick
+
+``--students`` entries are registry names (every target x precision) or ``NAME@TARGET-PRECISION`` for one
+bundle (the default runs EfficientSAM3-style heads, ~5 s per concept, as ONNX fp32 only, once per count).
+
+Every student (random weights, 16 random concept embeddings; latency does not depend on the values) is
+exported to ONNX and OpenVINO in fp32 and int8 (calibrated on 8 orchard scenes) and loaded with the torch-free
+``Segmenter``; one frame (a 640 x 480 orchard scene) is segmented end to end (pixels in, instances with masks at
+the original size out) with 1, 4 and 16 concepts, median of ``--runs`` runs, ``--threads`` threads. The
+default-size SAM3 teacher (transformers ``Sam3Model``, random weights, 1008 px, PyTorch) answers the same frame
+once per concept count (``--teacher-runs``); every row's ratio is to the teacher at the same concept count,
+measured in the same process. GFLOPs per frame are counted on the PyTorch graphs with
+``torch.utils.flop_counter`` (convolutions, linear layers and matmuls; see sam3edge.models.complexity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sam3edge.atomic import atomic_write_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTS = (1, 4, 16)
+
+
+def _median_ms(fn, runs: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def _student(name: str, work: Path) -> tuple[Path, object]:
+    import torch
+
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import save_student
+    from sam3edge.runtime.concepts import ConceptCache
+
+    torch.manual_seed(0)
+    student = create_student(name).eval()
+    c = student.spec.heads.hidden_size
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 32), bool)
+    mask[:, :4] = True
+    student.set_concepts(ConceptCache([f"concept {i}" for i in range(16)],
+                                      rng.normal(0, 1, (16, 32, c)).astype(np.float32), mask, source="random"))
+    return save_student(student, work / name / "student"), student
+
+
+def _gflops(student, prompts: int) -> float:
+    """GFLOPs of one frame through the export graphs (image encoder + decoder with ``prompts`` concepts)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sam3edge.export.graphs import DecoderGraph, ImageEncoderGraph
+
+    image = torch.zeros(1, student.image_size, student.image_size, 3, dtype=torch.uint8)
+    text = torch.from_numpy(student.concepts.features[:prompts])
+    mask = torch.from_numpy(student.concepts.mask[:prompts])
+    with torch.no_grad():
+        graphs = ImageEncoderGraph(student).eval(), DecoderGraph(student).eval()  # built outside the count
+        with FlopCounterMode(display=False) as counter:
+            feats = graphs[0](image)
+            graphs[1](*feats, text, mask)
+    return counter.get_total_flops() / 1e9
+
+
+def _teacher_rows(frame: np.ndarray, runs: int, threads: int) -> dict[int, float]:
+    import torch
+    from transformers import Sam3Config
+
+    from sam3edge.models.sam3_load import build_sam3
+    from sam3edge.models.teacher import Sam3Teacher
+    from sam3edge.runtime.tokenizer import ClipTokenizer
+
+    teacher = Sam3Teacher(build_sam3(Sam3Config(), seed=0).eval(), ClipTokenizer.default())
+    phrases = [f"concept {i}" for i in range(16)]
+    out = {}
+    for n in COUNTS:
+        with torch.no_grad():
+            out[n] = _median_ms(lambda n=n, t=teacher: t([frame], phrases[:n]), runs, warmup=0)
+        print(json.dumps({"model": "SAM3 teacher", "concepts": n, "ms": round(out[n], 1)}), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--students", default="edge-s-fast,edge-s,efficientsam3-style@onnx-fp32")
+    ap.add_argument("--targets", default="onnx,openvino")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--teacher-runs", type=int, default=1)
+    ap.add_argument("--no-teacher", action="store_true")
+    ap.add_argument("--out", default=None, help="result name (default fast_heads_<int8 kernels>)")
+    ap.add_argument("--recount-gflops", action="store_true",
+                    help="recount the GFLOPs of an existing result's students (no latency run) and rewrite it")
+    args = ap.parse_args(argv)
+    if args.recount_gflops:
+        return _recount(args)
+
+    import torch
+    from PIL import Image
+
+    from sam3edge.data.orchard import render_scene, scene_rng
+    from sam3edge.export.bundle import export_bundle
+    from sam3edge.runtime import Segmenter
+    from sam3edge.runtime.cpu import cpu_info
+
+    torch.set_num_threads(args.threads)
+    cpu = cpu_info()
+    work = REPO / "runs" / "fast_heads"
+    shutil.rmtree(work, ignore_errors=True)
+    calib = work / "calib"
+    calib.mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(render_scene(scene_rng(4242, i), 320).image).save(calib / f"c{i:02d}.png")
+    frame = np.asarray(Image.fromarray(render_scene(scene_rng(777, 0), 640).image).resize((640, 480)))
+    teacher = {} if args.no_teacher else _teacher_rows(frame, args.teacher_runs, args.threads)
+    rows = []
+    for entry in args.students.split(","):
+        name, _, only = entry.partition("@")
+        combos = ([tuple(only.split("-", 1))] if only else
+                  [(t, p) for t in args.targets.split(",") for p in args.precisions.split(",")])
+        runs = 1 if only else args.runs
+        source, student = _student(name, work)
+        flops = {n: round(_gflops(student, n), 2) for n in COUNTS}
+        for target, precision in combos:
+            out = work / name / f"{target}-{precision}.sam3edge"
+            t0 = time.time()
+            export_bundle(source, out, target, precision, calib=calib, n_verify=2, progress=False, force=True)
+            seg = Segmenter.load(out, threads=args.threads)
+            row = {"student": name, "heads": student.spec.heads.head_type, "target": target,
+                   "precision": precision, "export_s": round(time.time() - t0, 1),
+                   "graph_mb": round(sum(f.stat().st_size for f in (out / "graphs").rglob("*") if f.is_file())
+                                     / 1e6, 2), "input_size": student.image_size, "ms": {}, "gflops": flops,
+                   "instances": {}, "vs_teacher": {}}
+            for n in COUNTS:
+                seg.set_concepts([f"concept {i}" for i in range(n)])
+                row["ms"][n] = round(_median_ms(lambda s=seg: s.segment(frame), runs, warmup=1 if only else 2), 1)
+                row["instances"][n] = len(seg.segment(frame))
+                if n in teacher:
+                    row["vs_teacher"][n] = round(teacher[n] / row["ms"][n], 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {"command": "python benchmarks/fast_heads.py " + " ".join(argv or sys.argv[1:]),
+              "threads": args.threads, "runs": args.runs, "teacher_runs": args.teacher_runs, "cpu": cpu.to_json(),
+              "frame": "640x480 orchard scene (seed 777)", "teacher_ms": teacher, "rows": rows}
+    _write(result, REPO / "benchmarks" / "results" / (args.out or f"fast_heads_{cpu.int8_kernels}"))
+    return 0
+
+
+def _recount(args) -> int:
+    from sam3edge.runtime.cpu import cpu_info
+
+    stem = REPO / "benchmarks" / "results" / (args.out or f"fast_heads_{cpu_info().int8_kernels}")
+    result = json.loads(stem.with_suffix(".json").read_text())
+    import re
+
+    for key, flag, default in (("runs", "--runs", 10), ("teacher_runs", "--teacher-runs", 1)):
+        found = re.search(rf"{flag} (\d+)", result["command"])
+        result.setdefault(key, int(found.group(1)) if found else default)
+    work = REPO / "runs" / "fast_heads_gflops"
+    for name in sorted({r["student"] for r in result["rows"]}):
+        _, student = _student(name, work)
+        flops = {str(n): round(_gflops(student, n), 2) for n in COUNTS}
+        for r in result["rows"]:
+            if r["student"] == name:
+                r["gflops"] = flops
+    result["gflops_recounted"] = "python benchmarks/fast_heads.py --recount-gflops"
+    _write(result, stem)
+    return 0
+
+
+def _write(result: dict, stem: Path) -> None:
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1))
+    teacher = {int(k): v for k, v in result["teacher_ms"].items()}
+    cpu = result["cpu"]
+    md = [f"End-to-end ms per frame (640 x 480 in, instances with masks at 640 x 480 out), {result['threads']} threads "
+          f"on {cpu['describe']}; random weights; median of {result.get('runs', '?')} runs (single-bundle entries and "
+          f"the teacher: {result.get('teacher_runs', 1)}). GFLOPs: one frame through the export graphs "
+          "(torch.utils.flop_counter).", ""]
+    if teacher:
+        md += ["| model | runtime | " + " | ".join(f"{n} concept{'s' * (n > 1)}" for n in COUNTS) + " |",
+               "|---|---|" + "---|" * len(COUNTS),
+               "| SAM3 teacher (840 M, 1008 px, random weights) | PyTorch fp32 | "
+               + " | ".join(f"{teacher[n]:.0f} ms" for n in COUNTS) + " |", ""]
+    md += ["| student | heads | target | precision | px | " + " | ".join(
+        f"ms @{n} (GFLOPs{', x teacher' if teacher else ''})" for n in COUNTS) + " |",
+           "|---|---|---|---|---|" + "---|" * len(COUNTS)]
+    for r in result["rows"]:
+        ms, gf, vs = ({int(k): v for k, v in r[f].items()} for f in ("ms", "gflops", "vs_teacher"))
+        cells = [f"{ms[n]:.1f} ({gf[n]:.1f}" + (f", {vs[n]:.0f}x)" if n in vs else ")") for n in COUNTS]
+        md.append(f"| {r['student']} | {r['heads']} | {r['target']} | {r['precision']} | {r['input_size']} | "
+                  + " | ".join(cells) + " |")
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

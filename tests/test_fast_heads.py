@@ -1,0 +1,146 @@
+"""Fast multi-concept heads: per-image work once, per-concept work small, the same calls and exports as SAM3's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]
+
+
+def _inputs(student, prompts: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    feats = student.encode_images(torch.rand(1, 3, student.image_size, student.image_size, generator=g))
+    c = student.spec.heads.hidden_size
+    text = torch.randn(prompts, 8, c, generator=g)
+    mask = torch.ones(prompts, 8, dtype=torch.bool)
+    mask[:, 5:] = False
+    levels = [f.expand(prompts, -1, -1, -1) for f in feats.levels]
+    pos = [p.expand(prompts, -1, -1, -1) for p in feats.pos]
+    return levels, pos, text, mask
+
+
+@pytest.mark.parametrize("mask_mode", ["prototype", "coarse"])
+@pytest.mark.parametrize("name", ["toy-fast", "edge-s-fast"])
+def test_top_k_outputs_are_the_full_forwards_at_the_kept_queries(name, mask_mode):
+    from sam3edge.models.registry import create_student
+
+    torch.manual_seed(0)
+    student = create_student(name, input_size=128, mask_mode=mask_mode)
+    levels, pos, text, mask = _inputs(student, prompts=3)
+    with torch.no_grad():
+        full = student.heads(levels, pos, text, mask)
+        top = student.heads.forward_topk(levels, pos, text, mask, k=5)
+    q = student.spec.heads.num_queries
+    assert full.mask_logits.shape == (3, q, 32, 32) and full.semantic_logits.shape == (3, 1, 32, 32)
+    assert full.aux_logits.shape == (student.spec.heads.decoder_layers, 3, q)
+    idx = top.indices
+    torch.testing.assert_close(top.scores, full.scores.gather(1, idx), atol=1e-6, rtol=0)
+    torch.testing.assert_close(top.mask_logits, full.mask_logits.gather(
+        1, idx[..., None, None].expand(-1, -1, 32, 32)), atol=1e-4, rtol=1e-4)
+    assert (top.scores[:, :-1] >= top.scores[:, 1:]).all()
+
+
+def test_a_prompts_answer_does_not_depend_on_the_other_prompts():
+    from sam3edge.models.registry import create_student
+
+    torch.manual_seed(1)
+    student = create_student("toy-fast", input_size=128)
+    levels, pos, text, mask = _inputs(student, prompts=4)
+    with torch.no_grad():
+        pixels, grid, grid_pos = student.heads.image_context([f[:1] for f in levels], [p[:1] for p in pos])
+        all4 = student.heads.topk_from_context(pixels, grid, grid_pos, text, mask, k=4)
+        one = student.heads.topk_from_context(pixels, grid, grid_pos, text[2:3], mask[2:3], k=4)
+    torch.testing.assert_close(one.scores[0], all4.scores[2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(one.mask_logits[0], all4.mask_logits[2], atol=1e-5, rtol=0)
+
+
+def test_the_pixel_path_sees_no_concept_and_trains_through_the_set_loss():
+    """image_context takes no prompt (so it can run once per frame), and stage 2's loss reaches every part."""
+    import inspect
+
+    from sam3edge.distill.losses import SetCriterion
+    from sam3edge.distill.targets import masks_to_target
+    from sam3edge.models.heads.fast import FastHeads
+    from sam3edge.models.registry import create_student
+
+    assert list(inspect.signature(FastHeads.image_context).parameters) == ["self", "levels", "pos"]
+    torch.manual_seed(0)
+    student = create_student("edge-s-fast", input_size=128, mask_mode="coarse", encoder_layers=1).train()
+    levels, pos, text, mask = _inputs(student, prompts=2)
+    out = student.heads(levels, pos, text, mask)
+    target = torch.zeros(1, 32, 32, dtype=torch.bool)
+    target[0, 4:12, 6:20] = True
+    loss, _ = SetCriterion()(out, [masks_to_target(target, (32, 32))] * 2)
+    loss.backward()
+    heads = student.heads
+    for part in (heads.mask_decoder.pixel_decoder, heads.mask_decoder.coarse_embedder, heads.grid_proj,
+                 heads.detr_encoder, heads.detr_decoder):
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, part
+
+
+def test_fast_heads_start_from_the_teacher_where_shapes_allow():
+    from sam3edge.cli import resolve_model
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import init_heads_from_teacher
+    from sam3edge.models.teacher import Sam3Teacher
+
+    teacher = Sam3Teacher.from_pretrained(resolve_model("orchard-toy"))
+    same = init_heads_from_teacher(create_student("toy-fast"), teacher)  # teacher-width pixel path
+    assert any(n.startswith("mask_decoder.pixel_decoder.conv_layers") for n in same["loaded"])
+    assert any(n.startswith("detr_encoder.layers.0.cross_attn") for n in same["loaded"])
+    assert any(n.startswith("detr_decoder.layers.2") for n in same["loaded"]) and not same["reshaped"]
+    assert {n.split(".")[0] for n in same["kept"]} <= {"grid_proj", "mask_decoder"}
+    narrow = init_heads_from_teacher(create_student("toy-fast", mask_dim=32), teacher)
+    assert "mask_decoder.mask_embedder.layers.2.weight" in narrow["reshaped"]
+    assert "mask_decoder.instance_projection.weight" in narrow["reshaped"]
+    assert any(n.startswith("detr_decoder.layers.0") for n in narrow["loaded"])
+
+
+def test_fast_bundle_declares_its_heads_equals_pytorch_and_runs_torch_free(toy_bundles, scenes, tmp_path):
+    """fp32 ONNX of toy-fast: verified against PyTorch, feat shapes of the fast layout, the runtime's instances
+    equal the student's, and the decoder graph holds no convolution (the pixel path runs in the image graph)."""
+    import onnx
+
+    from sam3edge.cli import resolve_model
+    from sam3edge.export.bundle import export_bundle
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import init_heads_from_teacher, save_student
+    from sam3edge.models.teacher import Sam3Teacher
+    from sam3edge.runtime import Segmenter
+    from sam3edge.runtime.bundle import Bundle
+    from sam3edge.runtime.concepts import ConceptCache
+
+    teacher = Sam3Teacher.from_pretrained(resolve_model("orchard-toy"))
+    torch.manual_seed(0)
+    student = create_student("toy-fast", input_size=128)
+    init_heads_from_teacher(student, teacher)
+    student.set_concepts(ConceptCache.from_teacher(teacher, ORCHARD_PHRASES))
+    path = tmp_path / "fast.sam3edge"
+    m = export_bundle(save_student(student, tmp_path / "student"), path, "onnx", "fp32", calib=scenes, n_verify=2,
+                      progress=False)
+    v = m["verification"]
+    assert v["failed"] == [] and v["max_abs_error"]["scores"] <= 1e-4 and v["max_abs_error"]["masks"] <= 1e-2
+    assert m["export_spec"]["heads"] == "fast" and Bundle.open(path).heads == "fast"
+    assert Bundle.open(toy_bundles["onnx"]).heads == "sam3"
+    shapes = {t["name"]: t["shape"] for t in m["graphs"]["image_encoder"]["outputs"]}
+    assert shapes == {"feat0": [1, 64, 32, 32], "feat1": [1, 64, 8, 8], "feat2": [1, 64, 8, 8]}
+    decoder_ops = {n.op_type for n in onnx.load(str(path / "graphs/decoder.onnx")).graph.node}
+    assert "Conv" not in decoder_ops
+    from PIL import Image
+
+    seg = Segmenter.load(path, backend="onnxruntime", threads=2)
+    k = m["export_spec"]["top_k"]
+    for file in sorted(scenes.glob("*.png"))[:2]:
+        image = np.asarray(Image.open(file).convert("RGB"))
+        inst = seg.segment(image, score_threshold=0.05)
+        out = student.eval()([image], ORCHARD_PHRASES)
+        for p, phrase in enumerate(ORCHARD_PHRASES):
+            want = out.instances(0, p, score_threshold=0.05)
+            order = np.argsort(-want["scores"].numpy(), kind="stable")[:k]
+            got = inst.select(inst.concept_ids == p)
+            assert len(got) == len(order), phrase
+            np.testing.assert_allclose(got.scores, want["scores"].numpy()[order], atol=1e-4)
+            np.testing.assert_allclose(got.boxes, want["boxes"].numpy()[order], atol=0.5)
