@@ -9,7 +9,8 @@ exact arithmetic. Weights limited to 7 bits ([-64, 64]) bound every pair by 2 x 
 so the sums cannot saturate on any CPU (``u8s8-w7``, what the OpenVINO target writes: NNCF's weights are
 signed). Unsigned weights (``u8u8``, what the ONNX target writes) never reach that instruction: onnxruntime
 widens u8 x u8 to 16-bit operands and sums in 32 bits on every CPU, keeps 8-bit weights, and measured more
-accurate and faster than 7-bit u8s8 on an AVX2-only CPU (``benchmarks/int8_schemes.py``).
+accurate than 7-bit u8s8 on an AVX2-only CPU, at the same speed within run-to-run spread
+(``benchmarks/int8_schemes.py``).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ SCHEMES = {s.name: s for s in (
                "uint8, symmetric about 128, per output channel, [0, 255]", 255, 128, True,
                "onnxruntime's u8 x u8 kernels widen to 16-bit operands and sum in 32 bits on every CPU (x86 with or "
                "without VNNI, ARM), so nothing saturates and weights keep 8 bits; measured on an AVX2-only CPU it "
-               "kept more of fp32's agreement and ran faster than 7-bit u8 x s8", weight_type="uint8"),
+               "kept more of fp32's agreement than 7-bit u8 x s8, at the same speed", weight_type="uint8"),
     Int8Scheme("u8s8-w7", "uint8, asymmetric, per tensor (calibrated)",
                "int8, symmetric, per output channel, 7-bit range [-64, 64]", 255, 64, True,
                "u8 x s8 is the fastest int8 form of onnxruntime and OpenVINO on x86 and ARM; 7-bit weights keep "
