@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,21 +29,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_students import _median_ms as _timed  # noqa: E402
 from sam3edge.atomic import atomic_write_text  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-COUNTS = (1, 4, 16)
 
 
 def _median_ms(fn, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    return _timed(fn, runs, warmup)[0]
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTS = (1, 4, 16)
 
 
 def _student(name: str, work: Path) -> tuple[Path, object]:
