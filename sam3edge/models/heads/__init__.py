@@ -22,7 +22,7 @@ from .config import HeadsConfig
 from .detr_decoder import DetrDecoder
 from .fusion_encoder import FusionEncoder
 from .geometry_encoder import GeometryEncoder
-from .layers import cxcywh_to_xyxy
+from .layers import check_text, cxcywh_to_xyxy
 from .mask_decoder import MaskDecoder
 from .scoring import DotProductScoring
 
@@ -90,10 +90,7 @@ class Sam3Heads(nn.Module):
             if f.dim() != 4 or f.shape[1] != d or f.shape != p.shape:
                 raise ValueError(f"fpn_features[{i}] {tuple(f.shape)} / fpn_pos[{i}] {tuple(p.shape)}: expected "
                                  f"equal shapes [N, {d}, H, W]")
-        if text_features.dim() != 3 or text_features.shape[-1] != d:
-            raise ValueError(f"text_features {tuple(text_features.shape)}: expected [N, L, {d}] (projected SAM3 text)")
-        if tuple(text_mask.shape) != tuple(text_features.shape[:2]):
-            raise ValueError(f"text_mask {tuple(text_mask.shape)} must be [N, L] = {tuple(text_features.shape[:2])}")
+        check_text(text_features, text_mask, d)
         if input_boxes is not None:
             if input_boxes.dim() != 3 or input_boxes.shape[-1] != 4:
                 raise ValueError(f"input_boxes {tuple(input_boxes.shape)}: expected [N, K, 4] normalised cxcywh")

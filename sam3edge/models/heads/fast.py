@@ -38,7 +38,7 @@ from .attention import Attention, padding_bias
 from .config import HeadsConfig
 from .detr_decoder import DetrDecoder
 from .geometry_encoder import GeometryEncoder
-from .layers import MLP, FeedForward, cxcywh_to_xyxy
+from .layers import MLP, FeedForward, check_text, cxcywh_to_xyxy
 from .mask_decoder import MaskEmbedder, PixelDecoder
 from .scoring import DotProductScoring
 
@@ -191,10 +191,7 @@ class FastHeads(nn.Module):
         if len(fpn_features) != 3 or any(f.dim() != 4 or f.shape[1] != d for f in fpn_features):
             raise ValueError(f"fpn_features must be 3 levels [N, {d}, H, W], got "
                              f"{[tuple(f.shape) for f in fpn_features]}")
-        if text_features.dim() != 3 or text_features.shape[-1] != d:
-            raise ValueError(f"text_features {tuple(text_features.shape)}: expected [N, L, {d}] (projected SAM3 text)")
-        if tuple(text_mask.shape) != tuple(text_features.shape[:2]):
-            raise ValueError(f"text_mask {tuple(text_mask.shape)} must be [N, L] = {tuple(text_features.shape[:2])}")
+        check_text(text_features, text_mask, d)
 
     def forward(self, fpn_features: list[torch.Tensor], fpn_pos: list[torch.Tensor], text_features: torch.Tensor,
                 text_mask: torch.Tensor, input_boxes: torch.Tensor | None = None,

@@ -77,3 +77,11 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = b.unbind(-1)
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def check_text(text_features, text_mask, width: int) -> None:
+    """text_features [N, L, width] (projected SAM3 text) and text_mask [N, L], or a ValueError naming them."""
+    if text_features.dim() != 3 or text_features.shape[-1] != width:
+        raise ValueError(f"text_features {tuple(text_features.shape)}: expected [N, L, {width}] (projected SAM3 text)")
+    if tuple(text_mask.shape) != tuple(text_features.shape[:2]):
+        raise ValueError(f"text_mask {tuple(text_mask.shape)} must be [N, L] = {tuple(text_features.shape[:2])}")
