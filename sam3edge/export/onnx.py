@@ -152,7 +152,8 @@ def calibration_feeds(fp32: dict[str, Path], images: list[np.ndarray], text: np.
 
 
 # module paths whose layers int8 keeps in float (see float_islands)
-FLOAT_MODULES = (".neck.", "mask_decoder", "box_rpb_embed", "vision_cross_attn", "box_head", "presence_head",
+# (a fused op's inlined body carries the op's scope, e.g. ``mask_topk``: the mask head's projection lives there)
+FLOAT_MODULES = (".neck.", "mask_decoder", ".mask_topk.", "box_rpb_embed", "vision_cross_attn", "box_head", "presence_head",
                  "ref_point_head", "dot_product_scoring")
 
 
@@ -187,7 +188,7 @@ def float_islands(path: Path) -> list[str]:
         weights = [i for i in n.input[1:2] if i in inits]
         groups = next((a.i for a in n.attribute if a.name == "group"), 1)
         if (n.op_type == "MatMul" and not weights and not any(i in inits for i in n.input)) or groups > 1 or \
-                any(part in f".{scope}." for part in FLOAT_MODULES) or any(".neck." in w for w in weights):
+                any(part in f".{name}." for name in [scope, *weights] for part in FLOAT_MODULES):
             keep.append(n.name)
     return keep
 
