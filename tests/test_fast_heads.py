@@ -144,3 +144,46 @@ def test_fast_bundle_declares_its_heads_equals_pytorch_and_runs_torch_free(toy_b
             assert len(got) == len(order), phrase
             np.testing.assert_allclose(got.scores, want["scores"].numpy()[order], atol=1e-4)
             np.testing.assert_allclose(got.boxes, want["boxes"].numpy()[order], atol=0.5)
+
+
+def test_narrow_fast_students_have_no_head_wide_map_at_the_fine_strides():
+    """The fine FPN levels feed only the narrow pixel path: the neck makes them ``mask_dim`` wide itself (a
+    256-wide stride-4 neck cost edge-s-fast 1.3 GFLOPs a frame), while the coarse level stays head-wide."""
+    import torch
+
+    from sam3edge.models.registry import create_student
+
+    student = create_student("edge-s-fast", input_size=128)
+    m, d = student.spec.heads.mask_dim, student.spec.heads.hidden_size
+    levels = student.encode_images(torch.rand(1, 3, 128, 128)).levels
+    assert [tuple(x.shape[1:]) for x in levels] == [(m, 32, 32), (m, 16, 16), (d, 8, 8)]
+    neck = student.image_encoder.neck
+    # every conv whose output is at stride 4 or 8 is at most mask_dim wide
+    assert neck.lateral[0].out_channels == m and neck.lateral[1].out_channels == m and neck.narrow["8"].out_channels == m
+    assert all(c.out_channels == m for c in (*neck.out[0], *neck.out[1]))
+    assert all(isinstance(x, torch.nn.Identity) for x in student.heads.mask_decoder.pixel_decoder.lateral[:2])
+    # a uniform neck (toy-fast, SAM3 heads) keeps the state-dict keys of existing checkpoints
+    assert not any(".narrow." in k for k in create_student("toy-fast").state_dict())
+    with pytest.raises(ValueError, match=r"C = \(64, 64, 256\)"):
+        student.heads([torch.zeros(1, d, 32, 32), levels[1], levels[2]], [torch.zeros(1)] * 3,
+                      torch.zeros(1, 4, d), torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_stage1_regresses_only_the_levels_that_have_a_teacher_counterpart():
+    import torch
+
+    from sam3edge.distill.feature_loss import FeatureCriterion, ImageEncoderStage, regressed_levels
+    from sam3edge.models.registry import create_student
+
+    narrow, wide = create_student("edge-s-fast", input_size=128), create_student("edge-s", input_size=128)
+    assert regressed_levels(narrow) == [2] and regressed_levels(wide) == [0, 1, 2]
+
+    class Batch:
+        pixel_values = torch.rand(2, 3, 128, 128) * 2 - 1
+
+    teacher = [torch.randn(2, 256, 32 // 2 ** k, 32 // 2 ** k) for k in range(3)]
+    out = ImageEncoderStage(narrow)(Batch())
+    loss, parts = FeatureCriterion()(out, teacher)
+    assert out.indices == [2] and set(parts) == {"mse2", "cos2", "total"} and torch.isfinite(loss)
+    loss.backward()
+    assert narrow.image_encoder.neck.lateral[-1].weight.grad.abs().sum() > 0

@@ -17,14 +17,25 @@ from torch import nn
 
 @dataclass
 class LevelOutputs:
+    """The student's FPN levels that regress onto the teacher's, and which teacher level each one is."""
+
     levels: list[torch.Tensor]
+    indices: list[int] | None = None  # None: level k <-> teacher level k for every k
 
 
-def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], mse: float = 1.0, cos: float = 1.0
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over levels of relative MSE and (1 - cosine); each [B, C, h, w] (student resized to the teacher's grid)."""
+def regressed_levels(student) -> list[int]:
+    """The FPN levels stage 1 regresses onto the teacher's: those at the heads' width. Fast heads' narrow fine
+    levels (``HeadsConfig.fpn_widths``) have no teacher counterpart; stage 2 trains them through the masks."""
+    heads = student.spec.heads
+    return [k for k, c in enumerate(heads.fpn_widths) if c == heads.hidden_size]
+
+
+def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], mse: float = 1.0, cos: float = 1.0,
+                 indices: list[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over levels of relative MSE and (1 - cosine); each [B, C, h, w] (student resized to the teacher's grid).
+    indices: the levels' FPN indices (names of the parts; default 0, 1, ...)."""
     total, parts = 0.0, {}
-    for k, (s, t) in enumerate(zip(student, teacher)):
+    for k, s, t in zip(indices or range(len(student)), student, teacher):
         s, t = s.float(), t.float()
         if s.shape[-2:] != t.shape[-2:]:
             s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
@@ -50,7 +61,9 @@ class ImageEncoderStage(nn.Module):
         if x.shape[-1] != self.student.image_size:
             x = F.interpolate(x, size=(self.student.image_size,) * 2, mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.student.image_size)
-        return LevelOutputs(self.student.encode_images(x).levels)
+        keep = regressed_levels(self.student)
+        levels = self.student.encode_images(x).levels
+        return LevelOutputs([levels[k] for k in keep], keep)
 
 
 class FeatureCriterion(nn.Module):
@@ -59,7 +72,9 @@ class FeatureCriterion(nn.Module):
         self.mse, self.cos = mse, cos
 
     def forward(self, out: LevelOutputs, targets: list[torch.Tensor]):
-        loss, parts = feature_loss(out.levels, targets, self.mse, self.cos)
+        if out.indices is not None:
+            targets = [targets[k] for k in out.indices]
+        loss, parts = feature_loss(out.levels, targets, self.mse, self.cos, out.indices)
         return loss, parts | {"total": float(loss.detach())}
 
 

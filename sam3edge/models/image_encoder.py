@@ -8,6 +8,10 @@ Neck: a 1x1 lateral conv per backbone level (strides 4, 8, 16 and, for context, 
 path (nearest x2 upsample + add, as in FPN) and a depthwise 3x3 per output level, followed by a
 pointwise 1x1 at strides 8 and 16. Not a dense 3x3: at stride 4 and C=256 that costs ~9.7 GMAC at
 512 px, more than the whole backbone; and not a pointwise conv at stride 4 either (see FpnNeck).
+Heads whose fine levels feed only a narrow pixel path (fast heads with ``mask_dim`` > 0,
+``HeadsConfig.fpn_widths``) get those levels at that width: their laterals are narrow and the top-down
+path is projected (1x1) to the narrow width before it is upsampled, so no head-wide map is ever
+computed at strides 4 and 8 (edge-s-fast's image graph: 4.4 -> 2.9 GFLOPs at 512 px).
 If a backbone has no stride-4 level (or ``backbone_strides`` leaves it out), the stride-4 output
 is the stride-8 merged map upsampled x2 (then it adds resolution, not information).
 Upsampling uses ``scale_factor=2`` (not a size taken from a tensor) so export graphs stay static;
@@ -69,27 +73,52 @@ def _output_conv(width: int, pointwise: bool) -> nn.Sequential:
 
 
 class FpnNeck(nn.Module):
-    """Backbone maps at ``in_strides`` -> C-wide maps at strides 4, 8, 16 (see the module docstring)."""
+    """Backbone maps at ``in_strides`` -> maps at strides 4, 8, 16 (see the module docstring).
 
-    def __init__(self, in_channels: list[int], in_strides: list[int], width: int):
+    widths: channels of the three outputs (default ``width`` each). A narrower fine level (fast heads'
+    pixel path) gets its lateral at that width and the coarser merged map projected to it by a 1x1 conv
+    (``narrow``) before the upsampling, so no wide map exists at that stride; the context level (stride 32)
+    has the stride-16 width.
+    """
+
+    def __init__(self, in_channels: list[int], in_strides: list[int], width: int,
+                 widths: tuple[int, int, int] | None = None):
         super().__init__()
         if 8 not in in_strides or 16 not in in_strides or any(b != 2 * a for a, b in zip(in_strides, in_strides[1:])):
             raise ValueError(f"the neck needs consecutive backbone strides (each twice the last) including 8 and "
                              f"16, got {in_strides}")
+        widths = tuple(widths or (width,) * len(OUTPUT_STRIDES))
+        if len(widths) != len(OUTPUT_STRIDES) or any(w < 4 or w % 4 for w in widths):
+            raise ValueError(f"neck widths must be {len(OUTPUT_STRIDES)} multiples of 4 (strides {OUTPUT_STRIDES}), "
+                             f"got {widths}")
         self.in_strides = list(in_strides)
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
+        self.widths = dict(zip(OUTPUT_STRIDES, widths)) | {CONTEXT_STRIDE: widths[-1]}
+        self.lateral = nn.ModuleList(nn.Conv2d(c, self.widths[s], 1) for c, s in zip(in_channels, in_strides))
+        # 1x1 projections where the top-down path enters a narrower level (keyed by that level's stride)
+        narrow = {str(s): nn.Conv2d(self.widths[2 * s], self.widths[s], 1) for s in in_strides[:-1]
+                  if self.widths[2 * s] != self.widths[s]}
+        if 4 not in in_strides and self.widths[4] != self.widths[8]:
+            narrow["4"] = nn.Conv2d(self.widths[8], self.widths[4], 1)
+        if narrow:  # absent at one width, so checkpoints of the uniform neck keep their keys
+            self.narrow = nn.ModuleDict(narrow)
         # No pointwise conv at stride 4: it would be the neck's largest single cost (54 ms timed alone on
         # a 128x128x256 map, 512 px input, 1 thread) and the lateral 1x1 already mixes channels there.
-        self.out = nn.ModuleList(_output_conv(width, pointwise=s != 4) for s in OUTPUT_STRIDES)
+        self.out = nn.ModuleList(_output_conv(w, pointwise=s != 4) for s, w in zip(OUTPUT_STRIDES, widths))
+
+    def _down_to(self, stride: int, x: torch.Tensor) -> torch.Tensor:
+        """The merged map of the next coarser level, projected to ``stride``'s width and upsampled x2."""
+        if hasattr(self, "narrow") and str(stride) in self.narrow:
+            x = self.narrow[str(stride)](x)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         x = self.lateral[-1](feats[-1])
         merged = {self.in_strides[-1]: x}
         for i in range(len(feats) - 2, -1, -1):
-            x = self.lateral[i](feats[i]) + F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = self.lateral[i](feats[i]) + self._down_to(self.in_strides[i], x)
             merged[self.in_strides[i]] = x
         if 4 not in merged:  # no stride-4 backbone level: upsample the stride-8 one
-            merged[4] = F.interpolate(merged[8], scale_factor=2.0, mode="nearest")
+            merged[4] = self._down_to(4, merged[8])
         return [conv(merged[s]) for conv, s in zip(self.out, OUTPUT_STRIDES)]
 
 
@@ -101,11 +130,14 @@ class ImageEncoder(nn.Module):
     width C (multiple of 4). weights_path: optional local timm-layout checkpoint for the backbone.
     backbone_strides: which backbone strides feed the neck (default: those of 4, 8, 16, 32 present).
     mean / std: RGB normalisation in [0, 1] units (default: the backbone's pretraining ones).
+    widths: channels of the levels at strides 4, 8, 16 (default ``width`` each; narrower fine levels for
+    heads whose fine levels feed only a narrow pixel path, ``HeadsConfig.fpn_widths``).
     """
 
     def __init__(self, backbone: str, width: int = 256, weights_path: str | Path | None = None,
                  backbone_strides: tuple[int, ...] | None = None, mean: tuple[float, float, float] | None = None,
-                 std: tuple[float, float, float] | None = None, **timm_kwargs):
+                 std: tuple[float, float, float] | None = None, widths: tuple[int, int, int] | None = None,
+                 **timm_kwargs):
         super().__init__()
         import timm
 
@@ -126,7 +158,7 @@ class ImageEncoder(nn.Module):
         if list(out_indices) != list(range(len(info))):
             self.backbone = timm.create_model(backbone, pretrained=False, features_only=True,
                                               out_indices=out_indices, **timm_kwargs)
-        self.neck = FpnNeck(self.backbone.feature_info.channels(), self.backbone_strides, width)
+        self.neck = FpnNeck(self.backbone.feature_info.channels(), self.backbone_strides, width, widths)
         cfg = self.backbone.pretrained_cfg
         mean = torch.tensor(mean or cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
         std = torch.tensor(std or cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)

@@ -40,7 +40,8 @@ class Sam3Student(nn.Module):
         super().__init__()
         self.spec, self.overrides, self.pair_chunk = spec, dict(overrides or {}), pair_chunk
         width = spec.heads.hidden_size
-        self.image_encoder = ImageEncoder(spec.backbone, width=width, mean=spec.mean, std=spec.std)
+        self.image_encoder = ImageEncoder(spec.backbone, width=width, mean=spec.mean, std=spec.std,
+                                          widths=spec.heads.fpn_widths)
         self.heads = build_heads(spec.heads)
         te = spec.text_encoder
         self.text_encoder = (StudentTextEncoder(width, width=te.width, layers=te.layers, heads=te.heads,

@@ -6,8 +6,9 @@ Here the work splits where "once" meets "many":
 
 per image (:meth:`FastHeads.image_context`, exported inside the image graph)
     * pixel embeddings [B, m, S/4, S/4], concept-agnostic: SAM3's pixel decoder (``mask_dim`` 0: the heads'
-      width, starts from the teacher) or a narrow FPN (1x1 laterals to ``mask_dim`` channels, top-down
-      sum, a depthwise-separable 3x3 + GroupNorm + ReLU at strides 8 and 4);
+      width, starts from the teacher) or a narrow FPN (the image encoder's neck already gives the two fine
+      levels at ``mask_dim`` channels, ``HeadsConfig.fpn_widths``; a 1x1 lateral brings the coarse level to
+      it, top-down sum, a depthwise-separable 3x3 + GroupNorm + ReLU at strides 8 and 4);
     * grid tokens [B, C, g, g] at ``fusion_stride`` (16: the coarsest level through a 1x1 projection;
       32: that level pooled 2x2), where concepts meet the image.
 per concept (:meth:`FastHeads.decode`; the prompt axis is the batch axis, one graph call for all)
@@ -52,13 +53,14 @@ class SeparableConv(nn.Sequential):
 
 
 class NarrowPixelDecoder(nn.Module):
-    """FPN levels [B, C, S/4 ..S/16] (fine to coarse) -> pixel features [B, m, S/4, S/4] with m < C:
-    1x1 laterals to m channels, top-down sum, a separable 3x3 at strides 8 and 4."""
+    """FPN levels of ``cfg.fpn_widths`` channels at S/4 .. S/16 (fine to coarse) -> pixel features [B, m, S/4, S/4]
+    with m < C: 1x1 laterals to m channels (none where a level already has m), top-down sum, a separable 3x3
+    at strides 8 and 4."""
 
     def __init__(self, cfg: HeadsConfig):
         super().__init__()
-        d, m = cfg.hidden_size, cfg.pixel_dim
-        self.lateral = nn.ModuleList([nn.Conv2d(d, m, 1) for _ in range(3)])
+        m = cfg.pixel_dim
+        self.lateral = nn.ModuleList([nn.Identity() if c == m else nn.Conv2d(c, m, 1) for c in cfg.fpn_widths])
         self.refine = nn.ModuleList([SeparableConv(m) for _ in range(2)])
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
@@ -187,11 +189,11 @@ class FastHeads(nn.Module):
         return queries, boxes, presence, prompt, prompt_mask, fused
 
     def _check(self, fpn_features, text_features, text_mask) -> None:
-        d = self.config.hidden_size
-        if len(fpn_features) != 3 or any(f.dim() != 4 or f.shape[1] != d for f in fpn_features):
-            raise ValueError(f"fpn_features must be 3 levels [N, {d}, H, W], got "
+        widths = self.config.fpn_widths
+        if len(fpn_features) != 3 or any(f.dim() != 4 or f.shape[1] != c for f, c in zip(fpn_features, widths)):
+            raise ValueError(f"fpn_features must be 3 levels [N, C, H, W] with C = {widths}, got "
                              f"{[tuple(f.shape) for f in fpn_features]}")
-        check_text(text_features, text_mask, d)
+        check_text(text_features, text_mask, self.config.hidden_size)
 
     def forward(self, fpn_features: list[torch.Tensor], fpn_pos: list[torch.Tensor], text_features: torch.Tensor,
                 text_mask: torch.Tensor, input_boxes: torch.Tensor | None = None,
