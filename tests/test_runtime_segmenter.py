@@ -324,3 +324,63 @@ def test_an_int8_bundle_verified_on_other_int8_kernels_warns_at_load_and_in_benc
     with warnings.catch_warnings():
         warnings.simplefilter("error", Int8KernelWarning)
         assert Segmenter.load(path, backend="onnxruntime").int8_warning is None
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_one_segmenter_called_from_many_threads_gives_each_call_its_own_images_result(bundles, backend):
+    """One OpenVINO Segmenter from several threads once returned another image's results (23 of 32 calls): its
+    compiled models shared one infer request. Each threaded call must equal the same image's sequential call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sam3edge.data.orchard import render_scene, scene_rng
+    from sam3edge.runtime.segmenter import Segmenter
+
+    seg = Segmenter.load(bundles["onnx" if backend == "onnxruntime" else "openvino"], backend=backend, threads=1)
+    images = [render_scene(scene_rng(33, i), 160).image for i in range(8)]
+    want = [seg.infer(seg.prepare(im)) for im in images]
+    assert len({float(w.scores.sum()) for w in want}) == len(images)  # the images give distinguishable outputs
+    order = [i % len(images) for i in range(32)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda i: seg.infer(seg.prepare(images[i])), order))
+    for i, raw in zip(order, got):
+        np.testing.assert_allclose(raw.scores, want[i].scores, atol=1e-5)
+        np.testing.assert_allclose(raw.masks, want[i].masks, atol=1e-4)
+
+
+def test_a_backend_without_concurrent_calls_is_called_one_call_at_a_time(bundles):
+    """The contract for backends whose execution context is shared (TensorRT, Core ML): the Segmenter serialises.
+    Checked on the real onnxruntime backend told it may not run calls concurrently, counting overlapping calls."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sam3edge.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from sam3edge.runtime.bundle import Bundle
+    from sam3edge.runtime.segmenter import Segmenter
+
+    class OneAtATime(OnnxRuntimeBackend):
+        concurrent_calls = False
+        active, most = 0, 0
+        lock = threading.Lock()
+
+        def image(self, frame):
+            with self.lock:
+                type(self).active += 1
+                type(self).most = max(self.most, self.active)
+            time.sleep(0.01)  # widen the window in which a second call would overlap
+            try:
+                return super().image(frame)
+            finally:
+                with self.lock:
+                    type(self).active -= 1
+
+    bundle = Bundle.open(bundles["onnx"])
+    seg = Segmenter(bundle, OneAtATime(bundle, threads=1), "stretch")
+    seg.set_concepts(ORCHARD_PHRASES)
+    images = orchard_images(4)
+    want = [seg.infer(seg.prepare(im)).scores for im in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda i: seg.infer(seg.prepare(images[i % 4])).scores, range(12)))
+    assert OneAtATime.most == 1
+    for i, scores in enumerate(got):
+        np.testing.assert_allclose(scores, want[i % 4], atol=1e-5)

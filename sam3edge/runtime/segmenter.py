@@ -14,11 +14,18 @@ The scores are the decoder graph's, which are the student's own evaluation score
 presence (``Sam3Heads.forward_topk``, ``ConceptOutputs.scores``); masks are the logits of the S/4 grid
 resized bilinearly to H x W and thresholded at 0 (probability 0.5). Torch-free (numpy, Pillow and the
 backend's package).
+
+Threads: one Segmenter may be called from several threads; every call returns its own image's results
+(onnxruntime and OpenVINO on CPU run calls concurrently, each OpenVINO thread with its own infer request;
+TensorRT, Core ML and static-shape OpenVINO devices run them one at a time). A call answers the concepts
+that were set when it started.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -68,6 +75,9 @@ class Segmenter:
         self._text_ms = 0.0
         self.int8_warning: str | None = None  # set by load(): why this CPU may compute the int8 graphs differently
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        # Thread contract: segment / infer / encode_text may be called from several threads and each call gets
+        # its own image's results; backends without concurrent calls run one call at a time under this lock.
+        self._calls = nullcontext() if backend.concurrent_calls else threading.Lock()
 
     @classmethod
     def load(cls, bundle: Bundle | str | Path, backend: str = "auto", device: str | None = None, threads: int = 0,
@@ -161,8 +171,9 @@ class Segmenter:
             idx = [i for i, c in enumerate(cached) if not c]
             text[idx], mask[idx] = _fit_length(feats, m, length)
         text_ms = (time.perf_counter() - t0) * 1e3 if new else 0.0
-        self._backend.prompts_changed(len(phrases))
-        self._prompts = (phrases, text, mask)
+        with self._calls:  # a static-shape backend recompiles here: not while another thread infers
+            self._backend.prompts_changed(len(phrases))
+            self._prompts = (phrases, text, mask)
         self._text_ms = text_ms
 
     def encode_text(self, phrases: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +183,8 @@ class Segmenter:
                              f"({', '.join(self.bundle.concepts)})")
         context = int(self.bundle.graph("text_encoder")["inputs"][0]["shape"][-1])
         ids, attn = self._tokenizer.encode(list(phrases), context_length=context)
-        return self._backend.text(ids, attn)
+        with self._calls:
+            return self._backend.text(ids, attn)
 
     # ---- the three stages -------------------------------------------------------------------------
     def prepare(self, image) -> Prepared:
@@ -194,12 +206,13 @@ class Segmenter:
             raise ValueError(f"prepared frame is {frame.dtype} {frame.shape}, expected uint8 (1, {s}, {s}, 3)")
         if self._prompts is None:
             raise ValueError("no concepts to segment: call set_concepts([...]) first")
-        phrases, text, mask = self._prompts
-        t0 = time.perf_counter()
-        features = self._backend.features(frame)
-        t1 = time.perf_counter()
-        out = self._backend.decode(features, text, mask)
-        t2 = time.perf_counter()
+        with self._calls:
+            phrases, text, mask = self._prompts  # one read: the concepts this call answers
+            t0 = time.perf_counter()
+            features = self._backend.features(frame)
+            t1 = time.perf_counter()
+            out = self._backend.decode(features, text, mask)
+            t2 = time.perf_counter()
         self.timings.update(image_encoder=(t1 - t0) * 1e3, decoder=(t2 - t1) * 1e3, text=self._text_ms)
         self._text_ms = 0.0  # reported once, by the first frame after the concepts changed
         raw = RawOutputs(*out, phrases=phrases)

@@ -14,6 +14,8 @@ engine's float16 ...):
 ``features`` / ``decode`` are the same two steps with the features in the backend's own form (numpy here;
 GPU tensors for TensorRT, so they never leave the device); the Segmenter uses those. ``prompts_changed(n)``
 is called before a new prompt count is used (static-shape devices recompile there).
+Threads: a backend whose ``concurrent_calls`` is True returns every call its own arrays when called from
+several threads; the others are called one at a time by the Segmenter.
 A backend's package (onnxruntime, openvino, tensorrt, coremltools) is imported inside its methods only.
 """
 
@@ -53,6 +55,9 @@ class Backend:
     backend: str = ""  # registry name: onnxruntime, openvino, tensorrt, coreml
     targets: tuple[str, ...] = ()  # the bundle targets whose graphs this backend runs
     runs: str = ""  # those bundles in words, for the refusal of another target's bundle
+    # Whether image / decoder / text may run from several threads at once, each call getting its own results.
+    # False: the Segmenter runs one call at a time (a shared execution context would mix calls' outputs).
+    concurrent_calls: bool = False
 
     def __init__(self, bundle: Bundle, device: str | None = None, threads: int = 0):
         self.bundle, self.threads = bundle, int(threads)

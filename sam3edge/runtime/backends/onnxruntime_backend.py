@@ -44,6 +44,8 @@ class OnnxRuntimeBackend(Backend):
         ort = _ort()
         return f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
 
+    concurrent_calls = True  # InferenceSession.run is thread-safe and returns fresh arrays per call
+
     def __init__(self, bundle, device: str | None = None, threads: int = 0):
         super().__init__(bundle, device, threads)
         ort = _ort()

@@ -6,10 +6,14 @@ profile's ``backend_options.performance_hint``) and, where the profile names one
 On CPU an fp32 bundle computes in f32 (OpenVINO would pick bf16 on CPUs that have it; the bundle was
 verified in f32). The NPU compiles static shapes only: the decoder (and text encoder) are reshaped to the
 number of concepts and recompiled when that number changes (``prompts_changed``).
+Threads: each thread runs its own infer request per compiled graph (``CompiledModel.__call__`` shares one,
+so concurrent calls overwrote each other's inputs and returned another image's results); outputs are copies.
+Static-shape devices recompile when the prompt count changes, so there calls run one at a time.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +70,8 @@ class OpenVinoBackend(Backend):
             self._config["CACHE_DIR"] = str(Path(options["cache_dir"]).expanduser())
         kind = device.split(".")[0]
         self._static = kind in STATIC_DEVICES or (bool(options.get("static_prompts")) and kind != "CPU")
+        self.concurrent_calls = not self._static
+        self._local = threading.local()  # this thread's infer requests: {id(compiled): (compiled, request)}
         self._models = {name: self.load_graph(name, lambda p: self._core.read_model(str(p)))
                         for name in bundle.manifest["graphs"]}
         self._compiled = {"image_encoder": self._compile("image_encoder")}
@@ -96,7 +102,12 @@ class OpenVinoBackend(Backend):
         compiled = self._compiled.get(name)
         if compiled is None:  # static shapes, no prompt count yet (the Segmenter always sets one first)
             raise RuntimeError(f"OpenVINO {self.device} compiles static shapes: call prompts_changed(n) first")
-        result = compiled(feeds)
+        requests = self._local.__dict__.setdefault("requests", {})
+        compiled_, request = requests.get(id(compiled), (None, None))
+        if compiled_ is not compiled:  # first call in this thread, or the graph was recompiled
+            request = compiled.create_infer_request()
+            requests[id(compiled)] = (compiled, request)
+        result = request.infer(feeds, share_outputs=False)  # copies: the request's buffers serve its next call
         return as_spec(names, [result[compiled.output(i)] for i in range(len(names))])
 
     def image(self, frame: np.ndarray):
