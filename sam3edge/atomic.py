@@ -40,12 +40,34 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-@contextmanager
-def atomic_directory(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory to fill; on success it replaces ``out`` in two renames.
+def written_by_us(marker: str, format_value: str) -> Callable[[Path], bool]:
+    """A ``replace`` check for :func:`atomic_directory`: ``out`` is a directory whose ``marker`` JSON file (a
+    regular file, not a link) says ``"format": format_value``, i.e. something this package wrote."""
+    import json
 
-    On an exception the temporary directory is removed and ``out`` is left as it was. Between the two
-    renames a crash leaves ``.NAME.old`` beside a missing ``out``: the previous version, not a torn one.
+    def check(out: Path) -> bool:
+        path = out / marker
+        if out.is_symlink() or not out.is_dir() or path.is_symlink() or not path.is_file():
+            return False
+        try:
+            return json.loads(path.read_text(encoding="utf-8")).get("format") == format_value
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    return check
+
+
+@contextmanager
+def atomic_directory(out: str | Path, replace: Callable[[Path], bool] | None = None,
+                     what: str = "directory") -> Iterator[Path]:
+    """Yield a temporary sibling directory to fill; on success it becomes ``out``.
+
+    An existing ``out`` is replaced (in two renames) only if ``replace(out)`` says it is ours, checked at the
+    rename, not before the work: otherwise :class:`FileExistsError` and ``out`` is left untouched, also when
+    another process created it while this one worked. ``replace=None``: never replace. ``what`` names the
+    kind of directory in that error. On an exception the temporary directory is removed and ``out`` is left
+    as it was. Between the two renames a crash leaves ``.NAME.old`` beside a missing ``out``: the previous
+    version, not a torn one.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,14 +77,24 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700; some writers create 0600 files: make all readable
         for f in tmp.rglob("*"):
             os.chmod(f, 0o755 if f.is_dir() else 0o644)
-        if out.exists():
+        if out.exists() or out.is_symlink():
+            if replace is None:
+                raise FileExistsError(f"{out} already exists (it was created while this {what} was written); it was "
+                                      "left as it is: choose another output path")
+            if not replace(out):
+                raise FileExistsError(f"{out} exists and is not a {what} this program wrote; it was left as it is "
+                                      "(nothing replaced): choose another output path, or remove it yourself")
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(out)
+            try:
+                os.rename(tmp, out)  # fails if out appeared since (a non-empty directory or a file)
+            except OSError as e:
+                raise FileExistsError(f"{out} was created by someone else while this {what} was written; it was "
+                                      "left as it is: choose another output path") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

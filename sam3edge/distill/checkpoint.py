@@ -36,7 +36,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, opt: torc
     """Write checkpoint ``step`` under ``ckpt_dir`` atomically; keep the newest ``keep`` checkpoints."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:07d}"
-    with atomic_directory(final) as tmp:
+    # a checkpoint of the same step (a resumed run writing it again) is ours to replace
+    with atomic_directory(final, replace=lambda d: (d / "model.safetensors").is_file(), what="checkpoint") as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(_dedupe_shared(state), tmp / "model.safetensors")
         tensors, meta = _optimizer_tensors(opt)

@@ -176,7 +176,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
         trainer = Trainer(stage, FeatureCriterion(), batches, s1, out / "stage1", device=device, progress=progress)
         trainer.fit(resume=resume)
         report["stage1_final"] = _last_row(out / "stage1" / "log.csv")
-        report["stage1_levels"] = regressed_levels(student)  # FPN levels regressed onto the teacher's (the rest: stage 2)
+        report["stage1_levels"] = regressed_levels(student)  # FPN levels regressed onto the teacher's
         if student.text_mode == "encoder":
             st = TrainConfig(steps=cfg.text_steps or cfg.stage1, lr=cfg.stage1_lr, warmup=10, log_every=10,
                              ckpt_every=max(10, cfg.stage1 // 5), seed=cfg.seed, amp=cfg.amp)

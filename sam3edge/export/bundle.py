@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3edge.atomic import atomic_directory
+from sam3edge.atomic import atomic_directory, written_by_us
 from sam3edge.export.targets import TARGETS
+from sam3edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 from sam3edge.runtime.concepts import sha256_file
 
-FORMAT = "sam3edge-bundle"
-FORMAT_VERSION = 1
 
 
 def resolve_student_dir(source: str | Path) -> Path:
@@ -115,8 +114,13 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
         raise ValueError(f"target {target} cannot carry the fused ops; targets that can: "
                          f"{', '.join(t for t, v in TARGETS.items() if v.fused_ops)}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    ours = written_by_us(MANIFEST, FORMAT)
+    if out.exists() or out.is_symlink():  # refused before the work; checked again at the final rename
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        if not ours(out):
+            raise FileExistsError(f"{out} exists and is not a sam3edge bundle (no {MANIFEST} of format "
+                                  f"{FORMAT!r}); --overwrite replaces only bundles: choose another --out")
     student_dir = resolve_student_dir(source)
     student = load_student(student_dir).eval()
     if student.concepts is None:
@@ -135,7 +139,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
 
     t0 = time.time()
     bar = tqdm(total=3, desc=f"export {target} {precision}", disable=not progress, unit="step")
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=ours if overwrite else None, what="bundle") as tmp:
         paths = TARGETS[target].export(student, tmp / "graphs", precision, calibrate, text, mask,
                                        options=profile.backend_options if profile else None, fused=fused_ops)
         bar.update(1)
@@ -173,7 +177,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
             manifest["device_profile"] = profile.to_json() | {"input_size_matches": profile.input_size ==
                                                                student.image_size}
         manifest_json = json.dumps(manifest, indent=1)
-        (tmp / "manifest.json").write_text(manifest_json)
+        (tmp / MANIFEST).write_text(manifest_json)
         manifest = json.loads(manifest_json)  # what a reader of the bundle sees (lists, not tuples)
         bar.update(1)
     bar.close()

@@ -153,8 +153,8 @@ def calibration_feeds(fp32: dict[str, Path], images: list[np.ndarray], text: np.
 
 # module paths whose layers int8 keeps in float (see float_islands)
 # (a fused op's inlined body carries the op's scope, e.g. ``mask_topk``: the mask head's projection lives there)
-FLOAT_MODULES = (".neck.", "mask_decoder", ".mask_topk.", "box_rpb_embed", "vision_cross_attn", "box_head", "presence_head",
-                 "ref_point_head", "dot_product_scoring")
+FLOAT_MODULES = (".neck.", "mask_decoder", ".mask_topk.", "box_rpb_embed", "vision_cross_attn", "box_head",
+                 "presence_head", "ref_point_head", "dot_product_scoring")
 
 
 def float_islands(path: Path) -> list[str]:

@@ -150,12 +150,20 @@ def load_tokenizer(source: str | Path):
 def save_sam3(model, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     """``save_pretrained`` layout (config.json + model.safetensors) plus the CLIP ``tokenizer.json``.
 
-    Written to a temporary sibling directory and renamed, so a crash never leaves half a model.
+    Written to a temporary sibling directory and renamed, so a crash never leaves half a model. An existing
+    ``out`` is replaced only if it holds a SAM3 model in that layout (``config.json`` of model type sam3).
     """
     import shutil
     from importlib.resources import files
 
-    with atomic_directory(out) as tmp:
+    def is_sam3_dir(d: Path) -> bool:
+        try:
+            config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(config, dict) and config.get("model_type") == "sam3" and (d / "model.safetensors").is_file()
+
+    with atomic_directory(out, replace=is_sam3_dir, what="SAM3 model directory") as tmp:
         m = model if dtype is None else model.to(dtype)
         m.save_pretrained(tmp, safe_serialization=True)
         shutil.copyfile(files("sam3edge.assets") / "clip_tokenizer.json", tmp / "tokenizer.json")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sam3edge.atomic import atomic_directory
+from sam3edge.atomic import atomic_directory, written_by_us
 from sam3edge.models.student import Sam3Student
 from sam3edge.models.student_spec import StudentSpec
 
@@ -33,7 +33,8 @@ QUERY_TENSORS = ("detr_decoder.query_embed.weight", "detr_decoder.reference_poin
 
 
 def save_student(student: Sam3Student, directory: str | Path) -> Path:
-    """Write ``student`` to ``directory`` (replaced atomically if it exists); returns the directory."""
+    """Write ``student`` to ``directory`` (atomically; an existing one is replaced only if it is a student directory
+    this package wrote, else FileExistsError); returns the directory."""
     from safetensors.torch import save_file
 
     out = Path(directory)
@@ -42,7 +43,7 @@ def save_student(student: Sam3Student, directory: str | Path) -> Path:
               "overrides": student.overrides, "spec": student.spec.to_dict(),
               "concepts": CONCEPTS_DIR if student.concepts is not None else None}
     text = json.dumps(config, indent=2)  # before any file is written: a non-JSON override fails here
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=written_by_us(CONFIG_FILE, FORMAT), what="student directory") as tmp:
         # clone: tensors that share storage (expanded or tied) cannot be written by safetensors as views
         weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in student.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from sam3edge.runtime.concepts import ConceptCache, sha256_file
 
-FORMAT = "sam3edge-bundle"  # as sam3edge.export.bundle writes it (the runtime does not import the export side)
+FORMAT = "sam3edge-bundle"  # the bundle format's one definition (sam3edge.export.bundle writes it)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TARGETS = ("onnx", "openvino", "coreml", "tensorrt")
