@@ -2,6 +2,8 @@
 
     python benchmarks/distill_toy.py --fresh    # ~10 min on 2 cores: writes benchmarks/results/distill_toy.{json,md}
     python benchmarks/distill_toy.py --fresh --stages 1,2 --work runs/distill_toy_s2 --name distill_toy_stage2
+    python benchmarks/distill_toy.py --fresh --student toy-fast --stages 1,2 --work runs/distill_toy_fast \
+        --name distill_toy_fast     # the fast multi-concept heads: their new parts need stage 2
 
 The training images are an unlabelled orchard folder (seed 2024): the student learns from the
 teacher's pseudo-labels only, no ground truth. Both models are then evaluated with cgF1 on the
@@ -50,6 +52,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "distill_toy")
     ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--student", default="toy", help="registry entry (toy, toy-fast ...)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="student override, e.g. --set mask_mode=coarse (repeatable)")
     ap.add_argument("--stages", default="1", help="1: encoder onto the teacher's features only (the toy student's "
                     "heads are the teacher's); 1,2: then end to end on the teacher's outputs")
     ap.add_argument("--steps", type=int, default=150, help="stage-2 steps (with --stages 1,2)")
@@ -74,7 +79,8 @@ def main(argv=None) -> int:
     concepts = [c.phrase for c in ORCHARD_VOCABULARY.concepts] + list(ORCHARD_VOCABULARY.distractors)
     teacher_dir = resolve_model("orchard-toy")
     stages = [int(x) for x in args.stages.split(",")]
-    cfg = DistillConfig(teacher=teacher_dir, images=str(images), concepts=concepts, student="toy", stages=stages,
+    cfg = DistillConfig(teacher=teacher_dir, images=str(images), concepts=concepts, student=args.student, stages=stages,
+                        student_overrides=_overrides(args.set),
                         out=str(args.work / "run"), steps=args.steps, stage1_steps=args.stage1_steps,
                         stage1_lr=args.stage1_lr, lr=args.lr,
                         batch=args.batch, pairs=args.pairs, holdout=0.05, threads=args.threads, cache_batch=8)
@@ -94,13 +100,15 @@ def main(argv=None) -> int:
     t0 = time.time()
     student = load_student(args.work / "run" / "student")
     student_gt = summary(evaluate(ann, predict_dataset(student, ds)))
-    stage1_gt = (summary(evaluate(ann, predict_dataset(stage1_student(args.work / "run", student), ds)))
+    stage1_gt = (summary(evaluate(ann, predict_dataset(stage1_student(args.work / "run", student, args.student,
+                                                                      _overrides(args.set)), ds)))
                  if 2 in stages else None)
     teacher_gt = summary(evaluate(ann, predict_dataset(Sam3Teacher.from_pretrained(teacher_dir), ds)))
     times["heldout_eval_s"] = round(time.time() - t0, 1)
     ratio = student_gt["cgf1"] / teacher_gt["cgf1"] if teacher_gt["cgf1"] else None
     result = {
         "command": "python benchmarks/distill_toy.py " + " ".join(argv or []),
+        "student": args.student, "student_overrides": _overrides(args.set),
         "train_images": args.images, "seed": TRAIN_SEED, "steps": logs, "stage1_lr": args.stage1_lr, "lr": args.lr,
         "batch": args.batch, "pairs": args.pairs,
         "times": times, "cache_bytes_per_image": report["cache_bytes_per_image"],
@@ -115,10 +123,11 @@ def main(argv=None) -> int:
     rows = [("cgF1", "cgf1"), ("cgF1@50", "cgf1_50"), ("IL_MCC", "il_mcc"), ("pmF1", "pmf1"),
             ("matched mask IoU", "mean_matched_iou"), ("recall", "recall")]
     if stage1_gt:
-        md = ["| held-out orchard (seed 777) | teacher | toy student | after stage 1 only |", "|---|---|---|---|"]
+        md = [f"| held-out orchard (seed 777) | teacher | {args.student} student | after stage 1 only |",
+              "|---|---|---|---|"]
         md += [f"| {name} | {_f(teacher_gt[k])} | {_f(student_gt[k])} | {_f(stage1_gt[k])} |" for name, k in rows]
     else:
-        md = ["| held-out orchard (seed 777) | teacher | toy student |", "|---|---|---|"]
+        md = [f"| held-out orchard (seed 777) | teacher | {args.student} student |", "|---|---|---|"]
         md += [f"| {name} | {_f(teacher_gt[k])} | {_f(student_gt[k])} |" for name, k in rows]
     md += ["", f"student / teacher cgF1: {_f(ratio)}; distillation wall time {times['distill_s']:.0f} s "
            f"(cache + stages {args.stages} + report; {args.threads} threads, {platform.machine()})"]
@@ -127,13 +136,24 @@ def main(argv=None) -> int:
     return 0
 
 
-def stage1_student(run: Path, student):
+def _overrides(pairs: list[str]) -> dict:
+    """``["mask_mode=coarse", "mask_dim=32"]`` -> ``{"mask_mode": "coarse", "mask_dim": 32}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+def stage1_student(run: Path, student, name: str = "toy", overrides: dict | None = None):
     """The student as stage 1 left it (encoder trained, heads the teacher's): its last stage-1 checkpoint."""
     from sam3edge.distill.checkpoint import latest_checkpoint, load_checkpoint
     from sam3edge.distill.feature_loss import ImageEncoderStage
     from sam3edge.models.registry import create_student
 
-    s1 = create_student("toy")
+    s1 = create_student(name, **(overrides or {}))
     load_checkpoint(latest_checkpoint(run / "stage1" / "checkpoints"), ImageEncoderStage(s1), None)
     s1.set_concepts(student.concepts)
     return s1.eval()

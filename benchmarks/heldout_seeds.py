@@ -2,6 +2,7 @@
 
     python benchmarks/distill_toy.py --fresh       # first: the student in runs/distill_toy/run/student
     python benchmarks/heldout_seeds.py             # ~1 min: writes benchmarks/results/heldout_seeds.{json,md}
+    python benchmarks/heldout_seeds.py --student runs/distill_toy_fast/run/student --name heldout_seeds_toy-fast
 
 The distillation benchmark scores on seed 777 (the teacher's own held-out set); this checks that the
 student / teacher cgF1 ratio is a property of the student, not of that set.
@@ -35,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "heldout_seeds")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="heldout_seeds", help="results file stem in benchmarks/results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     student = load_student(args.student)
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
             t = summary(evaluate(ann, predict_dataset(teacher, ds, progress=False)))
         rows.append({"seed": seed, "n_images": args.n, "student": s, "teacher": t, "ratio": s["cgf1"] / t["cgf1"]})
         print(f"seed {seed}: student cgF1 {s['cgf1']:.3f}, teacher {t['cgf1']:.3f} ({rows[-1]['ratio']:.1%})")
-    out = REPO / "benchmarks" / "results" / "heldout_seeds.json"
+    out = REPO / "benchmarks" / "results" / f"{args.name}.json"
     atomic_write_text(out, json.dumps({"command": "python benchmarks/heldout_seeds.py " + " ".join(argv or []),
                                        "student": str(args.student), "rows": rows}, indent=1))
     md = ["| held-out seed | scenes | student cgF1 | teacher cgF1 | student / teacher | student IL_MCC | "

@@ -159,7 +159,7 @@ def test_narrow_fast_students_have_no_head_wide_map_at_the_fine_strides():
     assert [tuple(x.shape[1:]) for x in levels] == [(m, 32, 32), (m, 16, 16), (d, 8, 8)]
     neck = student.image_encoder.neck
     # every conv whose output is at stride 4 or 8 is at most mask_dim wide
-    assert neck.lateral[0].out_channels == m and neck.lateral[1].out_channels == m and neck.narrow["8"].out_channels == m
+    assert [neck.lateral[0].out_channels, neck.lateral[1].out_channels, neck.narrow["8"].out_channels] == [m] * 3
     assert all(c.out_channels == m for c in (*neck.out[0], *neck.out[1]))
     assert all(isinstance(x, torch.nn.Identity) for x in student.heads.mask_decoder.pixel_decoder.lateral[:2])
     # a uniform neck (toy-fast, SAM3 heads) keeps the state-dict keys of existing checkpoints

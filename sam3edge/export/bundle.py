@@ -30,7 +30,6 @@ from sam3edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 from sam3edge.runtime.concepts import sha256_file
 
 
-
 def resolve_student_dir(source: str | Path) -> Path:
     """A saved student directory from a distillation run directory (``RUN/student``) or the directory itself."""
     src = Path(source)
