@@ -99,6 +99,10 @@ def _cmd_segment(args) -> int:
     summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
                              masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
                              max_frames=args.max_frames, progress=not args.quiet)
+    if summary["frames"] == 0:  # a camera or URL that delivered nothing is a failure, not an empty success
+        print(f"sam3edge segment: error: {args.input} delivered no frame; nothing was segmented "
+              f"(an empty {summary['predictions']} was written)", file=sys.stderr)
+        return 1
     print(f"{summary['frames']} frame(s), {summary['instances']} instance(s) of {', '.join(seg.concepts)} with "
           f"{seg.backend_name} at {summary['fps']:.1f} fps (pipelined); wrote {summary['predictions']}"
           + (f" and overlays in {summary['overlays']}" if summary["overlays"] else ""))

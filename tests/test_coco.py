@@ -47,10 +47,17 @@ def test_not_json_or_not_coco_or_missing_file(tmp_path):
         ConceptDataset.load(tmp_path / "b.json")
 
 
+def test_a_file_without_annotations_is_refused_not_scored_as_all_negatives(tmp_path):
+    base = {"id": 1, "file_name": "a.png", "width": 4, "height": 4, "text_input": "leaf"}
+    with pytest.raises(ValueError, match="no 'annotations' list"):
+        ConceptDataset({"images": [base]}, tmp_path)
+    assert ConceptDataset({"images": [base], "annotations": []}, tmp_path).pairs[0].is_negative
+
+
 def test_pair_without_phrase_and_annotation_of_unknown_pair_are_rejected(tmp_path):
     base = {"id": 1, "file_name": "a.png", "width": 4, "height": 4}
     with pytest.raises(ValueError, match="no 'text_input'"):
-        ConceptDataset({"images": [base]}, tmp_path)
+        ConceptDataset({"images": [base], "annotations": []}, tmp_path)
     with pytest.raises(ValueError, match="image_id 9 is not the id of any entry"):
         ann = {"image_id": 9, "segmentation": encode_mask(np.ones((4, 4), bool)), "bbox": [0, 0, 4, 4]}
         ConceptDataset({"images": [base | {"text_input": "leaf"}], "annotations": [ann]}, tmp_path)

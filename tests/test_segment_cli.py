@@ -61,6 +61,14 @@ def test_segment_a_video_file_frame_by_frame(toy_bundles, tmp_path, capsys):
     assert not (out / "overlays").exists()
 
 
+def test_a_source_that_delivers_no_frame_is_a_failure(toy_bundles, tmp_path, capsys):
+    cv2 = pytest.importorskip("cv2")
+    video = tmp_path / "empty.avi"  # a valid container without a frame (as a camera that never delivers)
+    cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120)).release()
+    assert main(["segment", str(toy_bundles["onnx"]), str(video), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "delivered no frame" in capsys.readouterr().err
+
+
 def test_segment_errors_name_the_problem_and_write_nothing(toy_bundles, frames_dir, tmp_path, capsys):
     out = tmp_path / "never"
     cases = [
@@ -70,6 +78,7 @@ def test_segment_errors_name_the_problem_and_write_nothing(toy_bundles, frames_d
         ([str(toy_bundles["onnx"]), str(frames_dir), "--concept", "giraffe"], "ripe apple"),  # lists the known ones
         ([str(tmp_path), str(frames_dir)], "manifest.json"),
         ([str(toy_bundles["onnx"]), str(frames_dir), "--backend", "tflite"], "onnxruntime"),
+        ([str(toy_bundles["onnx"]), ""], "empty string"),  # not the current directory
     ]
     for args, expected in cases:
         assert main(["segment", *args, "--out", str(out), "--quiet"]) == 2, args

@@ -138,6 +138,13 @@ def load_gt(gt: dict | str | Path) -> SacoGT:
             "ground truth: JSON has no 'images' list; expected the SA-Co/COCO layout with one entry per "
             "(image, noun phrase) pair in 'images' and instances in 'annotations'"
         )
+    if not isinstance(data.get("annotations"), list):
+        # without it every pair would score as a hard negative, silently (SAM3's loader raises KeyError)
+        raise ValueError(
+            "ground truth: JSON has no 'annotations' list, so every (image, phrase) pair would count as a hard "
+            "negative; is it an image list rather than annotations? Write \"annotations\": [] if every pair "
+            "really has no instance"
+        )
     categories: dict = {}
     for k, cat in enumerate(data.get("categories") or []):
         where = f"ground truth categories[{k}]"

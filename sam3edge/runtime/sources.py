@@ -382,6 +382,10 @@ def open_source(spec, bgr_to_rgb: bool = True, *, stride: int = 1, max_frames: i
             f"open_source: expected a path, a camera index or a URL, got {type(spec).__name__}; "
             "to stream frames you already have, pass an iterable of arrays to run_stream instead"
         )
+    if isinstance(spec, (str, os.PathLike)) and not str(os.fspath(spec)).strip():
+        # Path("") is the current directory: an empty argument (an unset shell variable) would segment it
+        raise ValueError("open_source: the input is an empty string; pass an image, a folder, a video, a camera "
+                         "index such as 0, or a URL")
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         return _open_live(int(spec), options)
     if isinstance(spec, str) and spec.lower().startswith(_URL_SCHEMES):
