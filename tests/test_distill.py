@@ -112,3 +112,35 @@ def test_a_few_steps_lower_the_loss_and_raise_agreement(orchard_small, tmp_path)
     assert last < 0.8 * first, [r["total"] for r in rows]
     d0, d1 = disagreement(before), disagreement(load_student(tmp_path / "run" / "student"))
     assert d1 < 0.8 * d0, (d0, d1)  # measured: 0.49 -> 0.36
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("steps", -5, "steps must be an integer >= 0"),
+    ("stage1_steps", 0, "stage1_steps must be an integer >= 1"),
+    ("batch", 0, "batch must be an integer >= 1"),
+    ("pairs", 2.5, "pairs must be an integer"),
+    ("holdout", 1.5, r"holdout must be a number in \[0, 1\)"),
+    ("holdout", 1.0, r"holdout must be a number in \[0, 1\)"),
+    ("gt_rate", -0.1, r"gt_rate must be a number in \[0, 1\]"),
+    ("target_min_score", float("nan"), "target_min_score"),
+    ("lr", 0.0, "lr must be a positive finite number"),
+    ("stage1_lr", float("inf"), "stage1_lr must be a positive finite number"),
+    ("threads", -1, "threads must be an integer >= 0"),
+])
+def test_distill_settings_that_would_train_nothing_or_diverge_are_refused_before_any_work(tmp_path, field, value,
+                                                                                         expected):
+    from sam3edge.distill.run import DistillConfig
+
+    base = {"teacher": "orchard-toy", "images": str(tmp_path), "concepts": ["leaf"], "student": "toy",
+            "out": str(tmp_path / "run")}
+    DistillConfig(**base)  # the defaults are valid
+    with pytest.raises(ValueError, match=expected):
+        DistillConfig(**base, **{field: value})
+    assert not (tmp_path / "run").exists()
+
+
+def test_absurd_thread_counts_are_refused_before_a_session_is_made(toy_bundles):
+    from sam3edge.runtime.segmenter import Segmenter
+
+    with pytest.raises(ValueError, match="more than this host can use"):
+        Segmenter.load(toy_bundles["onnx"], threads=1_000_000)

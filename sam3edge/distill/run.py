@@ -49,6 +49,36 @@ class DistillConfig:
     threads: int = 0
     student_overrides: dict = field(default_factory=dict)  # e.g. {"input_size": 112}
 
+    def __post_init__(self):
+        """Refuse numbers that would train nothing, diverge or hang, naming the field (before any teacher work)."""
+        import math
+
+        def count(name, value, least):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"distill: {name} must be an integer >= {least}, got {value!r}")
+
+        def fraction(name, value, upper_open=False):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0 or value > 1 or (upper_open and value == 1):
+                bound = ")" if upper_open else "]"
+                raise ValueError(f"distill: {name} must be a number in [0, 1{bound}, got {value!r}")
+
+        count("steps", self.steps, 0)
+        for name in ("stage1_steps", "text_steps"):
+            if getattr(self, name) is not None:
+                count(name, getattr(self, name), 1)
+        for name in ("batch", "pairs", "cache_batch"):
+            count(name, getattr(self, name), 1)
+        count("threads", self.threads, 0)
+        count("seed", self.seed, 0)
+        for name in ("lr", "stage1_lr", "heads_lr_mult"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1e3:
+                raise ValueError(f"distill: {name} must be a positive finite number, got {v!r}")
+        fraction("holdout", self.holdout, upper_open=True)
+        fraction("gt_rate", self.gt_rate)
+        fraction("target_min_score", self.target_min_score)
+
     @property
     def stage1(self) -> int:
         return self.stage1_steps if self.stage1_steps is not None else max(1, self.steps // 2)

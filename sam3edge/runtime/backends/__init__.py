@@ -7,6 +7,7 @@ with a :class:`~sam3edge.runtime.backends.base.Backend` subclass and one entry i
 from __future__ import annotations
 
 import importlib
+import os
 
 from sam3edge.runtime.backends.base import Backend, BackendUnavailable
 
@@ -50,6 +51,10 @@ def create_backend(bundle, name: str = "auto", device: str | None = None, thread
         raise ValueError(f"unknown backend {name!r}; backends: {', '.join(BACKEND_NAMES)}")
     if threads is None or isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads must be an int >= 0 (0: the backend's default), got {threads!r}")
+    most = max(64, 8 * (os.cpu_count() or 1))  # far more would only hang session creation
+    if threads > most:
+        raise ValueError(f"threads={threads} is more than this host can use (it has {os.cpu_count()} CPUs; at most "
+                         f"{most} accepted); pass 0 for the backend's default")
     chosen = choose_backend(bundle) if name == "auto" else name
     cls = backend_class(chosen)
     if bundle.target not in cls.targets:
