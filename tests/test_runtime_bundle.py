@@ -174,3 +174,41 @@ def test_an_edited_concept_cache_is_refused_when_used(bundle_copy):
     b = Bundle.open(bundle_copy, verify=False)
     with pytest.raises(BundleError, match="concepts.json lists .*golden apple.*re-export"):
         Segmenter.load(b)
+
+
+def test_a_bundle_reads_only_verified_files_inside_itself(toy_bundles, tmp_path):
+    """A linked manifest, an unlisted file beside the graphs (ONNX external data would be read unverified) and
+    non-finite concept features are refused; a bundle's cache request never names where the runtime writes."""
+    import shutil
+
+    import numpy as np
+
+    from sam3edge.runtime.bundle import Bundle, BundleError
+    from sam3edge.runtime.concepts import ConceptCache
+
+    linked = tmp_path / "linked.sam3edge"
+    shutil.copytree(toy_bundles["onnx"], linked)
+    (tmp_path / "elsewhere.json").write_text((linked / "manifest.json").read_text())
+    (linked / "manifest.json").unlink()
+    (linked / "manifest.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(BundleError, match="symbolic link"):
+        Bundle.open(linked)
+
+    extra = tmp_path / "extra.sam3edge"
+    shutil.copytree(toy_bundles["onnx"], extra)
+    graph_dir = (extra / Bundle.open(extra).manifest["graphs"]["decoder"]["file"]).parent
+    (graph_dir / "decoder.onnx.data").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="not listed with a checksum"):
+        Bundle.open(extra)
+
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ConceptCache(["leaf", "branch"], np.array([[[0.0, 1.0]], [[np.nan, 0.0]]], np.float32), np.ones((2, 1), bool))
+
+
+def test_openvino_compile_cache_goes_to_the_hosts_cache_directory(monkeypatch, tmp_path):
+    from sam3edge.runtime.backends.openvino_backend import model_cache_dir
+
+    monkeypatch.setenv("SAM3EDGE_CACHE_DIR", str(tmp_path / "c"))
+    assert model_cache_dir() == tmp_path / "c" / "openvino"
+    monkeypatch.delenv("SAM3EDGE_CACHE_DIR")
+    assert model_cache_dir().is_relative_to(__import__("pathlib").Path.home())

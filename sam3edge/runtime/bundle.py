@@ -139,10 +139,26 @@ class Bundle:
                 if not covered:
                     raise self._error(f"{rel} (graph {name!r}) is not listed with a checksum in {MANIFEST}'s files; "
                                       "the bundle was edited: re-export it")
+            self._check_graph_folder(p if p.is_dir() else p.parent, listed)
         self._resolve(m["tokenizer"], "tokenizer")
         if m["tokenizer"] not in listed:
             raise self._error(f"{m['tokenizer']} (the tokenizer) is not listed with a checksum in {MANIFEST}'s "
                               "files; the bundle was edited: re-export it")
+
+    def _check_graph_folder(self, folder: Path, listed: set[str]) -> None:
+        """Every file beside a graph is listed with a checksum: a runtime reads more than the graph file (ONNX
+        external data), so an unlisted file there would be read unverified. ``engines/`` is exempt: TensorRT
+        engines are built on the device itself, after the export (``sam3edge build-engines``)."""
+        for f in sorted(folder.rglob("*")):
+            rel = f.relative_to(self.path).as_posix()
+            if "engines" in f.relative_to(folder).parts[:1]:
+                continue
+            if f.is_symlink():
+                raise self._error(f"{rel} is a symbolic link beside the graphs; a bundle holds regular files only: "
+                                  "copy it without links or re-export it")
+            if f.is_file() and rel not in listed:
+                raise self._error(f"{rel} lies beside the graphs but is not listed with a checksum in {MANIFEST}; "
+                                  "a runtime could read it unverified: remove it or re-export the bundle")
 
     def _check_checksums(self) -> None:
         for rel, expected in self.manifest["files"].items():
@@ -254,6 +270,9 @@ class Bundle:
 
 def _read_manifest(root: Path) -> dict:
     path = root / MANIFEST
+    if path.is_symlink():  # read only inside the bundle: a linked manifest could be any file on disk
+        raise BundleError(f"bundle {root}: {MANIFEST} is a symbolic link; a bundle's files must be regular files "
+                          "inside it: copy the bundle without links or re-export it")
     if not path.is_file():
         raise BundleError(f"bundle {root}: no {MANIFEST}; this is not a bundle written by `sam3edge export` (or "
                           "its copy is incomplete)")

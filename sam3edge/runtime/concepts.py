@@ -76,6 +76,10 @@ class ConceptCache:
             features = features.astype(np.float32)
         if mask.shape != features.shape[:2]:
             raise ValueError(f"mask must be [P, L] = {features.shape[:2]}, got shape {mask.shape}")
+        bad = ~np.isfinite(features).all(axis=(1, 2))
+        if bad.any():  # NaN / inf features give NaN scores for that concept, silently
+            raise ValueError(f"features of {int(bad.sum())} concept(s) hold NaN or infinite values (e.g. "
+                             f"{phrases[int(np.argmax(bad))]!r}); rebuild the concept cache")
         self.phrases, self.source = phrases, source
         self.features = np.ascontiguousarray(features)
         self.mask = np.ascontiguousarray(mask.astype(bool))

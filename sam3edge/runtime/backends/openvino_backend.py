@@ -2,7 +2,8 @@
 
 device: an OpenVINO device name (``CPU``, ``GPU``, ``GPU.1``, ``NPU``); default: the bundle's device profile's
 ``runtime.device`` where this host has it, else CPU. Compiled with the ``LATENCY`` performance hint (or the
-profile's ``backend_options.performance_hint``) and, where the profile names one, its model cache directory.
+profile's ``backend_options.performance_hint``) and, where the profile asks for one, a model cache in this
+host's cache directory (:func:`model_cache_dir`; never the path the bundle names).
 On CPU an fp32 bundle computes in f32 (OpenVINO would pick bf16 on CPUs that have it; the bundle was
 verified in f32). The NPU compiles static shapes only: the decoder (and text encoder) are reshaped to the
 number of concepts and recompiled when that number changes (``prompts_changed``).
@@ -66,8 +67,8 @@ class OpenVinoBackend(Backend):
                 self._config["INFERENCE_NUM_THREADS"] = int(threads)
             if bundle.precision == "fp32":
                 self._config["INFERENCE_PRECISION_HINT"] = "f32"
-        if options.get("cache_dir"):
-            self._config["CACHE_DIR"] = str(Path(options["cache_dir"]).expanduser())
+        if options.get("cache_dir"):  # the bundle may ask for a compile cache; where it is, the host decides
+            self._config["CACHE_DIR"] = str(model_cache_dir())
         kind = device.split(".")[0]
         self._static = kind in STATIC_DEVICES or (bool(options.get("static_prompts")) and kind != "CPU")
         self.concurrent_calls = not self._static
@@ -128,6 +129,15 @@ class OpenVinoBackend(Backend):
             self._compiled["text_encoder"] = self._text_static[n]
         return self._run("text_encoder", {"input_ids": np.asarray(input_ids, np.int64),
                                           "attention_mask": np.asarray(attention_mask, np.int64)}, TEXT_OUTPUTS)
+
+
+def model_cache_dir() -> Path:
+    """Where OpenVINO keeps compiled models for bundles that ask for a cache: ``$SAM3EDGE_CACHE_DIR/openvino``
+    (default ``~/.cache/sam3edge/openvino``). Never a path a bundle names: a bundle is untrusted input, and
+    its manifest could point the runtime's writes anywhere on disk."""
+    import os
+
+    return Path(os.environ.get("SAM3EDGE_CACHE_DIR") or Path.home() / ".cache" / "sam3edge").expanduser() / "openvino"
 
 
 def _has(available: list[str], device: str) -> bool:
