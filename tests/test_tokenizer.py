@@ -71,8 +71,11 @@ def test_known_ids_runtime_form(runtime_tokenizer):
 
 def test_runtime_matches_transformers(hf_tokenizer, runtime_tokenizer):
     # Same call as Sam3Processor, plus truncation=True (the processor omits it; see runtime docstring).
-    ref = hf_tokenizer(PHRASES, padding="max_length", max_length=32, truncation=True)
-    ids, mask = runtime_tokenizer.encode(PHRASES, context_length=32)
+    # Except for a typed "<|endoftext|>": transformers makes it the control token, sam3edge keeps it text
+    # (test_special_tokens_typed_in_a_prompt_stay_text_and_bad_text_is_named).
+    phrases = [p for p in PHRASES if "<|" not in p]
+    ref = hf_tokenizer(phrases, padding="max_length", max_length=32, truncation=True)
+    ids, mask = runtime_tokenizer.encode(phrases, context_length=32)
     np.testing.assert_array_equal(ids, np.array(ref["input_ids"], dtype=np.int64))
     np.testing.assert_array_equal(mask, np.array(ref["attention_mask"], dtype=np.int64))
 
@@ -166,3 +169,17 @@ def test_from_file_roundtrip_matches_default(runtime_tokenizer):
     ids_b, mask_b = runtime_tokenizer.encode(PHRASES)
     np.testing.assert_array_equal(ids_a, ids_b)
     np.testing.assert_array_equal(mask_a, mask_b)
+
+
+def test_special_tokens_typed_in_a_prompt_stay_text_and_bad_text_is_named():
+    from sam3edge.runtime.tokenizer import ClipTokenizer
+
+    tok = ClipTokenizer.default()
+    ids, mask = tok.encode(["red <|endoftext|> apple", "<|startoftext|> leaf"])
+    bos, eos = tok._tok.token_to_id("<|startoftext|>"), tok._tok.token_to_id("<|endoftext|>")
+    for row, m in zip(ids, mask):
+        real = row[m.astype(bool)]
+        assert real[0] == bos and real[-1] == eos  # exactly one BOS, first, and one EOS, last
+        assert bos not in real[1:] and eos not in real[:-1]
+    with pytest.raises(ValueError, match=r"phrases\[1\].*not valid text"):
+        tok.encode(["leaf", "apple \udcff"])

@@ -42,6 +42,12 @@ class ClipTokenizer:
         # disable any state a foreign file might carry so it cannot interfere.
         self._tok.no_padding()
         self._tok.no_truncation()
+        # A prompt is text: "<|endoftext|>" typed in it must not become the control token that ends it.
+        try:
+            self._tok.encode_special_tokens = True  # tokenizers >= 0.15
+            self._split_specials = False
+        except AttributeError:  # older tokenizers: break the delimiters up instead
+            self._split_specials = True
         bos, eos = tokenizer.token_to_id(BOS_TOKEN), tokenizer.token_to_id(EOS_TOKEN)
         if bos is None or eos is None:
             raise ValueError(
@@ -126,6 +132,13 @@ class ClipTokenizer:
                 raise ValueError(
                     f"phrases[{i}] is empty or whitespace-only ({phrase!r}); give a noun phrase such as 'a cat'"
                 )
+            try:
+                phrase.encode("utf-8")
+            except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8, decoded with escapes
+                raise ValueError(f"phrases[{i}] ({phrase!r}) is not valid text: {e.reason} at position {e.start}; "
+                                 "give the phrase as UTF-8") from e
+        if self._split_specials:
+            phrases = [p.replace("<|", "< |") for p in phrases]
 
         encodings = self._tok.encode_batch(list(phrases), add_special_tokens=True)
         ids = np.full((len(phrases), context_length), self.pad_id, dtype=np.int64)
