@@ -98,7 +98,11 @@ def _cmd_segment(args) -> int:
     seg = _load_segmenter(args)
     summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
                              masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
-                             max_frames=args.max_frames, progress=not args.quiet)
+                             max_frames=args.max_frames, progress=not args.quiet, overwrite=args.overwrite)
+    if summary["skipped"]:
+        print(f"sam3edge segment: skipped {len(summary['skipped'])} unreadable file(s), e.g. "
+              f"{summary['skipped'][0]['file']}: {summary['skipped'][0]['error']} (listed in "
+              f"{summary['predictions']})", file=sys.stderr)
     if summary["frames"] == 0:  # a camera or URL that delivered nothing is a failure, not an empty success
         print(f"sam3edge segment: error: {args.input} delivered no frame; nothing was segmented "
               f"(an empty {summary['predictions']} was written)", file=sys.stderr)
@@ -373,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--no-overlays", action="store_true", help="write only the JSON")
     sg.add_argument("--stride", type=int, default=1, help="every Nth frame of a video")
     sg.add_argument("--max-frames", type=int, default=None)
+    sg.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run's predictions.json and overlay PNGs in --out")
     sg.add_argument("--quiet", action="store_true")
     sg.set_defaults(func=_cmd_segment)
 

@@ -121,3 +121,60 @@ def test_bench_writes_json_markdown_and_chart_named_by_host_backend_and_precisio
     assert main(["bench", str(toy_bundles["onnx"]), "--data", str(tmp_path / "none.json"), "--runs", "1",
                  "--frames", "2", "--n-images", "1", "--out", str(out)]) == 2
     assert "no such annotation file" in capsys.readouterr().err
+
+
+def test_an_unreadable_file_is_skipped_and_results_never_mix_or_vanish(toy_bundles, frames_dir, tmp_path, capsys):
+    """One broken file of a folder is skipped and listed (it stopped the run and lost the JSON); an --out with
+    an earlier run's results is refused without --overwrite, and replaced whole with it; a second run on the
+    same --out while one is writing is refused."""
+    import shutil
+
+    folder = tmp_path / "frames"
+    shutil.copytree(frames_dir, folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    args = ["segment", str(toy_bundles["onnx"]), str(folder), "--out", str(out), "--threshold", "0", "--top-k", "1",
+            "--quiet"]
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert main(args) == 0
+    assert "skipped 1 unreadable file" in capsys.readouterr().err
+    coco = json.loads((out / "predictions.json").read_text())
+    assert len(coco["images"]) == 2 and coco["info"]["complete"] is True
+    assert [s["file"] for s in coco["info"]["skipped"]] == ["broken.png"]
+
+    (folder / "view 1.png").unlink()  # the second run sees one frame: no stale overlay may survive
+    assert main(args) == 2
+    assert "earlier run" in capsys.readouterr().err
+    assert len(json.loads((out / "predictions.json").read_text())["images"]) == 2  # untouched
+    (out / "overlays" / "keep.txt").write_text("not an overlay")
+    with pytest.warns(UserWarning):
+        assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["keep.txt", "view_0.png"]
+    assert len(json.loads((out / "predictions.json").read_text())["images"]) == 1
+
+    (out / ".sam3edge-segment.lock").write_text("")  # a run in progress
+    assert main([*args, "--overwrite"]) == 2
+    assert "another `sam3edge segment` is writing" in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_an_error_keeps_every_finished_frame(toy_bundles, frames_dir, tmp_path, monkeypatch):
+    import sam3edge.runtime.overlay as overlay
+    from sam3edge.runtime.segment import segment_source
+    from sam3edge.runtime.segmenter import Segmenter
+    from sam3edge.runtime.stream import StreamError
+
+    seg = Segmenter.load(toy_bundles["onnx"], threads=1)
+    real_save, calls = overlay.save_overlay, []
+
+    def overlay_then_fail(path, image, inst):  # the disk fills up while the second frame's overlay is written
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        real_save(path, image, inst)
+
+    monkeypatch.setattr(overlay, "save_overlay", overlay_then_fail)
+    with pytest.raises(StreamError, match="No space left"):
+        segment_source(seg, frames_dir, tmp_path / "o", score_threshold=0.0, progress=False)
+    coco = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert coco["info"]["complete"] is False and len(coco["images"]) == 1
+    assert not (tmp_path / "o" / ".sam3edge-segment.lock").exists()

@@ -2,13 +2,18 @@
 
 Torch-free. Frames flow through the pipelined stream runner (decode, inference and post-processing
 overlap); each frame's overlay is written atomically as it comes, the COCO-style JSON (images,
-categories = the concepts, annotations with scores and RLE masks) once at the end, so an interrupted
-run leaves whole overlays and no half-written JSON.
+categories = the concepts, annotations with scores and RLE masks) atomically at the end, also when the run
+stops early (an error, Ctrl-C): then it holds every finished frame and says ``"complete": false``.
+A folder's unreadable files are skipped, with a warning, and listed under ``"skipped"``. ``--out`` is
+this run's alone: a lock file refuses a second run writing there at the same time, and results of an
+earlier run are replaced only with ``overwrite`` (then its overlays and JSON are removed first, so old and
+new results never mix).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -23,19 +28,50 @@ def _safe_name(name: str, index: int) -> str:
 
 def segment_source(segmenter, source, out_dir: str | Path, score_threshold: float = 0.5, top_k: int | None = None,
                    masks: bool = True, overlays: bool = True, stride: int = 1, max_frames: int | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, overwrite: bool = False) -> dict:
     """Segment every frame of ``source`` (anything :func:`~sam3edge.runtime.sources.open_source` takes) with the
-    segmenter's concepts; returns a summary (frames, instances, fps, paths)."""
-    from tqdm import tqdm
+    segmenter's concepts; returns a summary (frames, instances, fps, paths, skipped files).
 
-    from sam3edge.runtime.overlay import save_overlay
+    Raises FileExistsError when ``out_dir`` holds an earlier run's results (unless ``overwrite``) or another
+    run is writing there."""
     from sam3edge.runtime.sources import open_source
-    from sam3edge.runtime.stream import run_stream
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
     frames = open_source(source, stride=stride, max_frames=max_frames)  # a clear error for a bad source first
+    old = [p for p in (out_dir / "predictions.json", out_dir / "overlays") if p.exists()]
+    if old and not overwrite:
+        raise FileExistsError(f"--out {out_dir} holds results of an earlier run ({', '.join(p.name for p in old)}); "
+                              "choose another --out, or pass --overwrite to replace them")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / ".sam3edge-segment.lock"
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise FileExistsError(f"another `sam3edge segment` is writing to {out_dir} (lock {lock}); wait for it or "
+                              "choose another --out (delete the lock if no run is left)") from None
+    try:
+        return _segment_locked(segmenter, frames, out_dir, old, score_threshold, top_k, masks, overlays, progress)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_threshold, top_k, masks, overlays,
+                    progress) -> dict:
+    from tqdm import tqdm
+
+    from sam3edge.runtime.overlay import save_overlay
+    from sam3edge.runtime.stream import run_stream
+
+    for path in old:  # the earlier run's results (overwrite was given): its JSON and overlay PNGs, nothing else
+        if path.is_dir():
+            for png in path.glob("*.png"):
+                png.unlink()
+            if not any(path.iterdir()):
+                path.rmdir()
+        else:
+            path.unlink()
     concepts = list(segmenter.concepts)
     cat_ids = {p: i + 1 for i, p in enumerate(concepts)}
     images, annotations, used = [], [], set()
@@ -48,24 +84,31 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
         used.add(name)
         image_id = len(images) + 1
         h, w = inst.image_size
+        coco = inst.to_coco(image_id, cat_ids)
+        if overlays:  # first: a frame enters the JSON only once all its outputs are written
+            save_overlay(out_dir / "overlays" / f"{name}.png", frame.image, inst)
         images.append({"id": image_id, "file_name": str(frame.name), "height": int(h), "width": int(w),
                        "frame_index": int(frame.index), "timestamp_s": frame.timestamp_s})
-        for a in inst.to_coco(image_id, cat_ids):
+        for a in coco:
             a["id"] = len(annotations) + 1
             annotations.append(a)
-        if overlays:
-            save_overlay(out_dir / "overlays" / f"{name}.png", frame.image, inst)
         bar.update(1)
 
-    with frames:
-        stats = run_stream(segmenter, frames, on_result=on_result, score_threshold=score_threshold, top_k=top_k,
-                           masks=masks)
-    bar.close()
-    coco = {"info": {"description": "sam3edge segment", "backend": segmenter.backend_name,
-                     "score_threshold": score_threshold},
-            "images": images, "categories": [{"id": i, "name": p} for p, i in cat_ids.items()],
-            "annotations": annotations}
-    json_path = atomic_write_text(out_dir / "predictions.json", json.dumps(coco))
-    return {"frames": stats.frames, "instances": len(annotations), "fps": stats.fps, "seconds": stats.seconds,
+    complete = False
+    try:
+        with frames:
+            stats = run_stream(segmenter, frames, on_result=on_result, score_threshold=score_threshold,
+                               top_k=top_k, masks=masks)
+        complete = True
+    finally:  # also on an error or Ctrl-C: every finished frame is kept
+        bar.close()
+        skipped = list(getattr(frames, "skipped", []))
+        coco = {"info": {"description": "sam3edge segment", "backend": segmenter.backend_name,
+                         "score_threshold": score_threshold, "complete": complete, "skipped": skipped},
+                "images": images, "categories": [{"id": i, "name": p} for p, i in cat_ids.items()],
+                "annotations": annotations}
+        json_path = atomic_write_text(out_dir / "predictions.json", json.dumps(coco))
+    return {"frames": stats.frames, "skipped": skipped, "instances": len(annotations), "fps": stats.fps,
+            "seconds": stats.seconds,
             "predictions": str(json_path), "overlays": str(out_dir / "overlays") if overlays else None,
             "rss_start_mb": stats.rss_start_mb, "rss_end_mb": stats.rss_end_mb}

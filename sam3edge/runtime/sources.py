@@ -156,6 +156,7 @@ class ImageFilesSource(FrameSource):
         super().__init__(**options)
         self.files = files
         self.root = root
+        self.skipped: list[dict] = []  # folder files that could not be read: {"file", "error"}
 
     def _source_length(self) -> int:
         return len(self.files)
@@ -164,7 +165,16 @@ class ImageFilesSource(FrameSource):
         for index in range(0, len(self.files), self.stride):
             path = self.files[index]
             name = path.relative_to(self.root).as_posix() if self.root is not None else path.name
-            yield Frame(index, self._color(as_rgb_uint8(path)), name, None)
+            try:
+                image = as_rgb_uint8(path)
+            except (ValueError, OSError) as e:
+                if self.root is None:  # the one image asked for: its error is the answer
+                    raise
+                # one unreadable file of a folder must not stop the run and lose every other frame
+                warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+                self.skipped.append({"file": name, "error": str(e)})
+                continue
+            yield Frame(index, self._color(image), name, None)
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
