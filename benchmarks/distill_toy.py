@@ -17,6 +17,7 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     times["heldout_eval_s"] = round(time.time() - t0, 1)
     ratio = student_gt["cgf1"] / teacher_gt["cgf1"] if teacher_gt["cgf1"] else None
     result = {
-        "command": "python benchmarks/distill_toy.py " + " ".join(argv or []),
+        "command": "python benchmarks/distill_toy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "student": args.student, "student_overrides": _overrides(args.set),
         "train_images": args.images, "seed": TRAIN_SEED, "steps": logs, "stage1_lr": args.stage1_lr, "lr": args.lr,
         "batch": args.batch, "pairs": args.pairs,
