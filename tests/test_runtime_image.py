@@ -321,3 +321,29 @@ def test_masks_of_no_instances_are_an_empty_stack():
 def test_masks_to_original_wants_a_stack_of_logit_maps():
     with pytest.raises(ValueError, match=r"\[N, m, m\]"):
         Resize.fit(5, 7, 32).masks_to_original(np.zeros((8, 8)))
+
+
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation_on_both_sides(tmp_path):
+    """EXIF orientation 6 (rotate 90 degrees clockwise to view) on a 4 x 6 sensor image: read as 6 x 4, upright,
+    by the runtime and by training's loader alike (they are one function)."""
+    import numpy as np
+    from PIL import Image
+
+    from sam3edge.data.images import load_image, to_rgb_array
+    from sam3edge.runtime.image import as_rgb_uint8
+
+    sensor = np.zeros((4, 6, 3), np.uint8)
+    sensor[0, 0] = (255, 0, 0)  # top-left of the sensor
+    im = Image.fromarray(sensor)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    im.save(path, exif=exif, quality=100, subsampling=0)
+    upright = as_rgb_uint8(path)
+    assert upright.shape == (6, 4, 3)
+    assert upright[0, -1, 0] > 200 and upright[0, -1, 1] < 60  # the sensor's top-left is now top-right
+    np.testing.assert_array_equal(load_image(path), upright)
+    # 32-bit gray ('I' mode) images: the training side once turned them to zeros; now one reader for both
+    gray = Image.fromarray(np.full((3, 3), 1000, np.int32), mode="I")
+    np.testing.assert_array_equal(to_rgb_array(gray), as_rgb_uint8(gray))
+    assert to_rgb_array(gray).max() > 0

@@ -5,50 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from sam3edge.runtime.image import as_rgb_uint8
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB from an image file (grayscale, RGBA, 16-bit and palette images are converted)."""
+    """uint8 [H, W, 3] RGB from an image file: the runtime's reader (:func:`sam3edge.runtime.image.as_rgb_uint8`:
+    EXIF orientation applied; gray, RGBA, 16-bit and palette images converted), so training and the device read a
+    file alike."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb_array(im, str(path))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path} is not a readable image ({e}); remove it or convert it to PNG/JPEG") from e
+    return as_rgb_uint8(path)
 
 
 def to_rgb_array(image, name: str = "image") -> np.ndarray:
-    """uint8 [H, W, 3] RGB from a PIL image or an array (HW, HW1, HW3 RGB, HW4 RGBA; uint8/uint16/float in [0,1])."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            image = np.asarray(image)
-        else:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"{name}: expected an [H, W, 3] RGB image, got shape {arr.shape}")
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ValueError(f"{name}: image of shape {arr.shape} is too small")
-    arr = arr[..., :3]
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if arr.dtype in (np.uint16, np.int32, np.uint32) or (arr.dtype.kind in "iu"):
-        return (arr.astype(np.float64) / max(1, np.iinfo(arr.dtype).max) * 255 + 0.5).astype(np.uint8)
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{name}: float image contains NaN or inf")
-        if arr.min() < 0 or arr.max() > 1:
-            raise ValueError(f"{name}: float images must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
-        return (arr * 255 + 0.5).astype(np.uint8)
-    raise ValueError(f"{name}: unsupported dtype {arr.dtype}; pass uint8 RGB")
+    """uint8 [H, W, 3] RGB from a PIL image or an array, by the runtime's rules (``as_rgb_uint8``)."""
+    try:
+        return as_rgb_uint8(image)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from e
 
 
 def resize_batch(images, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["MAX_PIXELS", "RESIZE_MODES", "Resize", "as_rgb_uint8"]
 
@@ -50,8 +50,8 @@ def as_rgb_uint8(image, bgr: bool = False) -> np.ndarray:
 
     PIL images of any mode are converted (16-bit ``I;16`` as uint16; ``I`` must hold 0..65535 and is
     read as 16-bit, as 16-bit PNGs used to open; ``F`` must be in [0, 1] like float arrays).
-    Paths are read with Pillow; EXIF orientation is not applied (as COCO and
-    ``sam3edge.data.images.load_image``): call ``PIL.ImageOps.exif_transpose`` first if you need it.
+    Paths are read with Pillow and turned upright by their EXIF orientation tag (as a viewer shows a phone
+    photo; training reads files through this same function). PIL images and arrays are taken as they are.
     ``bgr`` concerns arrays only; paths and PIL images are RGB by definition.
 
     Raises:
@@ -80,7 +80,9 @@ def _from_path(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 _check_pixels(im.height, im.width, str(path))
                 im.load()
-                return _from_pil(im, str(path))
+                # as a viewer shows it: phone photos store the sensor's orientation and an EXIF rotation tag
+                upright = ImageOps.exif_transpose(im)
+                return _from_pil(upright if upright is not None else im, str(path))
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: image is larger than {MAX_PIXELS / 1e6:.0f} megapixels ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
