@@ -74,9 +74,14 @@ def _cmd_export(args) -> int:
     head = f"wrote {args.out} ({size / 1e6:.1f} MB, {m['target']} {m['precision']})"
     if not v["ran"]:
         print(f"{head}; not verified on this host: {v['reason']}")
+    elif v.get("reference_instances") == 0:  # recall and IoU of nothing would print as a perfect 1.000
+        print(f"{head}: {v['runner']} vs PyTorch on {v['verification_images']} images x {v['concepts']} concepts: "
+              f"score MAE {v['score_mae']:.4f}; instances and masks NOT verified: PyTorch kept no instance on these "
+              "images (give --calib images where the concepts occur)")
     else:
         print(f"{head}: {v['runner']} vs PyTorch on {v['verification_images']} images x {v['concepts']} concepts: "
-              f"recall {v['recall']:.3f}, mask IoU {v['mask_iou']:.3f}, score MAE {v['score_mae']:.4f}")
+              f"recall {v['recall']:.3f}, mask IoU {v['mask_iou']:.3f}, score MAE {v['score_mae']:.4f} "
+              f"({v['reference_instances']} instances)")
     if v["failed"]:
         print(f"FAILED ({'; '.join(v['failed'])}), written because of --force")
     return 0

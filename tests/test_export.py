@@ -164,7 +164,10 @@ def test_cli_export_writes_a_bundle_and_reports_errors(toy_student_dir, scenes, 
     out = tmp_path / "cli.sam3edge"
     assert main(["export", str(toy_student_dir), "--precision", "fp32", "--calib", str(scenes), "--out", str(out),
                  "--quiet"]) == 0
-    assert "recall 1.000" in capsys.readouterr().out and (out / "manifest.json").is_file()
+    # the toy student's encoder is random: PyTorch keeps no instance at 0.5, so recall / IoU of nothing is
+    # reported as not verified (it once printed a perfect "recall 1.000, mask IoU 1.000")
+    printed = capsys.readouterr().out
+    assert "NOT verified" in printed and "recall" not in printed and (out / "manifest.json").is_file()
     assert main(["export", str(toy_student_dir), "--calib", str(scenes), "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
 
