@@ -340,9 +340,18 @@ def _rss_growth_over_2000_frames(source, **options) -> tuple[float, float, float
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc")
 def test_memory_stays_flat_over_a_2000_frame_stream():
-    at_200, at_2000, seconds = _rss_growth_over_2000_frames(synthetic_frames(2000), queue_size=4)
-    assert at_2000 - at_200 < 3.0
-    assert not stream_threads()
+    """Measured in a fresh process: after ~600 tests this one's RSS is ~1.9 GB, and allocator noise of that heap
+    (+3.6 MB once, with no stream at fault) drowns the stream's own growth (+0.07 MB alone)."""
+    from pathlib import Path
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_runtime_stream as t; "
+            "a, b, _ = t._rss_growth_over_2000_frames(t.synthetic_frames(2000), queue_size=4); "
+            "print(b - a, len(t.stream_threads()))")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth, threads_left = done.stdout.split()[-2:]
+    assert float(growth) < 3.0 and int(threads_left) == 0
 
 
 @pytest.mark.slow

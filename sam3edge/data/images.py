@@ -21,11 +21,15 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def to_rgb_array(image, name: str = "image") -> np.ndarray:
-    """uint8 [H, W, 3] RGB from a PIL image or an array, by the runtime's rules (``as_rgb_uint8``)."""
+    """uint8 [H, W, 3] RGB from a PIL image or an array, by the runtime's rules (``as_rgb_uint8``); training also
+    refuses images under 2 x 2 pixels (nothing to learn or resize from)."""
     try:
-        return as_rgb_uint8(image)
+        arr = as_rgb_uint8(image)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from e
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ValueError(f"{name}: image of shape {arr.shape} is too small (at least 2 x 2 pixels)")
+    return arr
 
 
 def resize_batch(images, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
