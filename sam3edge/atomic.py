@@ -40,9 +40,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def written_by_us(marker: str, format_value: str) -> Callable[[Path], bool]:
+def written_by_us(marker: str, format_value: str, key: str = "format") -> Callable[[Path], bool]:
     """A ``replace`` check for :func:`atomic_directory`: ``out`` is a directory whose ``marker`` JSON file (a
-    regular file, not a link) says ``"format": format_value``, i.e. something this package wrote."""
+    regular file, not a link) says ``key: format_value`` (``"format": ...`` for our own formats)."""
     import json
 
     def check(out: Path) -> bool:
@@ -50,7 +50,7 @@ def written_by_us(marker: str, format_value: str) -> Callable[[Path], bool]:
         if out.is_symlink() or not out.is_dir() or path.is_symlink() or not path.is_file():
             return False
         try:
-            return json.loads(path.read_text(encoding="utf-8")).get("format") == format_value
+            return json.loads(path.read_text(encoding="utf-8")).get(key) == format_value
         except (OSError, ValueError, AttributeError):
             return False
 

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from sam3edge.atomic import atomic_directory
+from sam3edge.atomic import atomic_directory, written_by_us
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -156,12 +156,10 @@ def save_sam3(model, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     import shutil
     from importlib.resources import files
 
+    sam3_config = written_by_us("config.json", "sam3", key="model_type")
+
     def is_sam3_dir(d: Path) -> bool:
-        try:
-            config = json.loads((d / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(config, dict) and config.get("model_type") == "sam3" and (d / "model.safetensors").is_file()
+        return sam3_config(d) and (d / "model.safetensors").is_file()
 
     with atomic_directory(out, replace=is_sam3_dir, what="SAM3 model directory") as tmp:
         m = model if dtype is None else model.to(dtype)

@@ -42,6 +42,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     frames = open_source(source, stride=stride, max_frames=max_frames)  # a clear error for a bad source first
     old = [p for p in (out_dir / "predictions.json", out_dir / "overlays") if p.exists()]
     if old and not overwrite:
+        frames.close()  # a camera or video opened above is released on a refusal too
         raise FileExistsError(f"--out {out_dir} holds results of an earlier run ({', '.join(p.name for p in old)}); "
                               "choose another --out, or pass --overwrite to replace them")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +50,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     try:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
+        frames.close()
         raise FileExistsError(f"another `sam3edge segment` is writing to {out_dir} (lock {lock}); wait for it or "
                               "choose another --out (delete the lock if no run is left)") from None
     try:
