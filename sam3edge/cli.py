@@ -213,7 +213,7 @@ def _cmd_devices(args) -> int:
 
 
 def _cmd_students(args) -> int:
-    from sam3edge.models.complexity import measure_spec
+    from sam3edge.models.complexity import complexity
     from sam3edge.models.registry import get_student_spec, list_students
 
     names = args.names or list_students()
@@ -225,7 +225,7 @@ def _cmd_students(args) -> int:
                      "mask_size": spec.mask_size, "hidden_size": h.hidden_size, "encoder_layers": h.encoder_layers,
                      "decoder_layers": h.decoder_layers, "num_queries": h.num_queries, "text_mode": spec.text_mode,
                      "teacher": spec.teacher, "export": spec.to_dict()["export"], "description": spec.description,
-                     **measure_spec(spec).to_dict()})
+                     **complexity(spec).to_dict()})
     if args.json != "-":
         head = (f"{'name':20s} {'backbone':23s} {'input':>5s} {'C/enc/dec/Q':>13s} {'params M':>8s} "
                 f"{'no text':>7s} {'GFLOPs':>7s} {'top-K':>7s}  {'text':7s} teacher")
@@ -244,7 +244,7 @@ def _cmd_students(args) -> int:
         if args.json == "-":
             print(text)
         else:
-            from sam3edge.data.coco import atomic_write_text
+            from sam3edge.atomic import atomic_write_text
 
             atomic_write_text(args.json, text)
             print(f"wrote {args.json}")

@@ -99,6 +99,29 @@ def test_fast_heads_start_from_the_teacher_where_shapes_allow():
     assert any(n.startswith("detr_decoder.layers.0") for n in narrow["loaded"])
 
 
+@torch.no_grad()
+def test_toy_fast_detects_as_the_teacher_from_the_first_step():
+    """toy-fast keeps the teacher's fusion layers (self-attention included), so once initialised its queries, boxes,
+    scores and presence are the teacher's heads' on the same features; only its mask path is new (issue 14: without
+    them stage 1 left a student that kept no instance and stage 2 had to relearn detection)."""
+    from sam3edge.cli import resolve_model
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import init_heads_from_teacher
+    from sam3edge.models.teacher import Sam3Teacher
+
+    teacher = Sam3Teacher.from_pretrained(resolve_model("orchard-toy"))
+    sam3, fast = create_student("toy"), create_student("toy-fast")
+    init_heads_from_teacher(sam3, teacher)
+    init_heads_from_teacher(fast, teacher)
+    levels, pos, text, mask = _inputs(sam3, prompts=3, seed=5)
+    a, b = sam3.heads(levels, pos, text, mask), fast.heads(levels, pos, text, mask)
+    for name in ("logits", "boxes", "presence_logits", "aux_logits", "aux_boxes"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-4, rtol=1e-4, msg=name)
+    no_sa = create_student("toy-fast", fusion_self_attention=False)
+    init_heads_from_teacher(no_sa, teacher)
+    assert (no_sa.heads(levels, pos, text, mask).boxes - a.boxes).abs().max() > 1e-2
+
+
 def test_fast_bundle_declares_its_heads_equals_pytorch_and_runs_torch_free(toy_bundles, scenes, tmp_path):
     """fp32 ONNX of toy-fast: verified against PyTorch, feat shapes of the fast layout, the runtime's instances
     equal the student's, and the decoder graph holds no convolution (the pixel path runs in the image graph)."""

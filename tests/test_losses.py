@@ -10,7 +10,7 @@ from sam3edge.distill.boxes import paired_iou_giou, pairwise_iou_giou
 from sam3edge.distill.losses import LossWeights, SetCriterion, sigmoid_focal
 from sam3edge.distill.matcher import MatchCosts, hungarian_match
 from sam3edge.distill.targets import PairTarget, masks_to_target
-from sam3edge.models.sam3_heads import HeadOutputs
+from sam3edge.models.heads.outputs import HeadOutputs
 
 
 def _outputs(logits, boxes, masks, presence, layers=2):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sam3edge.cli import main
-from sam3edge.models.complexity import measure
+from sam3edge.models.complexity import measure, measure_spec, spec_sha, stored_complexity
 from sam3edge.models.heads import HeadsConfig
 from sam3edge.models.outputs import ConceptOutputs
 from sam3edge.models.registry import STUDENTS, create_student, get_student_spec, list_students, register_student
@@ -145,3 +145,31 @@ def test_students_cli_lists_every_entry_with_its_figures(tmp_path, capsys):
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["toy"]
     assert main(["students", "nope"]) == 2
     assert "toy" in capsys.readouterr().err
+
+
+def test_stored_figures_are_those_of_every_current_registry_entry(tmp_path):
+    """``students`` prints stored figures; each must equal a recount of the entry as registered now (after editing
+    an entry: ``python -m sam3edge.models.complexity``), and a changed spec must not get an old entry's figures."""
+    for name in list_students():
+        spec = get_student_spec(name)
+        stored = stored_complexity(spec)
+        assert stored is not None, f"{name}: no stored figures for this spec; run python -m sam3edge.models.complexity"
+        assert stored == measure_spec(spec), name
+    changed = get_student_spec("toy", num_queries=20)
+    assert spec_sha(changed) != spec_sha(get_student_spec("toy")) and stored_complexity(changed) is None
+    broken = tmp_path / "figures.json"
+    broken.write_text("{not json")
+    assert stored_complexity(get_student_spec("toy"), broken) is None
+
+
+def test_students_listing_needs_no_torch():
+    """Listings answer in a fraction of a second: nothing heavy is imported (issue 15: it took ~38 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sam3edge.cli import main; rc = main(['students']); "
+            "heavy = [m for m in ('torch', 'transformers', 'timm', 'onnxruntime', 'openvino') if m in sys.modules]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout and "edge-s-fast" in out.stdout

@@ -22,7 +22,7 @@ from sam3edge.distill.boxes import paired_iou_giou
 from sam3edge.distill.distributed import global_count
 from sam3edge.distill.matcher import MatchCosts, hungarian_match
 from sam3edge.distill.targets import PairTarget
-from sam3edge.models.sam3_heads import HeadOutputs
+from sam3edge.models.heads.outputs import HeadOutputs
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A trainer for any SAM3-family model against abstract pair targets.
 
 The model maps a :class:`~sam3edge.distill.targets.PairBatch` to
-:class:`~sam3edge.models.sam3_heads.HeadOutputs`; ``batches[k]`` is the batch of step ``k`` (so a
+:class:`~sam3edge.models.heads.outputs.HeadOutputs`; ``batches[k]`` is the batch of step ``k`` (so a
 resumed run continues the exact data stream); the criterion turns outputs and targets into a loss.
 AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA, a progress
 bar, periodic evaluation, atomic checkpoints and exact resume. Logs: ``log.csv`` and, where the

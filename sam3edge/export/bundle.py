@@ -98,14 +98,6 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     ``device``: a device profile (name or .json path) that sets target and default precision, and
     whose memory budget the graphs must fit (``sam3edge devices`` lists them).
     """
-    from tqdm import tqdm
-
-    from sam3edge.data.images import load_image, resize_batch
-    from sam3edge.export.spec import export_spec
-    from sam3edge.export.verify import compare, compare_text, integer_kernel_check, passes, torch_runner
-    from sam3edge.models.student_io import load_student
-    from sam3edge.runtime.cpu import cpu_info
-
     target, precision, profile = resolve_target(target, precision, device)
     if fused_ops is None:
         fused_ops = TARGETS[target].fused_by_default
@@ -121,6 +113,15 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
             raise FileExistsError(f"{out} exists and is not a sam3edge bundle (no {MANIFEST} of format "
                                   f"{FORMAT!r}); --overwrite replaces only bundles: choose another --out")
     student_dir = resolve_student_dir(source)
+    # torch and the exporters load only once the arguments are known to be good: a refusal answers in a second
+    from tqdm import tqdm
+
+    from sam3edge.data.images import load_image, resize_batch
+    from sam3edge.export.spec import export_spec
+    from sam3edge.export.verify import compare, compare_text, integer_kernel_check, passes, torch_runner
+    from sam3edge.models.student_io import load_student
+    from sam3edge.runtime.cpu import cpu_info
+
     student = load_student(student_dir).eval()
     if student.concepts is None:
         raise ValueError(f"student {student_dir} has no concept cache; distil it with --concepts (or set_concepts) "

@@ -13,17 +13,23 @@ counted; they matter for latency on a CPU, so latency is measured separately, ne
 Parameters always include a text encoder of the spec's size (counted as if in text mode
 "encoder"), so ``params_without_text`` is what a concept-cache deployment ships and
 ``params_total`` what an open-vocabulary one ships.
+
+The registry's figures are counted once and stored beside this module (``complexity_figures.json``,
+each under the sha256 of the spec it was counted on), so ``sam3edge students`` answers without torch;
+a spec that changed, or one a user registered, is counted on the spot. After changing a registry entry:
+``python -m sam3edge.models.complexity`` (a test fails while a stored figure is stale).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from sam3edge.models.student_spec import StudentSpec
-from sam3edge.models.text_encoder import CONTEXT_LENGTH
+
+FIGURES = Path(__file__).with_name("complexity_figures.json")
 
 
 @dataclass
@@ -65,19 +71,47 @@ class Complexity:
                                "gflops": self.gflops, "gflops_topk": self.gflops_topk}
 
 
-def _count(module: torch.nn.Module) -> int:
+def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def _gflops(fn, *args, **kwargs) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         fn(*args, **kwargs)
     return counter.get_total_flops() / 1e9
 
 
+def spec_sha(spec: StudentSpec) -> str:
+    """sha256 of everything in ``spec`` (its JSON form, keys sorted): a stored figure holds for this spec only."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def stored_complexity(spec: StudentSpec, path: Path = FIGURES) -> Complexity | None:
+    """The stored figures of ``spec`` (counted on this very spec), or None."""
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8")).get(spec.name)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("spec_sha") != spec_sha(spec):
+        return None
+    figures = entry.get("figures", {})
+    names = {f.name for f in fields(Complexity)}
+    return Complexity(**figures) if set(figures) == names else None
+
+
+def complexity(spec: StudentSpec) -> Complexity:
+    """:func:`stored_complexity` where it holds for ``spec``, else :func:`measure_spec` (imports torch)."""
+    return stored_complexity(spec) or measure_spec(spec)
+
+
 def measure_spec(spec: StudentSpec) -> Complexity:
     """Parameters and GFLOPs of ``spec`` (see the module docstring for what is counted)."""
+    import torch
+
     from sam3edge.models.student import Sam3Student
+    from sam3edge.models.text_encoder import CONTEXT_LENGTH
 
     with torch.device("meta"):  # shapes only: no weight memory, no initialisation work
         student = Sam3Student(spec.with_overrides(text_mode="encoder")).eval()
@@ -103,3 +137,20 @@ def measure(name: str, **overrides) -> Complexity:
     from sam3edge.models.registry import get_student_spec
 
     return measure_spec(get_student_spec(name, **overrides))
+
+
+def write_figures(path: Path = FIGURES) -> dict:
+    """Count every registry entry and store the figures at ``path`` (atomically)."""
+    from sam3edge.atomic import atomic_write_text
+    from sam3edge.models.registry import get_student_spec, list_students
+
+    data = {}
+    for name in list_students():
+        spec = get_student_spec(name)
+        data[name] = {"spec_sha": spec_sha(spec), "figures": asdict(measure_spec(spec))}
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return data
+
+
+if __name__ == "__main__":
+    print(f"{len(write_figures())} registry entries counted into {FIGURES}")

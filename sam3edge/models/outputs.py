@@ -58,7 +58,7 @@ class ConceptOutputs:
                    phrases: list[str]) -> ConceptOutputs:
         """Assemble B x P outputs from head outputs of the B * P pairs in image-major order.
 
-        outs: chunks of :class:`~sam3edge.models.sam3_heads.HeadOutputs` (N_i pairs each, sum N_i = B * P;
+        outs: chunks of :class:`~sam3edge.models.heads.outputs.HeadOutputs` (N_i pairs each, sum N_i = B * P;
         boxes normalised xyxy); image_sizes: (H, W) of each original image, which boxes are scaled to.
         """
         b, p = len(image_sizes), len(phrases)

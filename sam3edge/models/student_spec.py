@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 
-from sam3edge.models.heads.config import HeadsConfig
+from sam3edge.models.heads_config import HeadsConfig
 
 INPUT_MULTIPLE = 32  # the image encoder's coarsest stride (sam3edge.models.image_encoder)
 TEXT_MODES = ("cache", "encoder")

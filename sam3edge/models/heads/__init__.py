@@ -14,11 +14,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from sam3edge.models.sam3_heads import HeadOutputs
+from sam3edge.models.heads.outputs import HeadOutputs
+from sam3edge.models.heads_config import HeadsConfig
 from sam3edge.ops.mode import fused_ops_enabled
 
 from .attention import padding_bias
-from .config import HeadsConfig
 from .detr_decoder import DetrDecoder
 from .fusion_encoder import FusionEncoder
 from .geometry_encoder import GeometryEncoder
@@ -31,7 +31,7 @@ __all__ = ["HeadOutputs", "HeadsConfig", "Sam3Heads", "TopKOutputs", "build_head
 # torch.export flattens outputs through pytrees; a dataclass must be registered to be one. The
 # registration is global, so it is skipped if another module registered HeadOutputs first.
 if HeadOutputs not in torch.utils._pytree.SUPPORTED_NODES:
-    torch.export.register_dataclass(HeadOutputs, serialized_type_name="sam3edge.models.sam3_heads.HeadOutputs")
+    torch.export.register_dataclass(HeadOutputs, serialized_type_name="sam3edge.models.heads.outputs.HeadOutputs")
 
 
 class TopKOutputs(NamedTuple):

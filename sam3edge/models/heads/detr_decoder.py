@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam3edge.models.heads_config import HeadsConfig
 from sam3edge.ops.mode import fused_ops_enabled
 
 from .attention import Attention
-from .config import HeadsConfig
 from .layers import MLP, FeedForward, cxcywh_to_xyxy, inverse_sigmoid, sine_box_embedding
 
 

@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sam3edge.models.sam3_heads import HeadOutputs
+from sam3edge.models.heads.outputs import HeadOutputs
+from sam3edge.models.heads_config import HeadsConfig
 
 from .attention import Attention, padding_bias
-from .config import HeadsConfig
 from .detr_decoder import DetrDecoder
+from .fusion_encoder import FusionEncoderLayer
 from .geometry_encoder import GeometryEncoder
 from .layers import MLP, FeedForward, check_text, cxcywh_to_xyxy
 from .mask_decoder import MaskEmbedder, PixelDecoder
@@ -89,13 +90,23 @@ class FusionLayer(nn.Module):
 
 
 class FastFusion(nn.Module):
+    """``encoder_layers`` fusion layers on the grid tokens: cross-attention only (:class:`FusionLayer`) or, with
+    ``fusion_self_attention``, SAM3's own layer (self-attention among grid tokens first; teacher-initialised)."""
+
     def __init__(self, cfg: HeadsConfig):
         super().__init__()
-        self.layers = nn.ModuleList([FusionLayer(cfg) for _ in range(cfg.encoder_layers)])
+        self.self_attention = cfg.fusion_self_attention
+        layer = FusionEncoderLayer if self.self_attention else FusionLayer
+        self.layers = nn.ModuleList([layer(cfg) for _ in range(cfg.encoder_layers)])
 
-    def forward(self, tokens: torch.Tensor, prompt: torch.Tensor, prompt_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prompt: torch.Tensor,
+                prompt_bias: torch.Tensor) -> torch.Tensor:
+        """tokens [N, HW, C], pos [1 or N, HW, C], prompt [N, P, C], prompt_bias [N, 1, 1, P] -> [N, HW, C]."""
         for layer in self.layers:
-            tokens = layer(tokens, prompt, prompt_bias)
+            if self.self_attention:
+                tokens = layer(tokens, pos.expand(tokens.shape[0], -1, -1), prompt, prompt_bias)
+            else:
+                tokens = layer(tokens, prompt, prompt_bias)
         return tokens
 
 
@@ -118,6 +129,9 @@ class FastMasks(nn.Module):
         self.semantic_embedder = nn.Linear(d, m)
         if self.mode == "coarse":
             self.coarse_embedder = MLP(d, d, d, num_layers=2)
+            with torch.no_grad():  # starts silent: a teacher-initialised prototype path is not disturbed at step 0
+                self.coarse_embedder.layer2.weight.zero_()
+                self.coarse_embedder.layer2.bias.zero_()
 
     def pixels(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """FPN levels (fine to coarse) -> projected pixel embeddings [B, m, S/4, S/4]; concept-agnostic."""
@@ -181,9 +195,9 @@ class FastHeads(nn.Module):
         bias = padding_bias(prompt_mask, prompt.dtype)
         h, w = grid.shape[-2:]
         tokens = grid.flatten(2).transpose(1, 2)
-        if len(self.detr_encoder.layers):  # per-concept fusion: each prompt gets its own image tokens
-            tokens = self.detr_encoder(tokens.expand(prompt.shape[0], -1, -1), prompt, bias)
         pos = grid_pos.flatten(2).transpose(1, 2)
+        if len(self.detr_encoder.layers):  # per-concept fusion: each prompt gets its own image tokens
+            tokens = self.detr_encoder(tokens.expand(prompt.shape[0], -1, -1), pos, prompt, bias)
         queries, boxes, presence = self.detr_decoder(tokens, pos, h, w, prompt, bias)
         fused = tokens.transpose(1, 2).unflatten(-1, (h, w))
         return queries, boxes, presence, prompt, prompt_mask, fused

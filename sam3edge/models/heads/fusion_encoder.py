@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sam3edge.models.heads_config import HeadsConfig
+
 from .attention import Attention
-from .config import HeadsConfig
 from .layers import FeedForward
 
 

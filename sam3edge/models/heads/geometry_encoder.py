@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sam3edge.models.heads_config import HeadsConfig
+
 from .attention import Attention, padding_bias
-from .config import HeadsConfig
 from .layers import FeedForward, cxcywh_to_xyxy, sine_features
 from .roi_align import roi_align
 

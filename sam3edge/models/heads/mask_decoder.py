@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam3edge.models.heads_config import HeadsConfig
+
 from .attention import Attention
-from .config import HeadsConfig
 
 
 class PixelDecoder(nn.Module):

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .config import HeadsConfig
+from sam3edge.models.heads_config import HeadsConfig
+
 from .layers import MLP
 
 

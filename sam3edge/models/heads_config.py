@@ -31,7 +31,9 @@ class HeadsConfig:
     fused on a coarse grid). The fast heads' own sizes: mask_dim (channels of the shared pixel embeddings,
     0 = hidden_size), fusion_stride (16: the coarsest FPN level; 32: it pooled 2x2), mask_mode
     ("prototype": mask = query embedding . pixel embeddings; "coarse": plus a concept-aware term from the
-    fused coarse tokens, upsampled).
+    fused coarse tokens, upsampled), fusion_self_attention (the fusion layers keep SAM3's self-attention among
+    grid tokens: at the toy's 16 x 16 grid it is cheap, and the layers, hence the decoder's inputs, are then the
+    teacher's own).
     """
 
     hidden_size: int = 256
@@ -58,6 +60,7 @@ class HeadsConfig:
     mask_dim: int = 0
     fusion_stride: int = 16
     mask_mode: str = "prototype"
+    fusion_self_attention: bool = False
 
     def __post_init__(self):
         if self.head_type not in HEAD_TYPES:
