@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sam3edge.data.coco import atomic_write_text
+from sam3edge.atomic import atomic_write_text
 from sam3edge.models.complexity import measure
 from sam3edge.models.registry import create_student, get_student_spec, list_students
 from sam3edge.runtime.concepts import ConceptCache
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from tqdm import tqdm
 
-    from sam3edge.cli import resolve_model
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.sam3_load import build_sam3, load_sam3_model
 
     rows = [bench_student(n, args.runs, args.warmup) for n in tqdm(args.students or list_students(), desc="students")]

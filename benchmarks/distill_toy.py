@@ -25,14 +25,15 @@ import torch
 from PIL import Image
 
 from sam3edge.atomic import atomic_write_text
-from sam3edge.cli import resolve_model
 from sam3edge.data.coco import ConceptDataset
 from sam3edge.data.orchard import ORCHARD_VOCABULARY, render_scene, scene_rng
 from sam3edge.data.orchard_dataset import write_orchard_dataset
-from sam3edge.distill.run import DistillConfig, distill
+from sam3edge.distill.config import DistillConfig
+from sam3edge.distill.run import distill
 from sam3edge.eval import evaluate
 from sam3edge.eval.agreement import summary
 from sam3edge.eval.predict import predict_dataset
+from sam3edge.models.bundled import resolve_model
 from sam3edge.models.student_io import load_student
 from sam3edge.models.teacher import Sam3Teacher
 

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from sam3edge.atomic import atomic_write_text
-from sam3edge.cli import resolve_model
 from sam3edge.data.coco import ConceptDataset
 from sam3edge.data.orchard import ORCHARD_VOCABULARY
 from sam3edge.data.orchard_dataset import write_orchard_dataset
 from sam3edge.eval import evaluate
 from sam3edge.eval.agreement import summary
 from sam3edge.eval.predict import predict_dataset
+from sam3edge.models.bundled import resolve_model
 from sam3edge.models.image_encoder import ImageFeatures
 from sam3edge.models.registry import create_student
 from sam3edge.models.student_io import init_heads_from_teacher

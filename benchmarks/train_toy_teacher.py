@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from sam3edge.data.coco import ConceptDataset, atomic_write_text
+from sam3edge.atomic import atomic_write_text
+from sam3edge.data.coco import ConceptDataset
 from sam3edge.data.orchard_dataset import write_orchard_dataset
 from sam3edge.distill.init import (
     init_rpb_locality,

@@ -10,20 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-BUNDLED_TEACHERS = {"orchard-toy": "teachers/orchard-toy"}
-
-
-def resolve_model(spec: str) -> str:
-    """A bundled teacher name (``orchard-toy``) or a directory / hub id, as given."""
-    if spec in BUNDLED_TEACHERS:
-        from importlib.resources import files
-
-        path = Path(str(files("sam3edge"))) / BUNDLED_TEACHERS[spec]
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"the bundled teacher {spec!r} is missing from {path}; reinstall sam3edge "
-                                    "or reproduce it with benchmarks/train_toy_teacher.py")
-        return str(path)
-    return spec
+from sam3edge.models.bundled import resolve_model
 
 
 def _cmd_data_orchard(args) -> int:
@@ -38,7 +25,8 @@ def _cmd_data_orchard(args) -> int:
 def _cmd_eval(args) -> int:
     import torch
 
-    from sam3edge.data.coco import ConceptDataset, atomic_write_text
+    from sam3edge.atomic import atomic_write_text
+    from sam3edge.data.coco import ConceptDataset
     from sam3edge.eval import evaluate
     from sam3edge.eval.predict import predict_dataset
     from sam3edge.models.teacher import Sam3Teacher
@@ -148,7 +136,7 @@ def _cmd_quickstart(args) -> int:
 
     cfg = QuickstartConfig(out=args.out, teacher=args.teacher, images=args.images, data=args.data,
                            student=args.student, n_train=args.n_train, n_eval=args.n_eval, steps=args.steps,
-                           threads=args.threads)
+                           stage2_steps=args.stage2_steps, threads=args.threads)
     result = run_quickstart(cfg, progress=not args.quiet)
     print()
     print(format_table(result))
@@ -253,7 +241,7 @@ def _cmd_students(args) -> int:
 
 def _cmd_distill(args) -> int:
     from sam3edge.data.vocabulary import parse_phrases
-    from sam3edge.distill.run import DistillConfig, distill
+    from sam3edge.distill.config import DistillConfig
 
     if args.concepts:
         concepts = parse_phrases(args.concepts)
@@ -272,10 +260,13 @@ def _cmd_distill(args) -> int:
                         amp=True if args.amp else None, seed=args.seed, init_heads=not args.no_init_heads,
                         init_layers=args.init_layers, init_queries=args.init_queries,
                         holdout=args.holdout, threads=args.threads, student_overrides=overrides)
+    # torch loads only once the settings are known to be good: a refusal answers in a second
+    import torch
+
+    from sam3edge.distill.run import distill
+
     device = args.device
     if device == "auto":
-        import torch
-
         device = f"cuda:{_local_rank()}" if torch.cuda.is_available() else "cpu"
     report = distill(cfg, resume=True, progress=not args.quiet, device=device)
     ev = report.get("eval", {})
@@ -393,8 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--teacher", default="orchard-toy", help="teacher directory (default: the bundled orchard-toy)")
     q.add_argument("--images", help="a folder of your domain's images to distil on (default: rendered orchard)")
     q.add_argument("--data", help="an SA-Co / COCO annotations.json to score on (default: rendered orchard)")
-    q.add_argument("--student", default="toy", help="registry student (see `sam3edge students`)")
-    q.add_argument("--steps", type=int, default=900, help="distillation steps (default 900)")
+    q.add_argument("--student", default="toy-fast", help="registry student (see `sam3edge students`; default toy-fast, "
+                                                        "the fast multi-concept heads)")
+    q.add_argument("--steps", type=int, default=900, help="stage-1 distillation steps (default 900)")
+    q.add_argument("--stage2-steps", type=int, default=400,
+                   help="stage-2 (end-to-end) steps (default 400; 0: stage 1 only, enough for --student toy)")
     q.add_argument("--n-train", type=int, default=160, help="rendered training scenes (default 160)")
     q.add_argument("--n-eval", type=int, default=40, help="rendered held-out scenes (default 40)")
     q.add_argument("--threads", type=int, default=2)
@@ -450,9 +444,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, RuntimeError, KeyError) as e:
+    except PermissionError as e:  # before OSError: say which path and what to do
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"sam3edge {args.verb}: error: no permission to write or read{where} ({e.strerror or e}); choose "
+              "a path you can write to (e.g. --out under your home directory)", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, ValueError, RuntimeError,
+            KeyError, ImportError) as e:  # ImportError: an optional backend that is not installed (says which extra)
         print(f"sam3edge {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only file system, too many open files ...
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"sam3edge {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # writes are atomic: what was being written is dropped, what existed before is untouched
+        print(f"\nsam3edge {args.verb}: interrupted; finished outputs are kept, the unfinished one was not written",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def toy_student_dir(tmp_path_factory):
     """The toy student at 128 px with the bundled teacher's heads and concept features (random encoder)."""
     import torch
 
-    from sam3edge.cli import resolve_model
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import init_heads_from_teacher, save_student
     from sam3edge.models.teacher import Sam3Teacher

@@ -42,3 +42,33 @@ def test_eval_errors_name_the_bad_input_and_exit_2(tmp_path, orchard_small, tiny
     assert "missing" in capsys.readouterr().err
     assert main(["eval", "--model", str(tiny_sam3_dir), "--data", str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err
+
+
+def test_os_errors_missing_backends_and_ctrl_c_end_in_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """A read-only --out (as root chmod does not stop writes, so the error is raised where the write happens), a
+    backend that is not installed and Ctrl-C each give one line naming the problem and an exit status (issue 15)."""
+    import sam3edge.data.orchard_dataset as od
+
+    def fail(exc):
+        def raiser(*args, **kwargs):
+            raise exc
+        return raiser
+
+    cases = [(PermissionError(13, "Permission denied", "/readonly/out"), 2, "/readonly/out"),
+             (OSError(28, "No space left on device", str(tmp_path / "o")), 2, "No space left on device"),
+             (ImportError("TensorRT is not installed: pip install sam3edge[tensorrt]"), 2, "sam3edge[tensorrt]"),
+             (KeyboardInterrupt(), 130, "interrupted")]
+    for exc, code, words in cases:
+        monkeypatch.setattr(od, "write_orchard_dataset", fail(exc))
+        assert main(["data", "orchard", "--out", str(tmp_path / "o"), "--n", "1", "--quiet"]) == code, exc
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and err.startswith(("sam3edge data", "\nsam3edge data"))
+
+
+def test_bad_distill_numbers_are_refused_before_torch_loads(tmp_path):
+    code = ("import sys; from sam3edge.cli import main; "
+            f"rc = main(['distill', '--teacher', 'orchard-toy', '--student', 'toy', '--images', {str(tmp_path)!r}, "
+            "'--concepts', 'apple', '--out', 'x', '--threads', '100000']); print('TORCH', 'torch' in sys.modules); "
+            "sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "threads=100000" in out.stderr and "TORCH False" in out.stdout

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from sam3edge.distill.run import DistillConfig, distill
+from sam3edge.distill.config import DistillConfig
+from sam3edge.distill.run import distill
 
 
 def _rows(path):
@@ -86,8 +87,8 @@ def test_a_few_steps_lower_the_loss_and_raise_agreement(orchard_small, tmp_path)
     presence answers move towards the teacher's on the images it trained on."""
     import torch
 
-    from sam3edge.cli import resolve_model
     from sam3edge.data.images import load_image
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import load_student
     from sam3edge.models.teacher import Sam3Teacher
@@ -129,7 +130,7 @@ def test_a_few_steps_lower_the_loss_and_raise_agreement(orchard_small, tmp_path)
 ])
 def test_distill_settings_that_would_train_nothing_or_diverge_are_refused_before_any_work(tmp_path, field, value,
                                                                                          expected):
-    from sam3edge.distill.run import DistillConfig
+    from sam3edge.distill.config import DistillConfig
 
     base = {"teacher": "orchard-toy", "images": str(tmp_path), "concepts": ["leaf"], "student": "toy",
             "out": str(tmp_path / "run")}

@@ -21,7 +21,8 @@ def test_default_size_sam3_teacher_distills_into_edge_s(tmp_path):
     from transformers import Sam3Config
 
     from sam3edge.distill.cache import TeacherCache
-    from sam3edge.distill.run import DistillConfig, distill
+    from sam3edge.distill.config import DistillConfig
+    from sam3edge.distill.run import distill
     from sam3edge.models.sam3_load import build_sam3, save_sam3
     from sam3edge.models.student_io import load_student
 

@@ -12,7 +12,8 @@ from sam3edge.models.outputs import ConceptOutputs
 from sam3edge.models.registry import create_student
 from sam3edge.models.sam3_heads import run_heads
 from sam3edge.models.sam3_load import build_sam3, tiny_sam3_config
-from sam3edge.models.student import Sam3Student, init_heads_from_teacher, load_student, save_student
+from sam3edge.models.student import Sam3Student
+from sam3edge.models.student_io import init_heads_from_teacher, load_student, save_student
 from sam3edge.models.teacher import Sam3Teacher, TeacherOutput
 from sam3edge.runtime.concepts import ConceptCache
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from sam3edge.atomic import atomic_write_text  # noqa: F401  (re-exported for callers)
 from sam3edge.data.rle import to_rle
 from sam3edge.data.saco import Pair, load_gt
 

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sam3edge.data.coco import atomic_write_text, encode_mask
+from sam3edge.atomic import atomic_write_text
+from sam3edge.data.coco import encode_mask
 from sam3edge.data.orchard import ORCHARD_VOCABULARY, OrchardScene, render_scene, scene_rng
 from sam3edge.data.vocabulary import Vocabulary
 

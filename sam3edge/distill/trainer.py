@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sam3edge.data.coco import atomic_write_text
+from sam3edge.atomic import atomic_write_text
 from sam3edge.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sam3edge.distill.distributed import barrier, is_distributed, mean_over_ranks, rank_world, shard
 

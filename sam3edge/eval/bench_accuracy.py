@@ -212,7 +212,7 @@ def _teacher_instances(out, image_size: tuple[int, int], phrases: list[str], sco
 def _load_teacher(teacher):
     if not isinstance(teacher, (str, Path)):
         return teacher, getattr(teacher, "name_or_path", type(teacher).__name__)
-    from sam3edge.cli import resolve_model
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.teacher import Sam3Teacher
 
     source = resolve_model(str(teacher))

@@ -187,13 +187,3 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
         return x
     shrink = x.shape[-2] > size or x.shape[-1] > size
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-
-
-def __getattr__(name):
-    # save_student / load_student / init_heads_from_teacher are importable from here too; they live in
-    # student_io (which imports this module), so they are resolved on first access, not at import.
-    if name in ("save_student", "load_student", "init_heads_from_teacher"):
-        from sam3edge.models import student_io
-
-        return getattr(student_io, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

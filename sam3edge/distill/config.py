@@ -1,0 +1,71 @@
+"""What one ``sam3edge distill`` run is: every setting, checked before any teacher work (imports no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DistillConfig:
+    teacher: str
+    images: str
+    concepts: list[str]
+    student: str
+    out: str
+    stages: list[int] = field(default_factory=lambda: [1, 2])
+    steps: int = 1000  # stage 2 steps
+    stage1_steps: int | None = None  # default: steps // 2
+    text_steps: int | None = None  # encoder-mode students: default stage1 steps
+    batch: int = 4  # images per step
+    pairs: int = 4  # phrases per image per step
+    lr: float = 4e-4
+    heads_lr_mult: float = 1.0  # stage-2 learning rate of the heads relative to lr
+    stage1_lr: float = 1e-3
+    amp: bool | None = None
+    seed: int = 0
+    init_heads: bool = True  # start the student's heads from the teacher's (widths must match)
+    init_layers: str = "first"  # which teacher layers the student's start from: first | last | spread
+    init_queries: str = "first"  # which teacher query slots: first | used (most used on the training images)
+    holdout: float = 0.1  # fraction of images kept out of training for the report
+    gt_rate: float = 0.5
+    cache_batch: int = 1
+    target_min_score: float = 0.3
+    threads: int = 0
+    student_overrides: dict = field(default_factory=dict)  # e.g. {"input_size": 112}
+
+    def __post_init__(self):
+        """Refuse numbers that would train nothing, diverge or hang, naming the field (before any teacher work)."""
+        import math
+
+        def count(name, value, least):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"distill: {name} must be an integer >= {least}, got {value!r}")
+
+        def fraction(name, value, upper_open=False):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0 or value > 1 or (upper_open and value == 1):
+                bound = ")" if upper_open else "]"
+                raise ValueError(f"distill: {name} must be a number in [0, 1{bound}, got {value!r}")
+
+        count("steps", self.steps, 0)
+        for name in ("stage1_steps", "text_steps"):
+            if getattr(self, name) is not None:
+                count(name, getattr(self, name), 1)
+        for name in ("batch", "pairs", "cache_batch"):
+            count(name, getattr(self, name), 1)
+        count("threads", self.threads, 0)
+        if self.threads > 1024:  # a typo, not a machine: session creation would hang trying to start them
+            raise ValueError(f"distill: threads={self.threads} is more than any CPU here has; use 0 (all cores) "
+                             "or a core count")
+        count("seed", self.seed, 0)
+        for name in ("lr", "stage1_lr", "heads_lr_mult"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1e3:
+                raise ValueError(f"distill: {name} must be a positive finite number, got {v!r}")
+        fraction("holdout", self.holdout, upper_open=True)
+        fraction("gt_rate", self.gt_rate)
+        fraction("target_min_score", self.target_min_score)
+
+    @property
+    def stage1(self) -> int:
+        return self.stage1_steps if self.stage1_steps is not None else max(1, self.steps // 2)
