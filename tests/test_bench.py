@@ -254,3 +254,18 @@ def test_the_summary_of_the_test_bundle(report):
     print("\n" + text)
     assert text.splitlines()[0].startswith("toy-onnx.sam3edge (onnx fp32, 128 px, 3 concepts")
     assert "end to end" in text and "pipelined" in text and "peak RSS" in text
+
+
+def test_a_tensorrt_fp16_bundle_run_on_onnxruntime_cpu_is_filed_as_the_fp32_it_ran(toy_student_dir, scenes, tmp_path):
+    """A TensorRT fp16 bundle holds fp32 graphs (TensorRT picks fp16 kernels when it builds engines); run on a CPU
+    it computes fp32, and its report and file name say so (issue 15: it was filed as fp16)."""
+    from sam3edge.export.bundle import export_bundle
+    from sam3edge.runtime.segmenter import Segmenter
+
+    path = tmp_path / "toy-trt.sam3edge"
+    export_bundle(toy_student_dir, path, "tensorrt", "fp16", calib=scenes, n_verify=1, progress=False)
+    seg = Segmenter.load(path, backend="onnxruntime", device="cpu")
+    seg.set_concepts(list(seg.bundle.concepts)[:2])
+    report = run_bench(seg, orchard_frames(1, 96, 96, seed=2), runs=1, warmup=0, frames=1)
+    assert report["bundle"]["precision"] == "fp32" and report["bundle"]["bundle_precision"] == "fp16"
+    assert report_stem(report).endswith("_fp32")

@@ -218,7 +218,9 @@ def bench_environment(segmenter, threads: int | None = None) -> dict:
         threads = getattr(getattr(segmenter, "_backend", None), "threads", None)
     return {
         "bundle": {"name": bundle.path.name, "path": str(bundle.path), "target": bundle.target,
-                   "precision": bundle.precision, "input_size": bundle.input_size,
+                   # what ran (a TensorRT fp16 bundle's fp32 graphs on a CPU ran fp32), and what the bundle says
+                   "precision": getattr(getattr(segmenter, "_backend", None), "executed_precision", bundle.precision),
+                   "bundle_precision": bundle.precision, "input_size": bundle.input_size,
                    "concepts": len(segmenter.concepts), "concept_phrases": list(segmenter.concepts),
                    "text_encoder": bundle.has_text_encoder, "size_mb": round(bundle.size_bytes / 2**20, 3),
                    "int8_scheme": (bundle.manifest.get("quantization") or {}).get("scheme"),

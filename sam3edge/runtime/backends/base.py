@@ -68,6 +68,13 @@ class Backend:
         """``backend:device``, e.g. ``onnxruntime:CPUExecutionProvider``, ``openvino:CPU``."""
         return f"{self.backend}:{self.device}"
 
+    @property
+    def executed_precision(self) -> str:
+        """The precision this backend's arithmetic runs at, which is not always the bundle's: a ``tensorrt`` fp16
+        bundle holds fp32 graphs (TensorRT picks fp16 kernels when it builds engines), so anything else runs them
+        in fp32. Benchmarks file results under this, not under the bundle's word."""
+        return self.bundle.precision
+
     @classmethod
     def available(cls, bundle: Bundle) -> tuple[bool, str]:
         """(whether this host can run ``bundle`` with this backend, why not / what it would use)."""

@@ -62,6 +62,15 @@ class OnnxRuntimeBackend(Backend):
         self.device = self._sessions["decoder"].get_providers()[0]
         self._decoder_inputs = [t["name"] for t in bundle.graph("decoder")["inputs"]]
 
+    @property
+    def executed_precision(self) -> str:
+        """fp32 for a ``tensorrt`` fp16 bundle's fp32 graphs unless the TensorRT execution provider builds fp16 engines
+        from them; the bundle's precision otherwise (int8 graphs hold their own Q/DQ)."""
+        fp16_engines = self.device == PROVIDERS["tensorrt"]
+        if self.bundle.target == "tensorrt" and self.bundle.precision == "fp16" and not fp16_engines:
+            return "fp32"
+        return self.bundle.precision
+
     @staticmethod
     def _providers(bundle, device: str | None, have: list[str]) -> list:
         if device is None:
