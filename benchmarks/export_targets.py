@@ -69,7 +69,8 @@ def main(argv=None) -> int:
 
     from sam3edge.data.images import resize_batch
     from sam3edge.data.orchard import render_scene, scene_rng
-    from sam3edge.export.bundle import TARGETS, export_bundle, resolve_student_dir
+    from sam3edge.export.bundle import export_bundle, resolve_student_dir
+    from sam3edge.export.targets import EXPORT_TARGETS
     from sam3edge.export.verify import compare, torch_runner
     from sam3edge.models.student_io import load_student
     from sam3edge.runtime.cpu import cpu_info
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     text, mask = student.concepts.features.astype(np.float32), student.concepts.mask.astype(bool)
     ref = torch_runner(student)
     rows = []
-    for target, precision in [(t, p) for t in args.targets.split(",") for p in TARGETS[t].precisions]:
+    for target, precision in [(t, p) for t in args.targets.split(",") for p in EXPORT_TARGETS[t].precisions]:
         out = work / f"{label}-{target}-{precision}.sam3edge"
         t0 = time.time()
         manifest = export_bundle(source, out, target, precision, calib=calib, progress=False, force=bool(args.random))

@@ -225,3 +225,23 @@ def test_a_student_with_its_own_text_encoder_exports_a_verified_text_graph(scene
         ref, ref_mask = student.text_encoder(torch.from_numpy(new_ids), torch.from_numpy(new_attn))
     assert text.shape == (4, 32, 64) and (text_mask == ref_mask.numpy()).all()  # 4 prompts: the axis is dynamic
     np.testing.assert_allclose(text[text_mask], ref.numpy()[ref_mask.numpy()], atol=1e-4)
+
+
+def test_one_definition_of_targets_precisions_graph_names_and_context_length():
+    """The shared words live in sam3edge.runtime.names only; the export registry covers exactly its targets, and
+    no other module defines its own copy (issue 15: up to six copies, which had drifted)."""
+    import re
+    from pathlib import Path
+
+    import sam3edge
+    from sam3edge.export.targets import EXPORT_TARGETS as REGISTRY
+    from sam3edge.runtime import names
+
+    assert tuple(REGISTRY) == names.TARGETS
+    assert all(set(t.precisions) <= set(names.PRECISIONS) for t in REGISTRY.values())
+    assert set(names.REQUIRED_GRAPHS) < set(names.GRAPH_NAMES)
+    root = Path(sam3edge.__file__).parent
+    pattern = re.compile(r"^(TARGETS|PRECISIONS|REQUIRED_GRAPHS|GRAPH_NAMES|\w*CONTEXT_LENGTH)\s*=", re.M)
+    copies = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py") if p.name != "names.py"
+              for m in pattern.finditer(p.read_text(encoding="utf-8"))]
+    assert copies == [], copies

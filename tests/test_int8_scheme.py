@@ -47,11 +47,11 @@ def test_seven_bit_weights_cannot_saturate_pair_sums_and_eight_bit_ones_do():
 
 
 def test_the_targets_write_schemes_that_cannot_saturate_on_any_cpu():
-    from sam3edge.export.targets import TARGETS
+    from sam3edge.export.targets import EXPORT_TARGETS
 
     for name in ("onnx", "openvino"):  # what runs on CPUs
-        assert SCHEMES[TARGETS[name].int8_scheme].saturation_free, name
-    assert TARGETS["tensorrt"].int8_scheme == "s8s8-w8"  # TensorRT's parser takes symmetric int8 only
+        assert SCHEMES[EXPORT_TARGETS[name].int8_scheme].saturation_free, name
+    assert EXPORT_TARGETS["tensorrt"].int8_scheme == "s8s8-w8"  # TensorRT's parser takes symmetric int8 only
 
 
 @pytest.mark.parametrize("machine,flags,expected", [

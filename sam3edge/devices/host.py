@@ -109,21 +109,22 @@ def detect() -> Host:
             pass
     host.cuda_devices = _cuda_devices()
     host.jetson = _jetson_model()
-    host.export_packages = {m: _installed(m) for m in ("torch", "onnx", "nncf", "openvino", "coremltools")}
+    from sam3edge.export.targets import EXPORT_TARGETS
+
+    needed = sorted({m for t in EXPORT_TARGETS.values() for m in (*t.packages, *t.int8_packages)})
+    host.export_packages = {m: _installed(m) for m in needed}
     return host
 
 
 def can_export(profile: DeviceProfile, host: Host) -> tuple[bool, str]:
     """Whether ``sam3edge export --device`` for ``profile`` works on this host, and why not."""
-    pk = host.export_packages
-    need = {"onnx": ["torch", "onnx"], "openvino": ["torch", "onnx", "openvino"], "coreml": ["torch", "coremltools"],
-            "tensorrt": ["torch", "onnx"]}[profile.target]
-    if profile.target == "openvino" and profile.precision == "int8":
-        need.append("nncf")
+    from sam3edge.export.targets import EXPORT_TARGETS
+
+    pk, target = host.export_packages, EXPORT_TARGETS[profile.target]
+    need = [*target.packages, *(target.int8_packages if profile.precision == "int8" else ())]
     missing = [m for m in need if not pk.get(m)]
     if missing:
-        extra = "coreml" if profile.target == "coreml" else "export"
-        return False, f"needs {', '.join(missing)} (pip install 'sam3edge[distill,{extra}]')"
+        return False, f"needs {', '.join(missing)} (pip install 'sam3edge[distill,{target.extra}]')"
     if profile.target == "tensorrt":
         return True, ("yes, engines too" if host.tensorrt and host.cuda_devices
                       else "yes (ONNX graphs; the engine is built on the device)")

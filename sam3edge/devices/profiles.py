@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-TARGETS = ("onnx", "openvino", "coreml", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+from sam3edge.runtime.names import PRECISIONS, TARGETS
+
 BACKENDS = ("onnxruntime", "openvino", "coreml", "tensorrt")
 REQUIRED = ("name", "description", "hardware", "target", "precision", "precisions", "input_size", "runtime",
             "backend_options", "memory_budget_mb")

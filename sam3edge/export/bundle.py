@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.atomic import atomic_directory, written_by_us
-from sam3edge.export.targets import TARGETS
+from sam3edge.export.targets import EXPORT_TARGETS
 from sam3edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 from sam3edge.runtime.concepts import sha256_file
 
@@ -77,11 +77,11 @@ def resolve_target(target: str | None, precision: str | None, device: str | None
             raise ValueError(f"device profile {profile.name!r} runs precisions {', '.join(profile.precisions)}; "
                              f"got {precision!r}")
     target, precision = target or "onnx", precision or "fp32"
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
-    if precision not in TARGETS[target].precisions:
+    if target not in EXPORT_TARGETS:
+        raise ValueError(f"unknown target {target!r}; targets: {', '.join(EXPORT_TARGETS)}")
+    if precision not in EXPORT_TARGETS[target].precisions:
         raise ValueError(f"target {target} does not support precision {precision!r}; it supports "
-                         f"{', '.join(TARGETS[target].precisions)}")
+                         f"{', '.join(EXPORT_TARGETS[target].precisions)}")
     return target, precision, profile
 
 
@@ -100,10 +100,10 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     """
     target, precision, profile = resolve_target(target, precision, device)
     if fused_ops is None:
-        fused_ops = TARGETS[target].fused_by_default
-    if fused_ops and not TARGETS[target].fused_ops:
+        fused_ops = EXPORT_TARGETS[target].fused_by_default
+    if fused_ops and not EXPORT_TARGETS[target].fused_ops:
         raise ValueError(f"target {target} cannot carry the fused ops; targets that can: "
-                         f"{', '.join(t for t, v in TARGETS.items() if v.fused_ops)}")
+                         f"{', '.join(t for t, v in EXPORT_TARGETS.items() if v.fused_ops)}")
     out = Path(out)
     ours = written_by_us(MANIFEST, FORMAT)
     if out.exists() or out.is_symlink():  # refused before the work; checked again at the final rename
@@ -140,10 +140,10 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     t0 = time.time()
     bar = tqdm(total=3, desc=f"export {target} {precision}", disable=not progress, unit="step")
     with atomic_directory(out, replace=ours if overwrite else None, what="bundle") as tmp:
-        paths = TARGETS[target].export(student, tmp / "graphs", precision, calibrate, text, mask,
+        paths = EXPORT_TARGETS[target].export(student, tmp / "graphs", precision, calibrate, text, mask,
                                        options=profile.backend_options if profile else None, fused=fused_ops)
         bar.update(1)
-        candidate, runner_name = TARGETS[target].verification_runner(paths, precision)
+        candidate, runner_name = EXPORT_TARGETS[target].verification_runner(paths, precision)
         if candidate is None:
             report = {"ran": False, "reason": runner_name}
         else:
@@ -172,7 +172,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
         shutil.copyfile(package_files("sam3edge.assets") / "clip_tokenizer.json", tmp / "tokenizer.json")
         manifest = _manifest(student, spec, target, precision, paths, tmp, cache, report, source, t0)
         manifest["ops"] = "fused" if fused_ops else "plain"
-        manifest["quantization"] = _quantization(TARGETS[target], precision, paths)
+        manifest["quantization"] = _quantization(EXPORT_TARGETS[target], precision, paths)
         if profile is not None:
             manifest["device_profile"] = profile.to_json() | {"input_size_matches": profile.input_size ==
                                                                student.image_size}

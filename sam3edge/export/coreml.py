@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from sam3edge.export.graphs import DECODER_OUTPUTS, IMAGE_OUTPUTS, DecoderGraph, ImageEncoderGraph
+from sam3edge.runtime.names import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 MAX_PROMPTS = 1024
 DEPLOYMENT_TARGET = "iOS17"  # = macOS14; see the module docstring
 # Where the Core ML packages' I/O dtypes differ from the export spec's (sam3edge.export.spec): how to feed / read them.
@@ -391,3 +391,14 @@ def _feature(f, var_dims: dict) -> dict:
     else:
         shape = [d.constant.size if d.WhichOneof("dimension") == "constant" else None for d in var_dims.get(f.name, [])]
     return {"name": f.name, "dtype": dtype, "shape": shape}
+
+
+def verification_runner(paths: dict[str, Path], precision: str):
+    """(runner, what it runs), or (None, why) off macOS, where Core ML cannot predict (the export target contract).
+    Core ML's int8 is weight-only (no integer arithmetic), so this module has no ``int8_ranges``."""
+    import platform
+
+    if platform.system() != "Darwin":
+        return None, ("Core ML prediction needs macOS: the packages were converted and their specs checked here, "
+                      "not run; verify on a Mac with `pytest -m macos`")
+    return coreml_runner(paths), "Core ML on macOS"

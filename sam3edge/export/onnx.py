@@ -88,7 +88,7 @@ def _export_decoder(decoder, args: tuple, dynamic_shapes: dict, path: Path, fuse
 
 def text_encoder_inputs(phrases: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """``input_ids`` and ``attention_mask`` (int64 [P, 32]) of phrases, as the runtime's tokenizer makes them."""
-    from sam3edge.export.spec import CONTEXT_LENGTH
+    from sam3edge.runtime.names import CONTEXT_LENGTH
     from sam3edge.runtime.tokenizer import ClipTokenizer
 
     return ClipTokenizer.default().encode(list(phrases), context_length=CONTEXT_LENGTH)
@@ -297,3 +297,11 @@ def int8_ranges(path: Path) -> dict:
             act_types.add(numpy_helper.to_array(inits[zp]).dtype.name if zp in inits else "uint8")
     return {"weight_types": sorted(weight_types), "weight_max": weight_max, "activation_types": sorted(act_types),
             "max_pair_sum": 2 * 255 * signed_max}
+
+
+def verification_runner(paths: dict[str, Path], precision: str):
+    """(runner, what it runs): onnxruntime on this host's CPU runs every ONNX graph (the export target contract)."""
+    from sam3edge.export.verify import onnx_runner
+    from sam3edge.runtime.cpu import cpu_info
+
+    return onnx_runner(paths), f"onnxruntime CPU ({cpu_info().describe()})"

@@ -131,3 +131,10 @@ def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None
 
         run.text = run_text
     return run
+
+
+def verification_runner(paths: dict[str, Path], precision: str):
+    """(runner, what it runs): OpenVINO on this host's CPU at f32 inference precision (the export target contract)."""
+    from sam3edge.runtime.cpu import cpu_info
+
+    return openvino_runner(paths), f"OpenVINO CPU ({cpu_info().describe()}), f32 inference precision"

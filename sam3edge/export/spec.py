@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-PRECISIONS = ("fp32", "fp16", "int8")
-CONTEXT_LENGTH = 32  # CLIP token ids per phrase, as the tokenizer pads them
+from sam3edge.runtime.names import CONTEXT_LENGTH
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,6 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
 
 
 BUILD_OPTIONS = ("workspace_gb", "dla_core", "gpu_fallback", "opt_prompts", "max_prompts")
-PRECISIONS = ("fp16", "int8")
 
 
 def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,
@@ -256,10 +255,12 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
     from sam3edge.atomic import atomic_write_text
     from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, to_int8
     from sam3edge.export.spec import export_spec
+    from sam3edge.export.targets import EXPORT_TARGETS
     from sam3edge.export.tensorrt_check import check_onnx_for_tensorrt
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"TensorRT supports precisions {', '.join(PRECISIONS)} (fp32 engines are not offered: "
+    supported = EXPORT_TARGETS["tensorrt"].precisions
+    if precision not in supported:
+        raise ValueError(f"TensorRT supports precisions {', '.join(supported)} (fp32 engines are not offered: "
                          f"fp16 keeps fp32's accuracy on these graphs); got {precision!r}")
     options = {k: v for k, v in (options or {}).items() if k in BUILD_OPTIONS}
     if precision == "fp16":  # TensorRT chooses fp16 kernels itself from the fp32 graph
@@ -322,3 +323,11 @@ def verification_runner(paths: dict[str, Path], precision: str) -> tuple[Callabl
 
     what = "fp32 graph (TensorRT makes fp16 on the device)" if precision == "fp16" else "int8 QDQ graph"
     return onnx_runner(paths), f"onnxruntime CPU on the {what}; no TensorRT engine was built or run here"
+
+
+def int8_ranges(path: Path) -> dict:
+    """What the int8 kernels of a graph TensorRT builds from multiply: its graphs are ONNX QDQ (the export target
+    contract; see :func:`sam3edge.export.onnx.int8_ranges`)."""
+    from sam3edge.export import onnx
+
+    return onnx.int8_ranges(path)

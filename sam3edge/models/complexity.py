@@ -111,7 +111,7 @@ def measure_spec(spec: StudentSpec) -> Complexity:
     import torch
 
     from sam3edge.models.student import Sam3Student
-    from sam3edge.models.text_encoder import CONTEXT_LENGTH
+    from sam3edge.runtime.names import CONTEXT_LENGTH
 
     with torch.device("meta"):  # shapes only: no weight memory, no initialisation work
         student = Sam3Student(spec.with_overrides(text_mode="encoder")).eval()

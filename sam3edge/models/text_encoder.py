@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam3edge.runtime.names import CONTEXT_LENGTH
+
 VOCAB_SIZE = 49408  # CLIP BPE, as SAM3's tokenizer
-CONTEXT_LENGTH = 32  # SAM3's text encoder: max_position_embeddings=32
 
 
 def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sam3edge.atomic import atomic_write_text
+from sam3edge.runtime.names import CONTEXT_LENGTH
 
 if TYPE_CHECKING:  # transformers is heavy; import it only when a tokenizer is actually built.
     from transformers import CLIPTokenizer
@@ -30,7 +31,6 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 # SAM3's text config sets max_position_embeddings=32 and Sam3Processor tokenizes with
 # padding="max_length", max_length=32 (transformers/models/sam3/{configuration,processing}_sam3.py).
-SAM3_CONTEXT_LENGTH = 32
 CLIP_VOCAB_SIZE = 49408
 # CLIP keeps the first 49152 - 256 - 2 merges: 256 byte tokens + 256 "</w>" byte tokens + merges
 # + 2 specials add up to 49408. Line 0 of the file is a version header, hence the +1 on the slice end.
@@ -108,7 +108,7 @@ def build_clip_vocab_and_merges(bpe_path: str | os.PathLike) -> tuple[dict[str, 
     return vocab, merges
 
 
-def build_clip_tokenizer(model_max_length: int = SAM3_CONTEXT_LENGTH) -> CLIPTokenizer:
+def build_clip_tokenizer(model_max_length: int = CONTEXT_LENGTH) -> CLIPTokenizer:
     """Build the ``transformers.CLIPTokenizer`` SAM3 uses, fully offline.
 
     Pad token: ``<|endoftext|>`` (49407), the ``CLIPTokenizer`` default that ``facebook/sam3`` (loaded

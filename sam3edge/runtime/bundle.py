@@ -25,13 +25,11 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from sam3edge.runtime.concepts import ConceptCache, sha256_file
+from sam3edge.runtime.names import PRECISIONS, REQUIRED_GRAPHS, TARGETS
 
 FORMAT = "sam3edge-bundle"  # the bundle format's one definition (sam3edge.export.bundle writes it)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TARGETS = ("onnx", "openvino", "coreml", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-REQUIRED_GRAPHS = ("image_encoder", "decoder")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

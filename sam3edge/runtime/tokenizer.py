@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from sam3edge.runtime.names import CONTEXT_LENGTH
+
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
-DEFAULT_CONTEXT_LENGTH = 32  # SAM3 text encoder: max_position_embeddings=32
 _ASSET = ("sam3edge", "assets/clip_tokenizer.json")
 _REGENERATE_HINT = (
     "regenerate it with `python -m sam3edge.models.tokenizer` (needs transformers + open_clip_torch)"
@@ -99,7 +100,7 @@ class ClipTokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(
-        self, phrases: list[str], context_length: int = DEFAULT_CONTEXT_LENGTH
+        self, phrases: list[str], context_length: int = CONTEXT_LENGTH
     ) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize text prompts into fixed-length arrays.
 
