@@ -13,19 +13,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from sam3edge.data.rle import to_rle
 from sam3edge.data.saco import Pair, load_gt
+from sam3edge.runtime.instances import decode_rle, encode_rle
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def encode_mask(mask: np.ndarray) -> dict:
-    """COCO RLE (``counts`` as str) of a boolean [H, W] mask."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    """COCO RLE (``counts`` as str) of a boolean [H, W] mask: the runtime's encoder (equal to pycocotools')."""
+    return encode_rle(mask)
 
 
 def decode_mask(rle: dict, where: str = "segmentation") -> np.ndarray:
@@ -36,7 +34,7 @@ def decode_mask(rle: dict, where: str = "segmentation") -> np.ndarray:
         h, w = (int(v) for v in rle["size"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: RLE 'size' must be [H, W], got {rle['size']!r}") from e
-    return mask_utils.decode(to_rle(rle, h, w, where=where)).astype(bool)
+    return decode_rle(to_rle(rle, h, w, where=where))
 
 
 class ConceptDataset:

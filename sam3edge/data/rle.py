@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from sam3edge.runtime.instances import rle_counts_to_runs
+
 __all__ = [
     "to_rle",
     "validate_rle_counts",
@@ -26,52 +28,23 @@ __all__ = [
     "image_diagonal",
 ]
 
-# A single run length is a C ``uint`` in pycocotools; 7 characters carry 35 bits, enough for any
-# non-negative 32-bit value plus the sign bit.  Longer groups can only come from corrupted strings.
-_MAX_CHARS_PER_COUNT = 7
-
-
 def validate_rle_counts(counts: str | bytes, height: int, width: int, where: str) -> None:
     """Check that a compressed COCO RLE ``counts`` string describes exactly ``height * width`` pixels.
 
     pycocotools does not validate compressed counts: decoding a corrupted string writes past the mask
     buffer (silently producing garbage or crashing), so every string is checked here first.  The
-    decoding mirrors ``rleFrString`` in pycocotools' ``maskApi.c`` (5 bits per character offset by 48,
-    0x20 = continuation bit, 0x10 = sign bit, run ``i > 2`` stored as a delta to run ``i - 2``), but is
-    vectorised with numpy because GT files hold tens of thousands of masks.
+    decoding is the runtime's (:func:`sam3edge.runtime.instances.rle_counts_to_runs`, ``rleFrString`` of
+    pycocotools' ``maskApi.c`` vectorised with numpy).
 
     Raises:
         ValueError: naming ``where`` when the string is not a valid RLE of the expected size.
     """
-    raw = counts.encode("ascii", "replace") if isinstance(counts, str) else bytes(counts)
     expected = int(height) * int(width)
-    if not raw:
+    if not counts:
         raise ValueError(f"{where}: RLE 'counts' is empty; a {height}x{width} mask needs at least one run")
-    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
-    if c.min() < 0 or c.max() > 63:
-        raise ValueError(
-            f"{where}: RLE 'counts' contains characters outside the COCO alphabet ('0'..'o'); "
-            "it is probably corrupted or not a compressed COCO RLE string"
-        )
-    more = (c & 0x20) != 0
-    if more[-1]:
-        raise ValueError(f"{where}: RLE 'counts' is truncated (last character has the continuation bit)")
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > _MAX_CHARS_PER_COUNT:
+    runs = rle_counts_to_runs(counts, where)
+    if (runs >= 2**32).any():
         raise ValueError(f"{where}: RLE 'counts' encodes a run longer than 32 bits; the string is corrupted")
-    # Position of each character inside its group -> its 5-bit chunk is shifted by 5 * position.
-    pos = np.arange(len(c)) - np.repeat(starts, lengths)
-    values = np.add.reduceat((c & 0x1F) << (5 * pos), starts)
-    negative = (c[ends] & 0x10) != 0
-    values = values - (negative.astype(np.int64) << (5 * lengths))
-    runs = values.copy()
-    # Delta decoding: runs 1, 3, 5... are cumulative from run 1, runs 2, 4, 6... from run 2.
-    runs[1::2] = np.cumsum(values[1::2])
-    runs[2::2] = np.cumsum(values[2::2])
-    if (runs < 0).any() or (runs >= 2**32).any():
-        raise ValueError(f"{where}: RLE 'counts' decodes to negative run lengths; the string is corrupted")
     total = int(runs.sum())
     if total != expected:
         raise ValueError(

@@ -63,8 +63,11 @@ def _runs_to_string(runs: np.ndarray) -> str:
     return chars[chars != 0].tobytes().decode("ascii")
 
 
-def _string_to_runs(counts: str | bytes, where: str) -> np.ndarray:
-    """int64 run lengths from a compressed counts string (``rleFrString``), or a ValueError."""
+def rle_counts_to_runs(counts: str | bytes, where: str) -> np.ndarray:
+    """int64 run lengths from a compressed COCO counts string (``rleFrString``), or a ValueError naming ``where``.
+
+    The one decoder of COCO's counts strings: the training / evaluation side (``sam3edge.data.rle``) validates
+    files with it too (pycocotools does not check counts and writes past its buffer on a corrupted one)."""
     try:
         raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
     except UnicodeEncodeError as e:
@@ -106,7 +109,7 @@ def _rle_runs(rle, where: str) -> tuple[int, int, np.ndarray]:
         raise ValueError(f"{where}: RLE 'size' must be [height, width] of non-negative ints, got {size!r}")
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
-        runs = _string_to_runs(counts, where)
+        runs = rle_counts_to_runs(counts, where)
     else:
         runs = np.asarray(counts)
         if runs.ndim != 1 or (runs.size and (runs.dtype.kind not in "iu" or (runs < 0).any())):
