@@ -53,7 +53,7 @@ def _cmd_export(args) -> int:
     concepts = parse_phrases(args.concepts) if args.concepts else None
     m = export_bundle(args.source, args.out, target=args.target, precision=args.precision, calib=args.calib,
                       concepts=concepts, overwrite=args.overwrite, force=args.force, progress=not args.quiet,
-                      device=args.device, fused_ops={"auto": None, "fused": True, "plain": False}[args.ops])
+                      profile=args.profile, fused_ops={"auto": None, "fused": True, "plain": False}[args.ops])
     v, prof = m["verification"], m.get("device_profile")
     if prof and not prof["input_size_matches"]:
         print(f"note: device profile {prof['name']} is sized for {prof['input_size']} px input, this student takes "
@@ -154,7 +154,7 @@ def _cmd_build_engines(args) -> int:
     bundle = Bundle.open(args.bundle)
     if bundle.target != "tensorrt":
         raise ValueError(f"{args.bundle} is a {bundle.target} bundle; engines are built for tensorrt bundles "
-                         "(export with --target tensorrt or a Jetson / nvidia-gpu --device)")
+                         "(export with --target tensorrt or a Jetson / nvidia-gpu --profile)")
     config = json.loads(bundle.resolve("graphs/tensorrt.json").read_text())
     paths = {name: bundle.graph_path(name) for name in bundle.manifest["graphs"]}
     engines = build_bundle_engines(paths, ExportSpec.from_json(bundle.manifest["export_spec"]), config)
@@ -195,7 +195,7 @@ def _cmd_devices(args) -> int:
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
     for line in (head, tuple("-" * w for w in widths), *table):
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-    print("\n* default precision. `sam3edge export RUN --device PROFILE` exports for a profile; "
+    print("\n* default precision. `sam3edge export RUN --profile PROFILE` exports for a profile; "
           "a profile can also be your own .json file (same fields).")
     return 0
 
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a distilled student to a verified bundle "
                                       "(ONNX / OpenVINO / Core ML / TensorRT; fp32, fp16, int8)")
     x.add_argument("source", help="distillation run directory (holding student/) or a saved student directory")
-    x.add_argument("--device", help="device profile (see `sam3edge devices`) or a profile .json: sets target and "
+    x.add_argument("--profile", help="device profile (see `sam3edge devices`) or a profile .json: sets target and "
                                     "precision, and the memory budget the graphs must fit")
     x.add_argument("--target", help="onnx (default), openvino, coreml or tensorrt")
     x.add_argument("--precision", help="fp32 (default), fp16 or int8 (calibrated on --calib)")

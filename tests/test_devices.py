@@ -1,4 +1,4 @@
-"""Device profiles: data files that validate, clear errors for bad ones, host detection, export --device."""
+"""Device profiles: data files that validate, clear errors for bad ones, host detection, export --profile."""
 
 from __future__ import annotations
 
@@ -93,16 +93,16 @@ def test_export_for_a_profile_records_it_and_enforces_its_memory_budget(toy_stud
     from sam3edge.export.bundle import export_bundle
 
     roomy = _profile_json(tmp_path, name="cpu-fp32", precision="fp32", input_size=128)
-    m = export_bundle(toy_student_dir, tmp_path / "a.sam3edge", device=str(roomy), calib=scenes, n_verify=2,
+    m = export_bundle(toy_student_dir, tmp_path / "a.sam3edge", profile=str(roomy), calib=scenes, n_verify=2,
                       progress=False)
     assert m["target"] == "onnx" and m["precision"] == "fp32"
     assert m["device_profile"]["name"] == "cpu-fp32" and m["device_profile"]["input_size_matches"] is True
     tight = _profile_json(tmp_path, name="tiny-mcu", precision="fp32", memory_budget_mb=1)
     with pytest.raises(ValueError, match="over device profile 'tiny-mcu'.s memory budget of 1 MB"):
-        export_bundle(toy_student_dir, tmp_path / "b.sam3edge", device=str(tight), calib=scenes, n_verify=2,
+        export_bundle(toy_student_dir, tmp_path / "b.sam3edge", profile=str(tight), calib=scenes, n_verify=2,
                       progress=False)
     assert not (tmp_path / "b.sam3edge").exists()
-    m = export_bundle(toy_student_dir, tmp_path / "b.sam3edge", device=str(tight), calib=scenes, n_verify=2,
+    m = export_bundle(toy_student_dir, tmp_path / "b.sam3edge", profile=str(tight), calib=scenes, n_verify=2,
                       progress=False, force=True)
     assert m["verification"]["forced"] and "memory budget" in m["verification"]["failed"][0]
 
@@ -111,9 +111,9 @@ def test_export_refuses_a_target_or_precision_the_profile_does_not_run(toy_stude
     from sam3edge.export.bundle import export_bundle
 
     with pytest.raises(ValueError, match="'intel-gpu' runs precisions fp16, int8; got 'fp32'"):
-        export_bundle(toy_student_dir, tmp_path / "x.sam3edge", precision="fp32", device="intel-gpu", calib=scenes)
+        export_bundle(toy_student_dir, tmp_path / "x.sam3edge", precision="fp32", profile="intel-gpu", calib=scenes)
     with pytest.raises(ValueError, match="exports to onnx, not 'openvino'"):
-        export_bundle(toy_student_dir, tmp_path / "x.sam3edge", target="openvino", device="x86-cpu", calib=scenes)
+        export_bundle(toy_student_dir, tmp_path / "x.sam3edge", target="openvino", profile="x86-cpu", calib=scenes)
     with pytest.raises(ValueError, match="unknown device profile 'pi5'"):
-        export_bundle(toy_student_dir, tmp_path / "x.sam3edge", device="pi5", calib=scenes)
+        export_bundle(toy_student_dir, tmp_path / "x.sam3edge", profile="pi5", calib=scenes)
     assert not (tmp_path / "x.sam3edge").exists()

@@ -156,7 +156,7 @@ def test_a_coreml_bundle_records_its_io_dtypes_and_that_it_was_not_verified_here
 
     from sam3edge.export.bundle import export_bundle
 
-    m = export_bundle(toy_student_dir, tmp_path / "m.sam3edge", device="apple-m", calib=scenes, n_verify=2,
+    m = export_bundle(toy_student_dir, tmp_path / "m.sam3edge", profile="apple-m", calib=scenes, n_verify=2,
                       progress=False)
     assert m["target"] == "coreml" and m["precision"] == "fp16" and m["graphs"]["decoder"]["file"] == \
         "graphs/decoder.mlpackage"

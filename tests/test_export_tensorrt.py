@@ -231,7 +231,7 @@ def test_a_jetson_profile_exports_a_checked_int8_bundle_with_its_build_settings(
     from sam3edge.export.tensorrt_check import check_onnx_for_tensorrt
 
     out = tmp_path / "nx.sam3edge"
-    m = export_bundle(toy_student_dir, out, device="jetson-orin-nx", calib=scenes, n_verify=2, progress=False)
+    m = export_bundle(toy_student_dir, out, profile="jetson-orin-nx", calib=scenes, n_verify=2, progress=False)
     assert m["target"] == "tensorrt" and m["precision"] == "int8" and m["device_profile"]["name"] == "jetson-orin-nx"
     assert m["device_profile"]["input_size_matches"] is False  # the profile is sized for 512 px, this student 128
     config = json.loads((out / "graphs" / "tensorrt.json").read_text())

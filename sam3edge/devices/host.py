@@ -117,7 +117,7 @@ def detect() -> Host:
 
 
 def can_export(profile: DeviceProfile, host: Host) -> tuple[bool, str]:
-    """Whether ``sam3edge export --device`` for ``profile`` works on this host, and why not."""
+    """Whether ``sam3edge export --profile`` for ``profile`` works on this host, and why not."""
     from sam3edge.export.targets import EXPORT_TARGETS
 
     pk, target = host.export_packages, EXPORT_TARGETS[profile.target]

@@ -4,7 +4,7 @@ A profile names the export target and precision that suit a device, the other pr
 the student input size it was sized for, the runtime backend (and its fallbacks), backend options
 (TensorRT workspace / DLA core / optimisation-profile prompt counts, OpenVINO device and hints, Core ML
 compute units and deployment target, onnxruntime providers) and a memory budget for the bundle's
-graphs. ``sam3edge export --device NAME`` takes target and precision from it and records the whole
+graphs. ``sam3edge export --profile NAME`` takes target and precision from it and records the whole
 profile in the bundle's manifest; a user's own profile is a JSON file of the same fields, passed by
 path. Standard library only: the torch-free runtime reads profiles too.
 """

@@ -62,13 +62,13 @@ def domain_images(source: Path, calib: str | Path | None, limit: int = 40) -> li
                      "DIR with images of your domain (int8 calibrates on them, every export verifies on them)")
 
 
-def resolve_target(target: str | None, precision: str | None, device: str | None):
-    """(target, precision, profile or None) from ``--device`` and/or ``--target`` / ``--precision``, checked."""
+def resolve_target(target: str | None, precision: str | None, profile_name: str | None):
+    """(target, precision, profile or None) from ``--profile`` and/or ``--target`` / ``--precision``, checked."""
     profile = None
-    if device is not None:
+    if profile_name is not None:
         from sam3edge.devices.profiles import get_profile
 
-        profile = get_profile(device)  # an unknown name lists the profiles
+        profile = get_profile(profile_name)  # an unknown name lists the profiles
         if target is not None and target != profile.target:
             raise ValueError(f"device profile {profile.name!r} exports to {profile.target}, not {target!r}; "
                              "drop --target or pick another profile")
@@ -87,7 +87,7 @@ def resolve_target(target: str | None, precision: str | None, device: str | None
 
 def export_bundle(source: str | Path, out: str | Path, target: str | None = None, precision: str | None = None,
                   calib: str | Path | None = None, concepts: list[str] | None = None, overwrite: bool = False,
-                  force: bool = False, n_verify: int = 8, progress: bool = True, device: str | None = None,
+                  force: bool = False, n_verify: int = 8, progress: bool = True, profile: str | None = None,
                   fused_ops: bool | None = None) -> dict:
     """Export a student to a verified bundle at ``out``; returns the manifest.
 
@@ -95,10 +95,10 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     ONNX nodes with function bodies (onnx, openvino, tensorrt targets), instead of their plain decomposition;
     None: the target's default (fused for onnx and openvino, plain for tensorrt and coreml).
 
-    ``device``: a device profile (name or .json path) that sets target and default precision, and
+    ``profile``: a device profile (name or .json path) that sets target and default precision, and
     whose memory budget the graphs must fit (``sam3edge devices`` lists them).
     """
-    target, precision, profile = resolve_target(target, precision, device)
+    target, precision, profile = resolve_target(target, precision, profile)
     if fused_ops is None:
         fused_ops = EXPORT_TARGETS[target].fused_by_default
     if fused_ops and not EXPORT_TARGETS[target].fused_ops:

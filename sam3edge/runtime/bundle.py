@@ -217,7 +217,7 @@ class Bundle:
 
     @property
     def device_profile(self) -> dict | None:
-        """The device profile the bundle was exported for (``sam3edge export --device``), or None."""
+        """The device profile the bundle was exported for (``sam3edge export --profile``), or None."""
         profile = self.manifest.get("device_profile")
         return profile if isinstance(profile, dict) else None
 
