@@ -171,7 +171,7 @@ def float_islands(path: Path) -> list[str]:
       cross-attention to the image, and the presence / scoring heads: the layers whose lone int8
       rounding moved the toy student's outputs most (per-node sensitivity, measured).
     ``FLOAT_MODULES`` names them; every other Conv / MatMul / Gemm (backbone, text-side attention, MLPs)
-    is int8. Measured figures: README (Export).
+    is int8. Measured figures: docs/notes.md (Export) and benchmarks/results/export_toy_*.md.
     """
     import ast
 
