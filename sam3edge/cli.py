@@ -259,7 +259,8 @@ def _cmd_distill(args) -> int:
                         stage1_lr=args.stage1_lr,
                         amp=True if args.amp else None, seed=args.seed, init_heads=not args.no_init_heads,
                         init_layers=args.init_layers, init_queries=args.init_queries,
-                        holdout=args.holdout, threads=args.threads, student_overrides=overrides)
+                        holdout=args.holdout, threads=args.threads, student_overrides=overrides,
+                        backbone_weights=args.backbone_weights)
     # torch loads only once the settings are known to be good: a refusal answers in a second
     import torch
 
@@ -328,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of images kept out for the report")
     d.add_argument("--amp", action="store_true", help="bf16 autocast (default: on for CUDA)")
     d.add_argument("--no-init-heads", action="store_true", help="do not start the heads from the teacher's")
+    d.add_argument("--backbone-weights", metavar="FILE|timm",
+                   help="start the backbone from a local timm-layout weights file (.safetensors / .pth), or from "
+                        "timm's pretrained weights ('timm', needs the Hugging Face hub); default: random")
     d.add_argument("--init-layers", default="first", choices=["first", "last", "spread"],
                    help="teacher layers the student's layers start from, per stack (default: the first ones)")
     d.add_argument("--init-queries", default="first", choices=["first", "used"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -24,6 +25,7 @@ class DistillConfig:
     amp: bool | None = None
     seed: int = 0
     init_heads: bool = True  # start the student's heads from the teacher's (widths must match)
+    backbone_weights: str | None = None  # None: random; "timm": timm's pretrained (needs the hub); or a local file
     init_layers: str = "first"  # which teacher layers the student's start from: first | last | spread
     init_queries: str = "first"  # which teacher query slots: first | used (most used on the training images)
     holdout: float = 0.1  # fraction of images kept out of training for the report
@@ -62,6 +64,10 @@ class DistillConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1e3:
                 raise ValueError(f"distill: {name} must be a positive finite number, got {v!r}")
+        bw = self.backbone_weights
+        if bw is not None and (not isinstance(bw, str) or (bw != "timm" and not Path(bw).is_file())):
+            raise ValueError(f"distill: backbone_weights={bw!r} is neither 'timm' (timm's pretrained weights, where "
+                             "the Hugging Face hub is reachable) nor an existing weights file (.safetensors / .pth)")
         fraction("holdout", self.holdout, upper_open=True)
         fraction("gt_rate", self.gt_rate)
         fraction("target_min_score", self.target_min_score)

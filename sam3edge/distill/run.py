@@ -98,6 +98,11 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     torch.manual_seed(cfg.seed)  # the student's initial weights follow from the run's seed
     student = create_student(cfg.student, **cfg.student_overrides)
     _check_widths(teacher, student, cfg)
+    backbone = None
+    if cfg.backbone_weights:  # before stage 1 (a resumed run then loads its checkpoint over it)
+        from sam3edge.models.pretrained import load_pretrained_backbone
+
+        backbone = load_pretrained_backbone(student, cfg.backbone_weights)
     train_idx, held_idx = _split(len(files), cfg.holdout, cfg.seed)
     init = None
     # Before the cache (an incompatible student is refused before any teacher work) and before stage 1 (a
@@ -126,6 +131,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
                     # lose accuracy even with perfect features (benchmarks/grid_oracle.py: 14 vs 16 -> 81 %)
                     "grid": {"teacher_tokens": _token_grid(teacher), "student": size // 16}}
 
+    report["backbone_weights"] = backbone or {"source": "random"}
     if init is not None:
         report["init_heads"] = {k: (len(v) if k in ("loaded", "kept", "ignored", "reshaped") else v)
                                 for k, v in init.items()}
