@@ -82,7 +82,7 @@ def test_the_pixel_path_sees_no_concept_and_trains_through_the_set_loss():
 
 
 def test_fast_heads_start_from_the_teacher_where_shapes_allow():
-    from sam3edge.cli import resolve_model
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import init_heads_from_teacher
     from sam3edge.models.teacher import Sam3Teacher
@@ -104,7 +104,7 @@ def test_toy_fast_detects_as_the_teacher_from_the_first_step():
     """toy-fast keeps the teacher's fusion layers (self-attention included), so once initialised its queries, boxes,
     scores and presence are the teacher's heads' on the same features; only its mask path is new (issue 14: without
     them stage 1 left a student that kept no instance and stage 2 had to relearn detection)."""
-    from sam3edge.cli import resolve_model
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import init_heads_from_teacher
     from sam3edge.models.teacher import Sam3Teacher
@@ -127,8 +127,8 @@ def test_fast_bundle_declares_its_heads_equals_pytorch_and_runs_torch_free(toy_b
     equal the student's, and the decoder graph holds no convolution (the pixel path runs in the image graph)."""
     import onnx
 
-    from sam3edge.cli import resolve_model
     from sam3edge.export.bundle import export_bundle
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import init_heads_from_teacher, save_student
     from sam3edge.models.teacher import Sam3Teacher
@@ -210,3 +210,40 @@ def test_stage1_regresses_only_the_levels_that_have_a_teacher_counterpart():
     assert out.indices == [2] and set(parts) == {"mse2", "cos2", "total"} and torch.isfinite(loss)
     loss.backward()
     assert narrow.image_encoder.neck.lateral[-1].weight.grad.abs().sum() > 0
+
+
+def test_box_prior_lowers_logits_only_outside_each_querys_grown_box():
+    """0 inside the box grown by 10 % + 2 pixels, then the L1 distance (normalised units); continuous in the box."""
+    from sam3edge.models.heads.fast import outside_box
+
+    boxes = torch.tensor([[[0.25, 0.25, 0.75, 0.5], [0.0, 0.0, 1.0, 1.0]]])
+    d = outside_box(boxes, 32, 64)
+    assert d.shape == (1, 2, 32, 64) and (d >= 0).all()
+    assert d[0, 1].max() == 0  # a full-image box penalises nothing
+    ys, xs = (torch.arange(32) + 0.5) / 32, (torch.arange(64) + 0.5) / 64
+    inside_x = (xs >= 0.25 - 0.05 - 2 / 64) & (xs <= 0.75 + 0.05 + 2 / 64)
+    inside_y = (ys >= 0.25 - 0.025 - 2 / 32) & (ys <= 0.5 + 0.025 + 2 / 32)
+    assert torch.equal(d[0, 0] == 0, inside_y[:, None] & inside_x[None, :])
+    corner = d[0, 0, 0, 0]  # pixel centre (1/128, 1/64): outside on both axes
+    expected = (0.25 - 0.05 - 2 / 64 - 0.5 / 64) + (0.25 - 0.025 - 2 / 32 - 0.5 / 32)
+    assert abs(float(corner) - expected) < 1e-6
+    nudged = outside_box(boxes + 1e-4, 32, 64)
+    assert (nudged - d).abs().max() < 1e-3  # no jumps: exported graphs agree with PyTorch at the edges
+
+
+def test_fast_students_hold_masks_to_their_boxes():
+    from sam3edge.models.registry import create_student
+
+    for name in ("toy-fast", "edge-s-fast"):
+        student = create_student(name)
+        assert student.heads.mask_decoder.box_prior > 0
+        levels, pos, text, mask = _inputs(student, prompts=2, seed=1)
+        with torch.no_grad():
+            out = student.heads(levels, pos, text, mask)
+            free = create_student(name, box_prior=0)
+            free.load_state_dict(student.state_dict())
+            base = free.heads(levels, pos, text, mask)
+        from sam3edge.models.heads.fast import outside_box
+
+        prior = student.heads.mask_decoder.box_prior * outside_box(out.boxes, *out.mask_logits.shape[-2:])
+        torch.testing.assert_close(out.mask_logits, base.mask_logits - prior, atol=1e-3, rtol=1e-4)

@@ -33,7 +33,9 @@ class HeadsConfig:
     ("prototype": mask = query embedding . pixel embeddings; "coarse": plus a concept-aware term from the
     fused coarse tokens, upsampled), fusion_self_attention (the fusion layers keep SAM3's self-attention among
     grid tokens: at the toy's 16 x 16 grid it is cheap, and the layers, hence the decoder's inputs, are then the
-    teacher's own).
+    teacher's own), box_prior (0: off; s > 0: a query's mask logits drop by s per unit of normalised distance
+    outside its own box enlarged by 10 % + 2 mask pixels, as YOLACT crops prototype masks to their boxes, but
+    continuous: concept-agnostic pixel embeddings cannot tell one apple from its neighbour, the box can).
     """
 
     hidden_size: int = 256
@@ -61,10 +63,14 @@ class HeadsConfig:
     fusion_stride: int = 16
     mask_mode: str = "prototype"
     fusion_self_attention: bool = False
+    box_prior: float = 0.0
 
     def __post_init__(self):
         if self.head_type not in HEAD_TYPES:
             raise ValueError(f"HeadsConfig.head_type={self.head_type!r} is not one of {HEAD_TYPES}")
+        if isinstance(self.box_prior, bool) or not isinstance(self.box_prior, (int, float)) or \
+                not 0 <= self.box_prior <= 1e4:
+            raise ValueError(f"HeadsConfig.box_prior={self.box_prior!r} must be a number from 0 (off) to 10000")
         if self.fusion_stride not in (16, 32):
             raise ValueError(f"HeadsConfig.fusion_stride={self.fusion_stride} must be 16 or 32")
         if self.mask_mode not in MASK_MODES:

@@ -71,6 +71,20 @@ class NarrowPixelDecoder(nn.Module):
         return x
 
 
+def outside_box(boxes: torch.Tensor, h: int, w: int, grow: float = 0.1) -> torch.Tensor:
+    """boxes [N, K, 4] normalised xyxy -> [N, K, h, w]: each pixel centre's distance (normalised units, L1 over the
+    axes) outside its box grown by ``grow`` of its size + 2 pixels per side; 0 inside. Continuous in the box, so
+    exported graphs agree with PyTorch at the edges."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    mx = grow * (x1 - x0).abs() + 2.0 / w
+    my = grow * (y1 - y0).abs() + 2.0 / h
+    xs = (torch.arange(w, dtype=boxes.dtype, device=boxes.device) + 0.5) / w
+    ys = (torch.arange(h, dtype=boxes.dtype, device=boxes.device) + 0.5) / h
+    dx = torch.relu((x0 - mx)[..., None] - xs) + torch.relu(xs - (x1 + mx)[..., None])  # [N, K, w]
+    dy = torch.relu((y0 - my)[..., None] - ys) + torch.relu(ys - (y1 + my)[..., None])  # [N, K, h]
+    return dy[..., :, None] + dx[..., None, :]
+
+
 class FusionLayer(nn.Module):
     """Pre-norm cross-attention from grid tokens to prompt tokens, then FFN (names as SAM3's fusion layer)."""
 
@@ -123,6 +137,7 @@ class FastMasks(nn.Module):
         super().__init__()
         d, m = cfg.hidden_size, cfg.pixel_dim
         self.mode = cfg.mask_mode
+        self.box_prior = float(cfg.box_prior)
         self.pixel_decoder = PixelDecoder(cfg) if m == d else NarrowPixelDecoder(cfg)
         self.instance_projection = nn.Conv2d(m, m, kernel_size=1)
         self.mask_embedder = MaskEmbedder(cfg, out_dim=m)
@@ -137,12 +152,16 @@ class FastMasks(nn.Module):
         """FPN levels (fine to coarse) -> projected pixel embeddings [B, m, S/4, S/4]; concept-agnostic."""
         return self.instance_projection(self.pixel_decoder(levels))
 
-    def masks(self, queries: torch.Tensor, pixels: torch.Tensor, grid: torch.Tensor | None) -> torch.Tensor:
-        """queries [N, K, C]; pixels [N or 1, m, H, W]; grid [N, C, g, g] fused tokens -> logits [N, K, H, W]."""
+    def masks(self, queries: torch.Tensor, pixels: torch.Tensor, grid: torch.Tensor | None,
+              boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """queries [N, K, C]; pixels [N or 1, m, H, W]; grid [N, C, g, g] fused tokens; boxes [N, K, 4] the queries'
+        normalised xyxy boxes (used with ``box_prior``) -> logits [N, K, H, W]."""
         logits = torch.matmul(self.mask_embedder(queries), pixels.flatten(2)).unflatten(-1, pixels.shape[-2:])
         if self.mode == "coarse":
             coarse = torch.matmul(self.coarse_embedder(queries), grid.flatten(2)).unflatten(-1, grid.shape[-2:])
             logits = logits + F.interpolate(coarse, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        if self.box_prior and boxes is not None:
+            logits = logits - self.box_prior * outside_box(boxes.detach(), *pixels.shape[-2:])
         return logits
 
     def semantic(self, pooled: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -223,7 +242,7 @@ class FastHeads(nn.Module):
         xyxy = cxcywh_to_xyxy(boxes)
         return HeadOutputs(
             logits=logits[-1], boxes=xyxy[-1], presence_logits=presence[-1],
-            mask_logits=self.mask_decoder.masks(queries[-1], pixels, fused),
+            mask_logits=self.mask_decoder.masks(queries[-1], pixels, fused, xyxy[-1]),
             semantic_logits=self.mask_decoder.semantic(pooled, pixels),
             aux_logits=logits, aux_boxes=xyxy, aux_presence_logits=presence,
         )
@@ -244,8 +263,8 @@ class FastHeads(nn.Module):
         scores, idx = (logits.sigmoid() * prob).topk(k, dim=1)
         top = queries[-1].gather(1, idx[..., None].expand(-1, -1, queries.shape[-1]))
         top_boxes = cxcywh_to_xyxy(boxes[-1].gather(1, idx[..., None].expand(-1, -1, 4)))
-        return TopKOutputs(scores=scores, boxes=top_boxes, mask_logits=self.mask_decoder.masks(top, pixels, fused),
-                           presence=prob, indices=idx)
+        masks = self.mask_decoder.masks(top, pixels, fused, top_boxes)
+        return TopKOutputs(scores=scores, boxes=top_boxes, mask_logits=masks, presence=prob, indices=idx)
 
     def forward_topk(self, fpn_features: list[torch.Tensor], fpn_pos: list[torch.Tensor], text_features: torch.Tensor,
                      text_mask: torch.Tensor, input_boxes: torch.Tensor | None = None,
