@@ -1,8 +1,9 @@
 """``sam3edge quickstart``: the whole loop on the embedded default, in minutes on a CPU.
 
 1. data: unlabelled orchard scenes to distil on, and a held-out annotated set (SA-Co layout) to score on;
-2. distil the ``toy`` student from the bundled ``orchard-toy`` teacher (stage 1: encoder onto the
-   teacher's features, heads from the teacher), resumable: running again continues;
+2. distil the ``toy-fast`` student from the bundled ``orchard-toy`` teacher (stage 1: encoder onto the
+   teacher's features, heads from the teacher where shapes allow; stage 2: end to end on the teacher's
+   outputs, which trains the fast heads' new mask path), resumable: running again continues;
 3. export ONNX int8 and OpenVINO int8 bundles (calibrated on the training images, verified against
    PyTorch);
 4. segment sample images with the ONNX bundle (overlay PNGs);
@@ -11,7 +12,7 @@
    held-out set, and agreement with the teacher (recall of the teacher's instances, their mask IoU).
 
 ``--teacher DIR --images DIR --data annotations.json --student NAME`` point it at a real teacher and real
-images; the defaults are sized for a 2-core CPU (README: the figures of a run).
+images; the defaults are sized for a 2-core CPU (docs/notes.md: the figures of a run).
 """
 
 from __future__ import annotations
@@ -30,14 +31,28 @@ class QuickstartConfig:
     teacher: str = "orchard-toy"
     images: str | None = None  # a folder of the domain's images; default: rendered orchard scenes
     data: str | None = None  # an SA-Co / COCO annotations.json to score on; default: a rendered orchard set
-    student: str = "toy"
+    student: str = "toy-fast"
     n_train: int = 160
     n_eval: int = 40
-    steps: int = 900
+    steps: int = 900  # stage 1
     lr: float = 2e-3
+    stage2_steps: int = 400  # 0: stage 1 only (enough for a student whose heads are the teacher's, e.g. "toy")
+    stage2_lr: float = 4e-4
     threads: int = 2
     latency_runs: int = 20
     teacher_images: int = 4
+
+    def __post_init__(self):
+        """Refuse numbers that would train, render or time nothing, naming the field (before any work)."""
+        for name, low in (("n_train", 4), ("n_eval", 1), ("steps", 1), ("stage2_steps", 0), ("threads", 0),
+                          ("latency_runs", 1), ("teacher_images", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 1_000_000:
+                raise ValueError(f"quickstart: {name} must be an integer from {low} to 1000000, got {v!r}")
+        for name in ("lr", "stage2_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise ValueError(f"quickstart: {name} must be a number in (0, 1), got {v!r}")
 
 
 def _orchard_inputs(cfg: QuickstartConfig, progress: bool) -> tuple[str, str, list[str]]:
@@ -72,14 +87,15 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     import torch
 
     from sam3edge.atomic import atomic_write_text
-    from sam3edge.cli import resolve_model
     from sam3edge.data.coco import ConceptDataset
-    from sam3edge.distill.run import DistillConfig, distill
+    from sam3edge.distill.config import DistillConfig
+    from sam3edge.distill.run import distill
     from sam3edge.eval import evaluate
     from sam3edge.eval.agreement import summary
     from sam3edge.eval.bench_accuracy import accuracy_on_dataset, vs_teacher
     from sam3edge.eval.predict import predict_dataset
     from sam3edge.export.bundle import export_bundle
+    from sam3edge.models.bundled import resolve_model
     from sam3edge.models.teacher import Sam3Teacher
     from sam3edge.runtime.bench import run_latency
     from sam3edge.runtime.image import as_rgb_uint8
@@ -100,12 +116,15 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     teacher_dir = resolve_model(cfg.teacher)
     times["data_s"] = time.time() - t0
 
-    say(f"[2/5] distil student {cfg.student!r} from {cfg.teacher} ({cfg.steps} steps)")
+    stages = [1, 2] if cfg.stage2_steps else [1]
+    say(f"[2/5] distil student {cfg.student!r} from {cfg.teacher} ({cfg.steps} stage-1 steps"
+        + (f" + {cfg.stage2_steps} stage-2 steps)" if cfg.stage2_steps else ")"))
     t0 = time.time()
     run = cfg.out / "run"
-    distill(DistillConfig(teacher=teacher_dir, images=images, concepts=concepts, student=cfg.student, stages=[1],
-                          out=str(run), stage1_steps=cfg.steps, stage1_lr=cfg.lr, batch=4, pairs=4, holdout=0.05,
-                          threads=cfg.threads, cache_batch=8), resume=True, progress=progress)
+    distill(DistillConfig(teacher=teacher_dir, images=images, concepts=concepts, student=cfg.student, stages=stages,
+                          out=str(run), stage1_steps=cfg.steps, stage1_lr=cfg.lr, steps=max(cfg.stage2_steps, 1),
+                          lr=cfg.stage2_lr, batch=4, pairs=4, holdout=0.05, threads=cfg.threads, cache_batch=8),
+            resume=True, progress=progress)
     times["distill_s"] = time.time() - t0
 
     say("[3/5] export ONNX int8 and OpenVINO int8 bundles")

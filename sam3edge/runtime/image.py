@@ -277,7 +277,10 @@ class Resize:
 
         The part of the logit map that holds the image (all of it when stretched; the top-left
         ``scaled_size * m / S`` when letterboxed, a fractional box) is resized bilinearly to H x W in
-        one step, then thresholded at 0 (probability 0.5). One Pillow 'F' resize per instance.
+        one step, then thresholded at 0 (probability 0.5). One Pillow 'F' resize per instance, of only the
+        window that can be positive: a bilinear sample is > 0 only if one of its 2 x 2 source cells is, so
+        outside the positive cells' bounding box (grown by one cell) every pixel is False. Same samples as a
+        full-size resize (the window's box keeps the scale), at a cost that follows the instance's size.
         """
         logits = np.asarray(mask_logits, dtype=np.float32)
         if logits.ndim != 3:
@@ -289,13 +292,29 @@ class Resize:
         if mh == 0 or mw == 0:
             raise ValueError(f"masks_to_original: mask logits of shape {logits.shape} are empty")
         h, w = self.scaled_size
-        region = (0.0, 0.0, w * mw / self.size, h * mh / self.size)
+        sx, sy = (w * mw / self.size) / self.width, (h * mh / self.size) / self.height  # source cells per pixel
+        out[:] = False
         for i in range(n):
+            positive = logits[i] > 0
+            rows, cols = np.flatnonzero(positive.any(1)), np.flatnonzero(positive.any(0))
+            if rows.size == 0:
+                continue
+            y0, y1 = _window(rows[0], rows[-1], sy, self.height)
+            x0, x1 = _window(cols[0], cols[-1], sx, self.width)
+            if y1 <= y0 or x1 <= x0:  # positive only in a letterbox's padding
+                continue
             resized = Image.fromarray(np.ascontiguousarray(logits[i])).resize(
-                (self.width, self.height), Image.BILINEAR, box=region
-            )
-            np.greater(np.asarray(resized), 0, out=out[i])
+                (x1 - x0, y1 - y0), Image.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+            np.greater(np.asarray(resized), 0, out=out[i, y0:y1, x0:x1])
         return out
+
+
+def _window(first: int, last: int, cells_per_pixel: float, size: int) -> tuple[int, int]:
+    """Output pixels [lo, hi) whose bilinear sample (source coordinate (p + 0.5) * cells_per_pixel - 0.5) can reach
+    a source cell in [first, last]: those with a sample in (first - 1, last + 1), one pixel of margin each side."""
+    lo = int(np.floor((first - 0.5) / cells_per_pixel - 0.5)) - 1
+    hi = int(np.ceil((last + 1.5) / cells_per_pixel - 0.5)) + 2
+    return max(lo, 0), min(hi, size)
 
 
 def _boxes(boxes, where: str) -> np.ndarray:
