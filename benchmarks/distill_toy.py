@@ -139,13 +139,22 @@ def main(argv=None) -> int:
 
 
 def _overrides(pairs: list[str]) -> dict:
-    """``["mask_mode=coarse", "mask_dim=32"]`` -> ``{"mask_mode": "coarse", "mask_dim": 32}``."""
+    """``["mask_mode=coarse", "mask_dim=32", "fusion_self_attention=false"]`` -> typed overrides (bool, int, float,
+    else str)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
-        out[key] = int(value) if value.lstrip("-").isdigit() else value
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        elif value.lstrip("-").isdigit():
+            out[key] = int(value)
+        else:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
     return out
 
 
