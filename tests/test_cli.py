@@ -72,3 +72,18 @@ def test_bad_distill_numbers_are_refused_before_torch_loads(tmp_path):
             "sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "threads=100000" in out.stderr and "TORCH False" in out.stdout
+
+
+def test_the_core_install_leaves_the_backend_to_an_extra():
+    """onnxruntime and onnxruntime-gpu install the same module: the core must not pull either (issue 15), and the
+    device's one-command installs ('.[cpu]', '.[gpu]', '.[openvino]') must each bring one backend."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = [d.split(">")[0].split("<")[0].split("=")[0].strip() for d in project["dependencies"]]
+    assert not any(n.startswith(("onnxruntime", "openvino", "torch")) for n in names), names
+    extras = project["optional-dependencies"]
+    assert [d.split(">")[0] for d in extras["cpu"]] == ["onnxruntime"]
+    assert [d.split(">")[0] for d in extras["gpu"]] == ["onnxruntime-gpu"]
+    assert [d.split(">")[0] for d in extras["openvino"]] == ["openvino"]

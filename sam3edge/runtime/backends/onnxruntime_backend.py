@@ -26,8 +26,8 @@ from sam3edge.runtime.backends.base import (
 )
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-INSTALL_HINT = ("pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT execution providers; on a "
-                "Jetson the wheel from NVIDIA's Jetson Zoo)")
+INSTALL_HINT = ("pip install 'sam3edge[cpu]' (onnxruntime) or 'sam3edge[gpu]' (onnxruntime-gpu: CUDA / TensorRT "
+                "execution providers; on a Jetson the wheel from NVIDIA's Jetson Zoo); not both")
 
 
 def _ort():
