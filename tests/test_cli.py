@@ -77,8 +77,9 @@ def test_bad_distill_numbers_are_refused_before_torch_loads(tmp_path):
 def test_the_core_install_leaves_the_backend_to_an_extra():
     """onnxruntime and onnxruntime-gpu install the same module: the core must not pull either (issue 15), and the
     device's one-command installs ('.[cpu]', '.[gpu]', '.[openvino]') must each bring one backend."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     names = [d.split(">")[0].split("<")[0].split("=")[0].strip() for d in project["dependencies"]]

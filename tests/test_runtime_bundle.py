@@ -152,7 +152,12 @@ def test_broken_manifests_are_named(bundle_copy, tmp_path):
         (lambda m: m["files"].update({"graphs/decoder.onnx": "abc"}), "not a hex sha256"),
         (lambda m: m["files"].pop("graphs/decoder.onnx"), "graphs/decoder.onnx .* not listed with a checksum"),
         (lambda m: m["input"].update(size="128"), "input.size"),
-        (lambda m: m.pop("verification"), "does not follow the bundle schema.*verification"),
+        (lambda m: m.pop("verification"), "lacks field.* verification"),
+        (lambda m: m["verification"].pop("ran"), "verification.ran"),
+        (lambda m: m["input"].update(layout="NCHW"), "input.layout is 'NCHW'"),
+        (lambda m: m.update(concepts=["apple", "apple"]), "a phrase twice"),
+        (lambda m: m["graphs"].update(extra=m["graphs"]["decoder"]), "unknown graph"),
+        (lambda m: m["graphs"]["decoder"]["inputs"][0].update(dtype="complex64"), "graphs\\['decoder'\\] must"),
     ]
     for edit, match in cases:
         (bundle_copy / "manifest.json").write_text(original)

@@ -26,7 +26,7 @@ import numpy as np
 
 from sam3edge.atomic import atomic_directory, written_by_us
 from sam3edge.export.targets import EXPORT_TARGETS
-from sam3edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
+from sam3edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, check_manifest
 from sam3edge.runtime.concepts import sha256_file
 
 
@@ -177,8 +177,9 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
             manifest["device_profile"] = profile.to_json() | {"input_size_matches": profile.input_size ==
                                                                student.image_size}
         manifest_json = json.dumps(manifest, indent=1)
-        (tmp / MANIFEST).write_text(manifest_json)
         manifest = json.loads(manifest_json)  # what a reader of the bundle sees (lists, not tuples)
+        check_manifest(manifest)  # the runtime's definition: a bundle it would refuse is never written
+        (tmp / MANIFEST).write_text(manifest_json)
         bar.update(1)
     bar.close()
     return manifest

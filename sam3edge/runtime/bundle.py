@@ -7,8 +7,8 @@ field and what to do:
 
 * a missing path, a file instead of a directory, no or unparsable ``manifest.json``;
 * another format, or a format version this sam3edge does not read;
-* missing or mistyped required fields (checked here in plain Python; against the JSON schema
-  ``manifest.schema.json`` too where ``jsonschema`` is installed);
+* missing or mistyped fields (:meth:`Bundle._check_fields`, in plain Python: the one definition of what a
+  manifest holds, the JSON schema it replaced needed jsonschema and had drifted from it);
 * any path in the manifest (``files`` keys, ``graphs[*].file``, ``tokenizer``) that is absolute,
   contains ``..``, or resolves (symlinks followed) outside the bundle;
 * a listed file that is missing, a graph or tokenizer the manifest does not checksum, and (unless
@@ -25,12 +25,84 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from sam3edge.runtime.concepts import ConceptCache, sha256_file
-from sam3edge.runtime.names import PRECISIONS, REQUIRED_GRAPHS, TARGETS
+from sam3edge.runtime.names import GRAPH_NAMES, MAX_PHRASE_CHARS, PRECISIONS, REQUIRED_GRAPHS, TARGETS
 
 FORMAT = "sam3edge-bundle"  # the bundle format's one definition (sam3edge.export.bundle writes it)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+INPUT_LAYOUT = {"dtype": "uint8", "layout": "NHWC", "channels": "RGB"}
+TENSOR_DTYPES = ("uint8", "int32", "int64", "float16", "float32", "bool")
+
+
+def check_manifest(m: dict) -> None:
+    """Raise a BundleError naming the field unless ``m`` (a parsed manifest.json) holds every field this runtime
+    reads, of the right type: the one definition of a manifest (export checks what it writes with it too)."""
+    missing = [k for k in ("student", "target", "precision", "input", "graphs", "concepts", "tokenizer", "files",
+                           "export_spec", "verification", "provenance") if k not in m]
+    if missing:
+        raise BundleError(f"{MANIFEST} lacks field(s) {', '.join(missing)}; the bundle is incomplete or was "
+                          "edited: re-export it")
+    if m["target"] not in TARGETS:
+        raise BundleError(f"{MANIFEST}: target {m['target']!r} is not one of {', '.join(TARGETS)}")
+    if m["precision"] not in PRECISIONS:
+        raise BundleError(f"{MANIFEST}: precision {m['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    size = m["input"].get("size") if isinstance(m["input"], dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 32:
+        raise BundleError(f"{MANIFEST}: input.size must be the student's input size in pixels (an int), "
+                          f"got {size!r}")
+    for key, value in INPUT_LAYOUT.items():  # what the Segmenter feeds; another layout would be misread
+        if m["input"].get(key) != value:
+            raise BundleError(f"{MANIFEST}: input.{key} is {m['input'].get(key)!r}; this runtime feeds "
+                              f"{value!r} images (re-export the bundle)")
+    for key in ("student", "verification", "provenance"):
+        if not isinstance(m[key], dict):
+            raise BundleError(f"{MANIFEST}: {key} must be an object, got {type(m[key]).__name__}")
+    if not isinstance(m["verification"].get("ran"), bool):
+        raise BundleError(f"{MANIFEST}: verification.ran must be true or false (whether export verified the "
+                          "graphs against PyTorch)")
+    spec = m["export_spec"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("text_length"), int):
+        raise BundleError(f"{MANIFEST}: export_spec must be an object with an int text_length")
+    concepts = m["concepts"]
+    if not isinstance(concepts, list) or not all(isinstance(c, str) and 0 < len(c) <= MAX_PHRASE_CHARS
+                                                  for c in concepts):
+        raise BundleError(f"{MANIFEST}: concepts must be a list of phrases (1 to {MAX_PHRASE_CHARS} characters "
+                          f"each), got {concepts!r:.80}")
+    if len(set(concepts)) != len(concepts):
+        raise BundleError(f"{MANIFEST}: concepts lists a phrase twice; each concept must be unique")
+    if not isinstance(m["tokenizer"], str):
+        raise BundleError(f"{MANIFEST}: tokenizer must be a relative path, got {m['tokenizer']!r}")
+    files = m["files"]
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{MANIFEST}: files must map every file of the bundle to its sha256")
+    for rel, digest in files.items():
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise BundleError(f"{MANIFEST}: files[{rel!r}] is {digest!r}, not a hex sha256")
+    graphs = m["graphs"]
+    if not isinstance(graphs, dict):
+        raise BundleError(f"{MANIFEST}: graphs must be an object (graph name -> file, inputs, outputs)")
+    for name in REQUIRED_GRAPHS:
+        if name not in graphs:
+            raise BundleError(f"{MANIFEST}: no {name!r} graph (it has {', '.join(graphs) or 'none'}); "
+                              "re-export the bundle")
+    unknown = sorted(set(graphs) - set(GRAPH_NAMES))
+    if unknown:
+        raise BundleError(f"{MANIFEST}: unknown graph(s) {unknown}; a bundle holds {', '.join(GRAPH_NAMES)}")
+    for name, g in graphs.items():
+        ok = isinstance(g, dict) and isinstance(g.get("file"), str) and all(
+            isinstance(g.get(k), list) and g[k] and all(_tensor_ok(t) for t in g[k]) for k in ("inputs", "outputs"))
+        if not ok:
+            raise BundleError(f"{MANIFEST}: graphs[{name!r}] must have a file and lists of inputs and outputs "
+                              f"(name, dtype among {', '.join(TENSOR_DTYPES)}, shape of ints >= 1 or "
+                              "'prompts' each)")
+
+
+def _tensor_ok(t) -> bool:
+    """A graph input / output record: {"name": str, "dtype": one of TENSOR_DTYPES, "shape": [int >= 1 | "prompts"]}."""
+    return (isinstance(t, dict) and isinstance(t.get("name"), str) and bool(t["name"])
+            and t.get("dtype") in TENSOR_DTYPES and isinstance(t.get("shape"), list)
+            and all((isinstance(d, int) and not isinstance(d, bool) and d >= 1) or d == "prompts" for d in t["shape"]))
 
 
 class BundleError(ValueError):
@@ -67,7 +139,6 @@ class Bundle:
         bundle = cls(root, manifest)
         bundle._check_fields()
         bundle._check_paths()
-        _check_schema(root, manifest)
         if verify:
             bundle._check_checksums()
         return bundle
@@ -76,48 +147,10 @@ class Bundle:
         return BundleError(f"bundle {self.path}: {message}")
 
     def _check_fields(self) -> None:
-        m = self.manifest
-        missing = [k for k in ("target", "precision", "input", "graphs", "concepts", "tokenizer", "files",
-                               "export_spec") if k not in m]
-        if missing:
-            raise self._error(f"{MANIFEST} lacks field(s) {', '.join(missing)}; the bundle is incomplete or was "
-                              "edited: re-export it")
-        if m["target"] not in TARGETS:
-            raise self._error(f"{MANIFEST}: target {m['target']!r} is not one of {', '.join(TARGETS)}")
-        if m["precision"] not in PRECISIONS:
-            raise self._error(f"{MANIFEST}: precision {m['precision']!r} is not one of {', '.join(PRECISIONS)}")
-        size = m["input"].get("size") if isinstance(m["input"], dict) else None
-        if not isinstance(size, int) or isinstance(size, bool) or size < 32:
-            raise self._error(f"{MANIFEST}: input.size must be the student's input size in pixels (an int), "
-                              f"got {size!r}")
-        spec = m["export_spec"]
-        if not isinstance(spec, dict) or not isinstance(spec.get("text_length"), int):
-            raise self._error(f"{MANIFEST}: export_spec must be an object with an int text_length")
-        concepts = m["concepts"]
-        if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
-            raise self._error(f"{MANIFEST}: concepts must be a list of phrases, got {type(concepts).__name__}")
-        if not isinstance(m["tokenizer"], str):
-            raise self._error(f"{MANIFEST}: tokenizer must be a relative path, got {m['tokenizer']!r}")
-        files = m["files"]
-        if not isinstance(files, dict) or not files:
-            raise self._error(f"{MANIFEST}: files must map every file of the bundle to its sha256")
-        for rel, digest in files.items():
-            if not isinstance(digest, str) or not _SHA256.match(digest):
-                raise self._error(f"{MANIFEST}: files[{rel!r}] is {digest!r}, not a hex sha256")
-        graphs = m["graphs"]
-        if not isinstance(graphs, dict):
-            raise self._error(f"{MANIFEST}: graphs must be an object (graph name -> file, inputs, outputs)")
-        for name in REQUIRED_GRAPHS:
-            if name not in graphs:
-                raise self._error(f"{MANIFEST}: no {name!r} graph (it has {', '.join(graphs) or 'none'}); "
-                                  "re-export the bundle")
-        for name, g in graphs.items():
-            ok = isinstance(g, dict) and isinstance(g.get("file"), str) and all(
-                isinstance(g.get(k), list) and g[k] and all(isinstance(t, dict) and "name" in t and "shape" in t
-                                                            for t in g[k]) for k in ("inputs", "outputs"))
-            if not ok:
-                raise self._error(f"{MANIFEST}: graphs[{name!r}] must have a file and lists of inputs and outputs "
-                                  "(name, dtype, shape each)")
+        try:
+            check_manifest(self.manifest)
+        except BundleError as e:
+            raise self._error(str(e)) from None
 
     def _check_paths(self) -> None:
         m = self.manifest
@@ -291,19 +324,3 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"bundle {root}: this bundle is format version {version!r}; this sam3edge reads "
                           f"{FORMAT_VERSION}: {hint}")
     return manifest
-
-
-def _check_schema(root: Path, manifest: dict) -> None:
-    """Validate against ``manifest.schema.json`` where jsonschema is installed (the plain checks ran already)."""
-    try:
-        import jsonschema
-    except ImportError:
-        return
-    from importlib.resources import files
-
-    schema = json.loads((files("sam3edge.runtime") / "manifest.schema.json").read_text(encoding="utf-8"))
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise BundleError(f"bundle {root}: {MANIFEST} does not follow the bundle schema at {where}: "
-                          f"{error.message}; re-export the bundle")

@@ -14,4 +14,5 @@ IMAGE_GRAPH, DECODER_GRAPH, TEXT_GRAPH = "image_encoder", "decoder", "text_encod
 REQUIRED_GRAPHS = (IMAGE_GRAPH, DECODER_GRAPH)  # every bundle holds these
 GRAPH_NAMES = (*REQUIRED_GRAPHS, TEXT_GRAPH)  # the text encoder only in open-vocabulary bundles
 
+MAX_PHRASE_CHARS = 300  # a concept phrase's length limit (CLIP reads ~30 tokens anyway)
 CONTEXT_LENGTH = 32  # token slots per phrase: SAM3's text encoder has max_position_embeddings=32

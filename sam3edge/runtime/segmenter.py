@@ -38,10 +38,10 @@ from sam3edge.runtime.concepts import check_phrases
 from sam3edge.runtime.image import RESIZE_MODES, Resize, as_rgb_uint8
 from sam3edge.runtime.instances import Instances
 from sam3edge.runtime.int8_scheme import warn_if_kernels_differ
+from sam3edge.runtime.names import MAX_PHRASE_CHARS
 
 __all__ = ["MAX_PHRASE_CHARS", "Prepared", "RawOutputs", "Segmenter"]
 
-MAX_PHRASE_CHARS = 300  # as the manifest schema bounds a concept; CLIP reads 30 tokens anyway
 STAGES = ("preprocess", "image_encoder", "text", "decoder", "postprocess")
 
 
