@@ -100,17 +100,16 @@ def test_fast_heads_start_from_the_teacher_where_shapes_allow():
 
 
 @torch.no_grad()
-def test_toy_fast_detects_as_the_teacher_from_the_first_step():
-    """toy-fast keeps the teacher's fusion layers (self-attention included), so once initialised its queries, boxes,
-    scores and presence are the teacher's heads' on the same features; only its mask path is new (issue 14: without
-    them stage 1 left a student that kept no instance and stage 2 had to relearn detection)."""
+def test_fast_heads_with_the_teachers_fusion_layers_detect_as_the_teacher_from_the_first_step():
+    """With fusion_self_attention the fast heads keep the teacher's fusion layers, so once initialised their queries,
+    boxes, scores and presence are the teacher's heads' on the same features; only the mask path is new."""
     from sam3edge.models.bundled import resolve_model
     from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import init_heads_from_teacher
     from sam3edge.models.teacher import Sam3Teacher
 
     teacher = Sam3Teacher.from_pretrained(resolve_model("orchard-toy"))
-    sam3, fast = create_student("toy"), create_student("toy-fast")
+    sam3, fast = create_student("toy"), create_student("toy-fast", fusion_self_attention=True)
     init_heads_from_teacher(sam3, teacher)
     init_heads_from_teacher(fast, teacher)
     levels, pos, text, mask = _inputs(sam3, prompts=3, seed=5)

@@ -139,13 +139,13 @@ def _fast(base: str, **sizes) -> StudentSpec:
                                            f"embeddings), {spec.input_size} px")
 
 
-# toy: the teacher's fusion layers (self-attention on its 16 x 16 grid is cheap) and pixel decoder, the latter once
-# per frame; concept evidence reaches masks through the fused grid ("coarse": it kept 62-69 % of the teacher's cgF1
-# against 59-65 % for prototype masks, same training) and each mask is held to its query's box (box_prior: 64.7 %
-# -> 100.1 % on seed 777, 101-104 % on seeds 4242 / 9001 / 31337; benchmarks/results/*toy-fast*.md).
+# toy: the teacher's pixel decoder, once per frame; 2 fusion layers of cross-attention only (the teacher's
+# self-attention over the grid, per concept, bought nothing: 100.1 % with it, 100.8 % without, seed 777); concept
+# evidence reaches masks through the fused grid ("coarse": 62-69 % of the teacher's cgF1 against 59-65 % for
+# prototype masks) and each mask is held to its query's box (box_prior: 64.7 % -> 100 %; 102-104 % on seeds
+# 4242 / 9001 / 31337; benchmarks/results/*toy-fast*.md).
 BOX_PRIOR = 100.0  # logits drop by 100 per image width outside a query's grown box (~1.6 per mask pixel at 64 px)
-register_student(_fast("toy", mask_dim=0, fusion_stride=16, mask_mode="coarse", fusion_self_attention=True,
-                       box_prior=BOX_PRIOR))
+register_student(_fast("toy", mask_dim=0, fusion_stride=16, mask_mode="coarse", box_prior=BOX_PRIOR))
 # edge-*: no per-concept fusion over image tokens (the decoder's queries read the frame's grid, projected once
 # per frame) and a 1024-wide decoder FFN: per concept only the queries, scoring and top-K masks remain.
 register_student(_fast("edge-s", mask_dim=64, fusion_stride=32, encoder_layers=0, decoder_layers=3,
