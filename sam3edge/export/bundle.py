@@ -28,6 +28,7 @@ from sam3edge.atomic import atomic_directory, written_by_us
 from sam3edge.export.targets import EXPORT_TARGETS
 from sam3edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, check_manifest
 from sam3edge.runtime.concepts import sha256_file
+from sam3edge.runtime.names import TEXT_GRAPH
 
 
 def resolve_student_dir(source: str | Path) -> Path:
@@ -149,8 +150,8 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
         else:
             reference = torch_runner(student)
             report = compare(reference, candidate, verify, text, mask)
-            if "text_encoder" in paths:
-                report["text_encoder"] = compare_text(reference, candidate, list(cache.phrases))
+            if TEXT_GRAPH in paths:
+                report[TEXT_GRAPH] = compare_text(reference, candidate, list(cache.phrases))
             report["ran"], report["runner"] = True, runner_name
             if precision == "int8" and target == "onnx":
                 report["integer_kernels"] = integer_kernel_check(paths, verify[:2], text, mask)

@@ -48,14 +48,14 @@ import torch
 from torch import nn
 
 from sam3edge.export.graphs import DECODER_OUTPUTS, IMAGE_OUTPUTS, DecoderGraph, ImageEncoderGraph
-from sam3edge.runtime.names import PRECISIONS
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, PRECISIONS
 
 MAX_PROMPTS = 1024
 DEPLOYMENT_TARGET = "iOS17"  # = macOS14; see the module docstring
 # Where the Core ML packages' I/O dtypes differ from the export spec's (sam3edge.export.spec): how to feed / read them.
 COREML_DTYPES = {
-    "image_encoder": {"image": "int32"},
-    "decoder": {"text_mask": "int32", "indices": "int32"},
+    IMAGE_GRAPH: {"image": "int32"},
+    DECODER_GRAPH: {"text_mask": "int32", "indices": "int32"},
 }
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -106,7 +106,7 @@ def export_coreml(student, out_dir: Path, precision: str, calib_images: list[np.
                      ct.TensorType(name="text_mask", shape=(prompts, length), dtype=np.int32)],
                   [ct.TensorType(name=n, dtype=np.int32 if n == "indices" else f32) for n in DECODER_OUTPUTS])
     paths = {}
-    for name, traced, (inputs, outputs) in (("image_encoder", image_ts, image_io), ("decoder", decoder_ts, decoder_io)):
+    for name, traced, (inputs, outputs) in ((IMAGE_GRAPH, image_ts, image_io), (DECODER_GRAPH, decoder_ts, decoder_io)):
         model = _convert(traced, inputs, outputs, precision)
         model.short_description = f"sam3edge {student.spec.name} {name} ({precision}, {student.image_size} px)"
         model.user_defined_metadata.update({"sam3edge.graph": name, "sam3edge.precision": precision,
@@ -294,8 +294,8 @@ def coreml_runner(paths: dict, compute_units: str = "ALL") -> Callable:
     import coremltools as ct
 
     units = getattr(ct.ComputeUnit, compute_units)
-    image = ct.models.MLModel(str(paths["image_encoder"]), compute_units=units)
-    decoder = ct.models.MLModel(str(paths["decoder"]), compute_units=units)
+    image = ct.models.MLModel(str(paths[IMAGE_GRAPH]), compute_units=units)
+    decoder = ct.models.MLModel(str(paths[DECODER_GRAPH]), compute_units=units)
 
     def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray):
         feats = image.predict({"image": np.ascontiguousarray(img)[None].astype(np.int32)})

@@ -29,6 +29,7 @@ from sam3edge.export.graphs import (
     ImageEncoderGraph,
     TextEncoderGraph,
 )
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 OPSET = 18
 
@@ -50,23 +51,23 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
     img = torch.from_numpy(np.ascontiguousarray(images[0]))[None]
     two = np.arange(2) % len(text)  # two example prompts: torch.export specialises a size-1 dimension to a constant
     text, mask = torch.from_numpy(text[two]), torch.from_numpy(mask[two])
-    paths = {"image_encoder": out_dir / "image_encoder.onnx", "decoder": out_dir / "decoder.onnx"}
+    paths = {IMAGE_GRAPH: out_dir / "image_encoder.onnx", DECODER_GRAPH: out_dir / "decoder.onnx"}
     prompts = torch.export.Dim("prompts", min=1, max=1024)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         levels = image_graph(img)
         torch.onnx.export(image_graph, (img,), dynamo=True, opset_version=OPSET, input_names=["image"],
-                          output_names=list(IMAGE_OUTPUTS), verbose=False).save(str(paths["image_encoder"]))
+                          output_names=list(IMAGE_OUTPUTS), verbose=False).save(str(paths[IMAGE_GRAPH]))
         dyn = {"feat0": None, "feat1": None, "feat2": None, "text": {0: prompts}, "text_mask": {0: prompts}}
-        _export_decoder(decoder, (*levels, text.float(), mask.bool()), dyn, paths["decoder"], fused)
+        _export_decoder(decoder, (*levels, text.float(), mask.bool()), dyn, paths[DECODER_GRAPH], fused)
         if student.text_mode == "encoder":
-            paths["text_encoder"] = out_dir / "text_encoder.onnx"
+            paths[TEXT_GRAPH] = out_dir / "text_encoder.onnx"
             ids, attn = text_encoder_inputs(["a ripe apple", "leaf"])
             torch.onnx.export(TextEncoderGraph(student).eval(), (torch.from_numpy(ids), torch.from_numpy(attn)),
                               dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
                               output_names=["text", "text_mask"],
                               dynamic_shapes={"input_ids": {0: prompts}, "attention_mask": {0: prompts}},
-                              verbose=False).save(str(paths["text_encoder"]))
+                              verbose=False).save(str(paths[TEXT_GRAPH]))
     return paths
 
 
@@ -131,7 +132,7 @@ def calibration_feeds(fp32: dict[str, Path], images: list[np.ndarray], text: np.
     (and the concepts' token ids for a text encoder graph)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(fp32["image_encoder"]), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(fp32[IMAGE_GRAPH]), providers=["CPUExecutionProvider"])
     image_feeds = [{"image": img[None]} for img in images]
     decoder_feeds = []
     for feed in image_feeds:
@@ -140,13 +141,13 @@ def calibration_feeds(fp32: dict[str, Path], images: list[np.ndarray], text: np.
             decoder_feeds.append({"feat0": levels[0], "feat1": levels[1], "feat2": levels[2],
                                   "text": text[s:s + prompts_per_feed].astype(np.float32),
                                   "text_mask": mask[s:s + prompts_per_feed].astype(bool)})
-    feeds = {"image_encoder": image_feeds, "decoder": decoder_feeds}
-    if "text_encoder" in fp32:
+    feeds = {IMAGE_GRAPH: image_feeds, DECODER_GRAPH: decoder_feeds}
+    if TEXT_GRAPH in fp32:
         if not phrases:
             raise ValueError("calibrating a text encoder graph needs the concept phrases")
         ids, attn = text_encoder_inputs(phrases)
         n = prompts_per_feed
-        feeds["text_encoder"] = [{"input_ids": ids[s:s + n], "attention_mask": attn[s:s + n]}
+        feeds[TEXT_GRAPH] = [{"input_ids": ids[s:s + n], "attention_mask": attn[s:s + n]}
                                  for s in range(0, len(ids), n)]
     return feeds
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, float_islands
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 SENSITIVE = (".*box_head.*", ".*presence_head.*", ".*dot_product_scoring.*", ".*ref_point_head.*")
 
@@ -112,8 +113,8 @@ def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None
         config["INFERENCE_PRECISION_HINT"] = precision_hint
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    image = core.compile_model(str(paths["image_encoder"]), device, config)
-    decoder = core.compile_model(str(paths["decoder"]), device, config)
+    image = core.compile_model(str(paths[IMAGE_GRAPH]), device, config)
+    decoder = core.compile_model(str(paths[DECODER_GRAPH]), device, config)
 
     def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray):
         r = image({"image": np.ascontiguousarray(img)[None]})
@@ -122,8 +123,8 @@ def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None
                      "text_mask": mask.astype(bool)})
         return tuple(d[decoder.output(i)] for i in range(5))
 
-    if "text_encoder" in paths:
-        text = core.compile_model(str(paths["text_encoder"]), device, config)
+    if TEXT_GRAPH in paths:
+        text = core.compile_model(str(paths[TEXT_GRAPH]), device, config)
 
         def run_text(ids: np.ndarray, attn: np.ndarray):
             r = text({"input_ids": ids, "attention_mask": attn})

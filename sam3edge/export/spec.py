@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sam3edge.runtime.names import CONTEXT_LENGTH
+from sam3edge.runtime.names import CONTEXT_LENGTH, DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ def export_spec(student, text_length: int | None = None) -> ExportSpec:
     else:
         feats = tuple(TensorSpec(f"feat{i}", "float32", (1, c, s // d, s // d)) for i, d in enumerate((4, 8, 16)))
     graphs = [
-        GraphSpec("image_encoder", (TensorSpec("image", "uint8", (1, s, s, 3)),), feats),
-        GraphSpec("decoder",
+        GraphSpec(IMAGE_GRAPH, (TensorSpec("image", "uint8", (1, s, s, 3)),), feats),
+        GraphSpec(DECODER_GRAPH,
                   (*feats, TensorSpec("text", "float32", ("prompts", text_length, c)),
                    TensorSpec("text_mask", "bool", ("prompts", text_length))),
                   (TensorSpec("scores", "float32", ("prompts", k)), TensorSpec("boxes", "float32", ("prompts", k, 4)),
@@ -110,7 +110,7 @@ def export_spec(student, text_length: int | None = None) -> ExportSpec:
     if student.text_mode == "encoder":
         n = CONTEXT_LENGTH
         graphs.append(GraphSpec(
-            "text_encoder",
+            TEXT_GRAPH,
             (TensorSpec("input_ids", "int64", ("prompts", n)), TensorSpec("attention_mask", "int64", ("prompts", n))),
             (TensorSpec("text", "float32", ("prompts", n, c)), TensorSpec("text_mask", "bool", ("prompts", n)))))
     return ExportSpec(student=student.spec.name, input_size=s, width=c, top_k=k, text_mode=student.text_mode,

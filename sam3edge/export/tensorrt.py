@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.runtime.backends.tensorrt_backend import _cuda_devices, capturing_logger, engine_key
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH
 
 INSTALL_HINT = ("TensorRT is needed to build and run TensorRT engines: on a Jetson it comes with JetPack "
                 "(python3-libnvinfer), on x86 with an NVIDIA GPU `pip install tensorrt` (CUDA 12). The ONNX graphs "
@@ -191,14 +192,14 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
     log = capturing_logger(trt)
     runtime = trt.Runtime(log)
     engines = {}
-    for name in ("image_encoder", "decoder"):
+    for name in (IMAGE_GRAPH, DECODER_GRAPH):
         engine = runtime.deserialize_cuda_engine(Path(paths[name]).read_bytes())
         if engine is None:
             raise RuntimeError(f"TensorRT could not load {paths[name]} (built by another TensorRT version or for "
                                f"another GPU? key here: {engine_cache_key(device)}):\n  " + "\n  ".join(log.lines))
         engines[name] = (engine, engine.create_execution_context())
     stream = torch.cuda.Stream(dev)
-    max_prompts = engines["decoder"][0].get_tensor_profile_shape("text", 0)[2][0]
+    max_prompts = engines[DECODER_GRAPH][0].get_tensor_profile_shape("text", 0)[2][0]
 
     def execute(name: str, feeds: dict) -> dict:
         """Run one engine on ``stream``; ``feeds`` (torch tensors, any device) are cast to the engine's dtypes."""
@@ -222,13 +223,13 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
         # tensors allocated inside the stream context belong to ``stream``: freeing one before the stream
         # has finished with it is safe (the caching allocator reuses it only for later work on that stream)
         with torch.cuda.stream(stream):
-            levels = execute("image_encoder", {"image": torch.from_numpy(np.ascontiguousarray(image))[None]})
+            levels = execute(IMAGE_GRAPH, {"image": torch.from_numpy(np.ascontiguousarray(image))[None]})
             chunks = []
             for s in range(0, len(text), max_prompts):
                 feeds = {n: levels[n] for n in IMAGE_OUTPUTS}
                 feeds["text"] = torch.from_numpy(np.ascontiguousarray(text[s:s + max_prompts], np.float32))
                 feeds["text_mask"] = torch.from_numpy(np.ascontiguousarray(mask[s:s + max_prompts], bool))
-                chunks.append(execute("decoder", feeds))
+                chunks.append(execute(DECODER_GRAPH, feeds))
         stream.synchronize()
         out = {n: torch.cat([c[n] for c in chunks]).cpu() for n in DECODER_OUTPUTS}
         return (*(out[n].float().numpy() for n in DECODER_OUTPUTS[:4]), out["indices"].long().numpy())
@@ -279,7 +280,7 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
     opt, top = int(options.get("opt_prompts", 8)), int(options.get("max_prompts", 64))
     config = {"precision": precision, "workspace_gb": options.get("workspace_gb", 2),
               "dla_core": options.get("dla_core"), "gpu_fallback": options.get("gpu_fallback", True),
-              "dla_graphs": ["image_encoder"] if options.get("dla_core") is not None else [],
+              "dla_graphs": [IMAGE_GRAPH] if options.get("dla_core") is not None else [],
               "opt_prompts": opt, "max_prompts": top, "parser_ops_version": _ops_version(),
               "plugins": {"sam3edge": plugins} if plugins else {},
               "graphs": {n: {"file": p.name, "profile": {k: [list(s) for s in v] for k, v in

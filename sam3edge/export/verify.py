@@ -18,6 +18,7 @@ import torch
 
 from sam3edge.export.graphs import DecoderGraph, ImageEncoderGraph, TextEncoderGraph
 from sam3edge.export.spec import THRESHOLDS
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 
 def torch_runner(student) -> Callable:
@@ -51,16 +52,16 @@ def onnx_runner(paths: dict, threads: int = 0, exact: bool = False) -> Callable:
         opts.intra_op_num_threads = threads
     if exact:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    image = ort.InferenceSession(str(paths["image_encoder"]), opts, providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(paths["decoder"]), opts, providers=["CPUExecutionProvider"])
+    image = ort.InferenceSession(str(paths[IMAGE_GRAPH]), opts, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(paths[DECODER_GRAPH]), opts, providers=["CPUExecutionProvider"])
 
     def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray):
         f0, f1, f2 = image.run(None, {"image": np.ascontiguousarray(img)[None]})
         return tuple(decoder.run(None, {"feat0": f0, "feat1": f1, "feat2": f2, "text": text.astype(np.float32),
                                         "text_mask": mask.astype(bool)}))
 
-    if "text_encoder" in paths:
-        text = ort.InferenceSession(str(paths["text_encoder"]), opts, providers=["CPUExecutionProvider"])
+    if TEXT_GRAPH in paths:
+        text = ort.InferenceSession(str(paths[TEXT_GRAPH]), opts, providers=["CPUExecutionProvider"])
         run.text = lambda ids, attn: tuple(text.run(None, {"input_ids": ids, "attention_mask": attn}))
     return run
 
@@ -143,7 +144,7 @@ def passes(report: dict, precision: str) -> list[str]:
         failed.append(f"mask IoU {report['mask_iou']:.3f} < {t.mask_iou}")
     if report["score_mae"] > t.score_mae:
         failed.append(f"score MAE {report['score_mae']:.4f} > {t.score_mae}")
-    text = report.get("text_encoder")
+    text = report.get(TEXT_GRAPH)
     if text is not None:
         if text["min_cosine"] < t.text_cosine:
             failed.append(f"text encoder cosine similarity {text['min_cosine']:.4f} < {t.text_cosine}")

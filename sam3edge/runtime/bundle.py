@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from sam3edge.runtime.concepts import ConceptCache, sha256_file
-from sam3edge.runtime.names import GRAPH_NAMES, MAX_PHRASE_CHARS, PRECISIONS, REQUIRED_GRAPHS, TARGETS
+from sam3edge.runtime.names import GRAPH_NAMES, MAX_PHRASE_CHARS, PRECISIONS, REQUIRED_GRAPHS, TARGETS, TEXT_GRAPH
 
 FORMAT = "sam3edge-bundle"  # the bundle format's one definition (sam3edge.export.bundle writes it)
 FORMAT_VERSION = 1
@@ -241,7 +241,7 @@ class Bundle:
 
     @property
     def has_text_encoder(self) -> bool:
-        return "text_encoder" in self.manifest["graphs"]
+        return TEXT_GRAPH in self.manifest["graphs"]
 
     @property
     def text_length(self) -> int:

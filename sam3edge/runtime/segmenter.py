@@ -38,7 +38,7 @@ from sam3edge.runtime.concepts import check_phrases
 from sam3edge.runtime.image import RESIZE_MODES, Resize, as_rgb_uint8
 from sam3edge.runtime.instances import Instances
 from sam3edge.runtime.int8_scheme import warn_if_kernels_differ
-from sam3edge.runtime.names import MAX_PHRASE_CHARS
+from sam3edge.runtime.names import DECODER_GRAPH, MAX_PHRASE_CHARS, TEXT_GRAPH
 
 __all__ = ["MAX_PHRASE_CHARS", "Prepared", "RawOutputs", "Segmenter"]
 
@@ -98,7 +98,7 @@ class Segmenter:
         if not isinstance(bundle, Bundle):
             bundle = Bundle.open(bundle)
         cache = bundle.concept_cache()  # read and checked now, not at the first phrase
-        width = next((t["shape"][-1] for t in bundle.graph("decoder")["inputs"] if t["name"] == "text"), None)
+        width = next((t["shape"][-1] for t in bundle.graph(DECODER_GRAPH)["inputs"] if t["name"] == "text"), None)
         if cache.features.shape[-1] != width:
             raise BundleError(f"bundle {bundle.path}: concept features are {cache.features.shape[-1]} wide, the "
                               f"decoder takes {width}; re-export the bundle")
@@ -181,7 +181,7 @@ class Segmenter:
         if self._tokenizer is None:
             raise ValueError(f"bundle {self.bundle.path} has no text encoder; it segments only its concepts "
                              f"({', '.join(self.bundle.concepts)})")
-        context = int(self.bundle.graph("text_encoder")["inputs"][0]["shape"][-1])
+        context = int(self.bundle.graph(TEXT_GRAPH)["inputs"][0]["shape"][-1])
         ids, attn = self._tokenizer.encode(list(phrases), context_length=context)
         with self._calls:
             return self._backend.text(ids, attn)

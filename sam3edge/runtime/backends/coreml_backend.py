@@ -23,6 +23,7 @@ from sam3edge.runtime.backends.base import (
     as_spec,
     import_package,
 )
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
@@ -58,24 +59,24 @@ class CoreMlBackend(Backend):
         self.device = units
         self._models = {name: self.load_graph(name, lambda p: ct.models.MLModel(
             str(p), compute_units=getattr(ct.ComputeUnit, units))) for name in bundle.manifest["graphs"]}
-        self._image_dtype = self.input_dtype("image_encoder", "image", "uint8")
-        self._mask_dtype = self.input_dtype("decoder", "text_mask", "bool")
+        self._image_dtype = self.input_dtype(IMAGE_GRAPH, "image", "uint8")
+        self._mask_dtype = self.input_dtype(DECODER_GRAPH, "text_mask", "bool")
 
     def image(self, frame: np.ndarray):
-        out = self._models["image_encoder"].predict({"image": np.ascontiguousarray(frame).astype(self._image_dtype)})
+        out = self._models[IMAGE_GRAPH].predict({"image": np.ascontiguousarray(frame).astype(self._image_dtype)})
         return as_spec(IMAGE_OUTPUTS, [out[n] for n in IMAGE_OUTPUTS])
 
     def decoder(self, feat0, feat1, feat2, text, text_mask):
         feeds = {"feat0": feat0, "feat1": feat1, "feat2": feat2, "text": np.asarray(text, np.float32),
                  "text_mask": np.asarray(text_mask).astype(self._mask_dtype)}
-        out = self._models["decoder"].predict(feeds)
+        out = self._models[DECODER_GRAPH].predict(feeds)
         return as_spec(DECODER_OUTPUTS, [out[n] for n in DECODER_OUTPUTS])
 
     def text(self, input_ids, attention_mask):
-        if "text_encoder" not in self._models:
+        if TEXT_GRAPH not in self._models:
             return super().text(input_ids, attention_mask)
-        dtypes = {n: self.input_dtype("text_encoder", n, "int64") for n in ("input_ids", "attention_mask")}
-        out = self._models["text_encoder"].predict({"input_ids": np.asarray(input_ids).astype(dtypes["input_ids"]),
+        dtypes = {n: self.input_dtype(TEXT_GRAPH, n, "int64") for n in ("input_ids", "attention_mask")}
+        out = self._models[TEXT_GRAPH].predict({"input_ids": np.asarray(input_ids).astype(dtypes["input_ids"]),
                                                     "attention_mask": np.asarray(attention_mask).astype(
                                                         dtypes["attention_mask"])})
         return as_spec(TEXT_OUTPUTS, [out[n] for n in TEXT_OUTPUTS])

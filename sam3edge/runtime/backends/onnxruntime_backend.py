@@ -24,6 +24,7 @@ from sam3edge.runtime.backends.base import (
     as_spec,
     import_package,
 )
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 INSTALL_HINT = ("pip install 'sam3edge[cpu]' (onnxruntime) or 'sam3edge[gpu]' (onnxruntime-gpu: CUDA / TensorRT "
@@ -59,8 +60,8 @@ class OnnxRuntimeBackend(Backend):
         for name in bundle.manifest["graphs"]:
             self._sessions[name] = self.load_graph(
                 name, lambda p: ort.InferenceSession(str(p), opts, providers=providers))
-        self.device = self._sessions["decoder"].get_providers()[0]
-        self._decoder_inputs = [t["name"] for t in bundle.graph("decoder")["inputs"]]
+        self.device = self._sessions[DECODER_GRAPH].get_providers()[0]
+        self._decoder_inputs = [t["name"] for t in bundle.graph(DECODER_GRAPH)["inputs"]]
 
     @property
     def executed_precision(self) -> str:
@@ -93,18 +94,18 @@ class OnnxRuntimeBackend(Backend):
         return [(p, options[p]) if options.get(p) else p for p in providers]
 
     def image(self, frame: np.ndarray):
-        out = self._sessions["image_encoder"].run(list(IMAGE_OUTPUTS), {"image": np.ascontiguousarray(frame)})
+        out = self._sessions[IMAGE_GRAPH].run(list(IMAGE_OUTPUTS), {"image": np.ascontiguousarray(frame)})
         return as_spec(IMAGE_OUTPUTS, out)
 
     def decoder(self, feat0, feat1, feat2, text, text_mask):
         values = (feat0, feat1, feat2, np.asarray(text, np.float32), np.asarray(text_mask, bool))
-        out = self._sessions["decoder"].run(list(DECODER_OUTPUTS), dict(zip(self._decoder_inputs, values)))
+        out = self._sessions[DECODER_GRAPH].run(list(DECODER_OUTPUTS), dict(zip(self._decoder_inputs, values)))
         return as_spec(DECODER_OUTPUTS, out)
 
     def text(self, input_ids, attention_mask):
-        if "text_encoder" not in self._sessions:
+        if TEXT_GRAPH not in self._sessions:
             return super().text(input_ids, attention_mask)
-        out = self._sessions["text_encoder"].run(list(TEXT_OUTPUTS), {
+        out = self._sessions[TEXT_GRAPH].run(list(TEXT_OUTPUTS), {
             "input_ids": np.asarray(input_ids, np.int64), "attention_mask": np.asarray(attention_mask, np.int64)})
         return as_spec(TEXT_OUTPUTS, out)
 

@@ -28,6 +28,7 @@ from sam3edge.runtime.backends.base import (
     as_spec,
     import_package,
 )
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 INSTALL_HINT = "pip install openvino (the NPU and GPU plugins also need Intel's drivers for that device)"
 STATIC_DEVICES = ("NPU",)  # plugins that compile static shapes only
@@ -75,10 +76,10 @@ class OpenVinoBackend(Backend):
         self._local = threading.local()  # this thread's infer requests: {id(compiled): (compiled, request)}
         self._models = {name: self.load_graph(name, lambda p: self._core.read_model(str(p)))
                         for name in bundle.manifest["graphs"]}
-        self._compiled = {"image_encoder": self._compile("image_encoder")}
+        self._compiled = {IMAGE_GRAPH: self._compile(IMAGE_GRAPH)}
         self._prompts, self._text_static = None, {}
         if not self._static:
-            for name in ("decoder", "text_encoder"):
+            for name in (DECODER_GRAPH, TEXT_GRAPH):
                 if name in self._models:
                     self._compiled[name] = self._compile(name)
 
@@ -96,7 +97,7 @@ class OpenVinoBackend(Backend):
     def prompts_changed(self, n: int) -> None:
         if not self._static or n == self._prompts:
             return
-        self._compiled["decoder"] = self._compile("decoder", n)  # a failure leaves the previous one in place
+        self._compiled[DECODER_GRAPH] = self._compile(DECODER_GRAPH, n)  # a failure leaves the previous one in place
         self._prompts = n
 
     def _run(self, name: str, feeds: dict, names: tuple[str, ...]):
@@ -112,22 +113,22 @@ class OpenVinoBackend(Backend):
         return as_spec(names, [result[compiled.output(i)] for i in range(len(names))])
 
     def image(self, frame: np.ndarray):
-        return self._run("image_encoder", {"image": np.ascontiguousarray(frame)}, IMAGE_OUTPUTS)
+        return self._run(IMAGE_GRAPH, {"image": np.ascontiguousarray(frame)}, IMAGE_OUTPUTS)
 
     def decoder(self, feat0, feat1, feat2, text, text_mask):
         feeds = {"feat0": feat0, "feat1": feat1, "feat2": feat2, "text": np.asarray(text, np.float32),
                  "text_mask": np.asarray(text_mask, bool)}
-        return self._run("decoder", feeds, DECODER_OUTPUTS)
+        return self._run(DECODER_GRAPH, feeds, DECODER_OUTPUTS)
 
     def text(self, input_ids, attention_mask):
-        if "text_encoder" not in self._models:
+        if TEXT_GRAPH not in self._models:
             return super().text(input_ids, attention_mask)
         if self._static:  # one compiled text encoder per prompt count (usually just one: the new phrases)
             n = len(input_ids)
             if n not in self._text_static:
-                self._text_static[n] = self._compile("text_encoder", n)
-            self._compiled["text_encoder"] = self._text_static[n]
-        return self._run("text_encoder", {"input_ids": np.asarray(input_ids, np.int64),
+                self._text_static[n] = self._compile(TEXT_GRAPH, n)
+            self._compiled[TEXT_GRAPH] = self._text_static[n]
+        return self._run(TEXT_GRAPH, {"input_ids": np.asarray(input_ids, np.int64),
                                           "attention_mask": np.asarray(attention_mask, np.int64)}, TEXT_OUTPUTS)
 
 

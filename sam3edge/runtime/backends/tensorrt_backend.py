@@ -31,6 +31,7 @@ from sam3edge.runtime.backends.base import (
     import_package,
 )
 from sam3edge.runtime.bundle import BundleError
+from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 INSTALL_HINT = ("TensorRT runs where it is installed: on a Jetson it comes with JetPack (python3-libnvinfer), on "
                 "x86 with an NVIDIA GPU `pip install tensorrt` (CUDA 12); the runtime's CUDA buffers need torch with "
@@ -91,7 +92,7 @@ def engine_paths(bundle, key: str) -> dict[str, Path]:
 
 def read_config(bundle) -> dict:
     """The bundle's ``graphs/tensorrt.json`` (build settings), {} where it has none."""
-    rel = (Path(bundle.graph("decoder")["file"]).parent / CONFIG).as_posix()
+    rel = (Path(bundle.graph(DECODER_GRAPH)["file"]).parent / CONFIG).as_posix()
     path = bundle.resolve(rel)
     if not path.is_file():
         return {}
@@ -157,7 +158,7 @@ class TensorRtBackend(Backend):
             engine = self.load_graph(name, lambda p: _deserialize(runtime, p, self._log), path)
             self._engines[name] = (engine, engine.create_execution_context())
         self._stream = torch.cuda.Stream(self._dev)
-        self._max_prompts = int(self._engines["decoder"][0].get_tensor_profile_shape("text", 0)[2][0])
+        self._max_prompts = int(self._engines[DECODER_GRAPH][0].get_tensor_profile_shape("text", 0)[2][0])
 
     @property
     def name(self) -> str:
@@ -185,7 +186,7 @@ class TensorRtBackend(Backend):
         torch = self._torch
         # tensors made inside the stream context belong to the stream: freed ones are reused only by later work on it
         with torch.no_grad(), torch.cuda.stream(self._stream):
-            levels = self._execute("image_encoder", {"image": torch.from_numpy(np.ascontiguousarray(frame))})
+            levels = self._execute(IMAGE_GRAPH, {"image": torch.from_numpy(np.ascontiguousarray(frame))})
         self._stream.synchronize()
         return tuple(levels[n] for n in IMAGE_OUTPUTS)
 
@@ -201,7 +202,7 @@ class TensorRtBackend(Backend):
                 feeds = dict(zip(IMAGE_OUTPUTS, features))
                 feeds["text"] = torch.from_numpy(np.ascontiguousarray(text[s:s + self._max_prompts], np.float32))
                 feeds["text_mask"] = torch.from_numpy(np.ascontiguousarray(text_mask[s:s + self._max_prompts], bool))
-                chunks.append(self._execute("decoder", feeds))
+                chunks.append(self._execute(DECODER_GRAPH, feeds))
         self._stream.synchronize()
         return as_spec(DECODER_OUTPUTS, [_numpy(torch.cat([c[n] for c in chunks])) for n in DECODER_OUTPUTS])
 
@@ -209,11 +210,11 @@ class TensorRtBackend(Backend):
         return self.decode((feat0, feat1, feat2), text, text_mask)
 
     def text(self, input_ids, attention_mask):
-        if "text_encoder" not in self._engines:
+        if TEXT_GRAPH not in self._engines:
             return super().text(input_ids, attention_mask)
         torch = self._torch
         with torch.no_grad(), torch.cuda.stream(self._stream):
-            out = self._execute("text_encoder", {"input_ids": torch.from_numpy(np.asarray(input_ids, np.int64)),
+            out = self._execute(TEXT_GRAPH, {"input_ids": torch.from_numpy(np.asarray(input_ids, np.int64)),
                                                  "attention_mask": torch.from_numpy(np.asarray(attention_mask,
                                                                                                np.int64))})
         self._stream.synchronize()
