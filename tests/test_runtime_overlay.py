@@ -202,3 +202,17 @@ def test_side_by_side_without_titles_has_no_bar_and_checks_its_arguments():
         side_by_side([a, a], ["only one"])
     with pytest.raises(ValueError, match="no images"):
         side_by_side([])
+
+
+def test_saved_overlays_are_readable_by_others_and_leave_no_temporary_file(gray, tmp_path):
+    """The overlay went through its own mkstemp copy of the atomic write: files came out mode 0600 and unsynced
+    (issue 15); it now uses sam3edge.atomic like every other write."""
+    from sam3edge.runtime.instances import Instances
+    from sam3edge.runtime.overlay import save_overlay
+
+    empty = Instances(phrases=[], concept_ids=np.zeros(0, np.int64), scores=np.zeros(0, np.float32),
+                      boxes=np.zeros((0, 4)), masks=np.zeros((0, *gray.shape[:2]), bool), presence={},
+                      image_size=gray.shape[:2])
+    path = save_overlay(tmp_path / "o.png", gray, empty)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]

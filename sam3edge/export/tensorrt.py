@@ -18,7 +18,6 @@ builds the engines where TensorRT and a GPU are present. Only :func:`build_engin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -162,14 +161,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
 
 
 def _write_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from sam3edge.atomic import atomic_write
+
+    atomic_write(path, lambda f: f.write(data))
 
 
 def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:

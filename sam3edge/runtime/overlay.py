@@ -12,14 +12,13 @@ numpy and Pillow only.
 from __future__ import annotations
 
 import colorsys
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sam3edge.atomic import atomic_write
 from sam3edge.runtime.image import as_rgb_uint8
 from sam3edge.runtime.instances import Instances
 
@@ -187,16 +186,7 @@ def save_overlay(path, image, instances: Instances, **draw_options) -> Path:
     if fmt is None:
         raise ValueError(f"save_overlay: cannot tell the image format of {path} from its suffix; use .png or .jpg")
     picture = draw(image, instances, **draw_options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(picture).save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: Image.fromarray(picture).save(f, format=fmt))  # fsynced, mode 0644
 
 
 def side_by_side(images: list, titles: list[str] | None = None, height: int | None = None,
