@@ -90,7 +90,7 @@ def test_decode_accepts_uncompressed_counts_like_pycocotools():
 @pytest.mark.parametrize(
     "rle,message",
     [
-        ({"size": [2, 2], "counts": "~"}, "outside COCO's alphabet"),
+        ({"size": [2, 2], "counts": "~"}, "outside the COCO alphabet"),
         ({"size": [2, 2], "counts": "0P"}, "truncated"),
         ({"size": [2, 2], "counts": "1"}, "covers 1 pixels but 'size' 2 x 2 has 4"),
         ({"size": [2, 2], "counts": "@"}, "negative run lengths"),

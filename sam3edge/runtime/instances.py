@@ -76,7 +76,7 @@ def rle_counts_to_runs(counts: str | bytes, where: str) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
     if c.min() < 0 or c.max() > 63:
-        raise ValueError(f"{where}: RLE 'counts' has characters outside COCO's alphabet '0'..'o'; it is corrupted")
+        raise ValueError(f"{where}: RLE 'counts' has characters outside the COCO alphabet ('0'..'o'); it is corrupted")
     more = (c & 0x20) != 0
     if more[-1]:
         raise ValueError(f"{where}: RLE 'counts' is truncated (its last character has the continuation bit)")
