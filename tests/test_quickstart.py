@@ -21,8 +21,10 @@ def test_quickstart_runs_the_whole_loop_and_prints_one_table(tmp_path, capsys):
     from sam3edge.cli import main
 
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--steps", "30", "--stage2-steps", "10", "--n-train", "12",
-                 "--n-eval", "4", "--quiet"]) == 0
+    # toy with stage 1 only: 30 steps are enough for a student whose heads are the teacher's; an undertrained toy-fast
+    # (30 + 10 steps) fails its int8 export verification, and that refusal is right (make demo runs toy-fast in full)
+    assert main(["quickstart", "--out", str(out), "--student", "toy", "--steps", "30", "--stage2-steps", "0",
+                 "--n-train", "12", "--n-eval", "4", "--quiet"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "quickstart.json").read_text())
     models = [r["model"] for r in result["rows"]]
@@ -33,8 +35,8 @@ def test_quickstart_runs_the_whole_loop_and_prints_one_table(tmp_path, capsys):
         assert r["model"] in printed
     # timings exist (speed is a benchmark's business, not a test's: no ratio is asserted)
     assert all(r["speedup"] > 0 for r in result["rows"][1:])
-    report = result["distill_report"]  # toy-fast: stage 2 trained its new mask path; the rest came from the teacher
-    assert report["student"] == "toy-fast" and "stage2_final" in report
+    report = result["distill_report"]  # stage 1 only: the heads are the teacher's
+    assert report["student"] == "toy" and "stage1_final" in report and "stage2_final" not in report
     assert "detr_decoder.layers" in report["init_heads"]["parts_from_teacher"]
     assert len(list((out / "overlays").glob("*.png"))) == 4
     for target in ("onnx", "openvino"):
