@@ -12,7 +12,7 @@ ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]
 def _inputs(student, prompts: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     feats = student.encode_images(torch.rand(1, 3, student.image_size, student.image_size, generator=g))
-    c = student.spec.heads.hidden_size
+    c = student.spec.heads.in_width
     text = torch.randn(prompts, 8, c, generator=g)
     mask = torch.ones(prompts, 8, dtype=torch.bool)
     mask[:, 5:] = False
@@ -176,7 +176,7 @@ def test_narrow_fast_students_have_no_head_wide_map_at_the_fine_strides():
     from sam3edge.models.registry import create_student
 
     student = create_student("edge-s-fast", input_size=128)
-    m, d = student.spec.heads.mask_dim, student.spec.heads.hidden_size
+    m, d = student.spec.heads.mask_dim, student.spec.heads.in_width
     levels = student.encode_images(torch.rand(1, 3, 128, 128)).levels
     assert [tuple(x.shape[1:]) for x in levels] == [(m, 32, 32), (m, 16, 16), (d, 8, 8)]
     neck = student.image_encoder.neck
@@ -246,3 +246,64 @@ def test_fast_students_hold_masks_to_their_boxes():
 
         prior = student.heads.mask_decoder.box_prior * outside_box(out.boxes, *out.mask_logits.shape[-2:])
         torch.testing.assert_close(out.mask_logits, base.mask_logits - prior, atol=1e-3, rtol=1e-4)
+
+
+def test_a_narrow_decoder_takes_the_teachers_width_and_projects_it_once():
+    """input_dim: edge-s-fast's decoder is 128 wide while its text and coarsest level stay at SAM3's 256, so the
+    teacher's concept cache and stage 1 fit; bad combinations are refused with the field named."""
+    import torch
+
+    from sam3edge.models.heads_config import HeadsConfig
+    from sam3edge.models.registry import create_student
+
+    student = create_student("edge-s-fast", input_size=128)
+    h = student.spec.heads
+    assert (h.hidden_size, h.in_width, h.fpn_widths[-1]) == (128, 256, 256)
+    assert student.heads.prompt_proj.in_features == 256 and student.heads.prompt_proj.out_features == 128
+    assert student.heads.grid_proj.in_channels == 256 and student.heads.grid_proj.out_channels == 128
+    levels, pos, text, mask = _inputs(student, 3)
+    assert text.shape[-1] == 256
+    out = student.heads(levels, pos, text, mask)
+    assert out.mask_logits.shape == (3, h.num_queries, 32, 32) and torch.isfinite(out.logits).all()
+    with pytest.raises(ValueError, match=r"expected \[N, L, 256\]"):
+        student.heads(levels, pos, torch.zeros(3, 8, 128), mask)
+    with pytest.raises(ValueError, match="input_dim=256 differs from hidden_size=128: only fast heads"):
+        HeadsConfig(hidden_size=128, input_dim=256, geometry_heads=4, encoder_heads=4, decoder_heads=4, mask_heads=4)
+    with pytest.raises(ValueError, match="input_dim=12"):
+        HeadsConfig(head_type="fast", mask_dim=64, input_dim=12)
+    # toy-fast and the SAM3-layout heads keep one width and no projection (existing checkpoints load as before)
+    assert create_student("toy-fast").heads.prompt_proj is None
+
+
+def test_narrow_decoder_graph_equals_pytorch(tmp_path):
+    """edge-s-fast's export graphs (fused ops, as the onnx and openvino targets write them) against PyTorch with the
+    projections of a narrow decoder in between: scores, boxes and mask logits at 1 and 3 prompts."""
+    import onnxruntime as ort
+
+    from sam3edge.export.graphs import DecoderGraph, ImageEncoderGraph
+    from sam3edge.export.onnx import export_fp32
+    from sam3edge.models.registry import create_student
+
+    torch.manual_seed(0)
+    student = create_student("edge-s-fast", input_size=128).eval()
+    rng = np.random.default_rng(0)
+    text = rng.normal(0, 1, (3, 8, 256)).astype(np.float32)
+    mask = np.zeros((3, 8), bool)
+    mask[:, :4] = True
+    image = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    paths = export_fp32(student, tmp_path, [image], text, mask, fused=True)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    enc, dec = (ort.InferenceSession(str(paths[k]), so, providers=["CPUExecutionProvider"])
+                for k in ("image_encoder", "decoder"))
+    feats = enc.run(None, {"image": image[None]})
+    with torch.no_grad():
+        want_feats = ImageEncoderGraph(student)(torch.from_numpy(image)[None])
+        graph = DecoderGraph(student)
+        for p in (1, 3):
+            got = dec.run(None, {"feat0": feats[0], "feat1": feats[1], "feat2": feats[2], "text": text[:p],
+                                 "text_mask": mask[:p]})
+            want = graph(*want_feats, torch.from_numpy(text[:p]), torch.from_numpy(mask[:p]))
+            np.testing.assert_array_equal(got[4], want[4].numpy())  # the same queries kept
+            for g, w, tol in zip(got[:4], want[:4], (1e-4, 1e-4, 1e-4, 1e-3)):
+                np.testing.assert_allclose(g, w.numpy(), atol=tol, rtol=1e-4)

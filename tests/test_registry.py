@@ -30,7 +30,7 @@ def _cache(width: int) -> ConceptCache:
 
 def _run(name: str, **overrides) -> tuple[ConceptOutputs, StudentSpec]:
     spec = get_student_spec(name, **overrides)
-    concepts = _cache(spec.heads.hidden_size) if spec.text_mode == "cache" else None
+    concepts = _cache(spec.heads.in_width) if spec.text_mode == "cache" else None
     torch.manual_seed(0)
     student = create_student(name, concepts=concepts, **overrides)
     image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)

@@ -27,7 +27,7 @@ def regressed_levels(student) -> list[int]:
     """The FPN levels stage 1 regresses onto the teacher's: those at the heads' width. Fast heads' narrow fine
     levels (``HeadsConfig.fpn_widths``) have no teacher counterpart; stage 2 trains them through the masks."""
     heads = student.spec.heads
-    return [k for k, c in enumerate(heads.fpn_widths) if c == heads.hidden_size]
+    return [k for k, c in enumerate(heads.fpn_widths) if c == heads.in_width]
 
 
 def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], mse: float = 1.0, cos: float = 1.0,

@@ -182,7 +182,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
 
 def _check_widths(teacher, student, cfg: DistillConfig) -> None:
     """Fail before any work if the student cannot learn from this teacher's features or text embeddings."""
-    width = student.spec.heads.hidden_size
+    width = student.spec.heads.in_width
     fpn = teacher.config.vision_config.fpn_hidden_size
     text = teacher.config.detr_decoder_config.hidden_size
     if 1 in cfg.stages and fpn != width:

@@ -14,7 +14,8 @@ static graph:
   size are constants of the graph; only the top-K queries get masks.
 * Students with fast heads (``HeadsConfig.head_type == "fast"``) keep these names with other contents:
   ``feat0`` is the shared pixel embeddings [1, m, S/4, S/4], ``feat1`` the coarsest FPN level
-  [1, C, S/16, S/16] (exemplar prompts' ROI features), ``feat2`` the fusion grid [1, C, g, g]; the
+  [1, E, S/16, S/16] (exemplar prompts' ROI features; E = ``HeadsConfig.in_width``), ``feat2`` the fusion grid
+  [1, C, g, g] and ``text`` [P, L, E]; the
   decoder graph runs only the per-concept part (:class:`~sam3edge.models.heads.fast.FastHeads`).
 * :class:`TextEncoderGraph` - ``input_ids`` int64 [P, 32] and ``attention_mask`` int64 [P, 32] ->
   ``text`` [P, L, C] and ``text_mask`` [P, L] bool (students with their own text encoder).
@@ -60,7 +61,7 @@ class DecoderGraph(nn.Module):
             self.register_buffer(f"pos{i}", p.detach().clone(), persistent=False)
         self.fast = is_fast(student)
         if self.fast:
-            grid_pos = pos[-1] if student.spec.heads.fusion_stride == 16 else torch.nn.functional.avg_pool2d(pos[-1], 2)
+            grid_pos = student.heads.grid_position(pos[-1])
             self.register_buffer("grid_pos", grid_pos.detach().clone(), persistent=False)
 
     def forward(self, feat0, feat1, feat2, text, text_mask):

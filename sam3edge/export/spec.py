@@ -86,7 +86,7 @@ class ExportSpec:
 
 def export_spec(student, text_length: int | None = None) -> ExportSpec:
     """The :class:`ExportSpec` of a :class:`~sam3edge.models.student.Sam3Student`."""
-    s, c = student.image_size, student.spec.heads.hidden_size
+    s, c = student.image_size, student.spec.heads.in_width
     k = student.spec.export.top_k
     if text_length is None:
         text_length = int(student.concepts.features.shape[1]) if student.concepts is not None else CONTEXT_LENGTH
@@ -94,7 +94,8 @@ def export_spec(student, text_length: int | None = None) -> ExportSpec:
     if heads.head_type == "fast":  # shared pixel embeddings, coarsest level, fusion grid (export.graphs)
         g = s // heads.fusion_stride
         feats = (TensorSpec("feat0", "float32", (1, heads.pixel_dim, s // 4, s // 4)),
-                 TensorSpec("feat1", "float32", (1, c, s // 16, s // 16)), TensorSpec("feat2", "float32", (1, c, g, g)))
+                 TensorSpec("feat1", "float32", (1, c, s // 16, s // 16)),
+                 TensorSpec("feat2", "float32", (1, heads.hidden_size, g, g)))
     else:
         feats = tuple(TensorSpec(f"feat{i}", "float32", (1, c, s // d, s // d)) for i, d in enumerate((4, 8, 16)))
     graphs = [

@@ -35,7 +35,10 @@ class HeadsConfig:
     grid tokens: at the toy's 16 x 16 grid it is cheap, and the layers, hence the decoder's inputs, are then the
     teacher's own), box_prior (0: off; s > 0: a query's mask logits drop by s per unit of normalised distance
     outside its own box enlarged by 10 % + 2 mask pixels, as YOLACT crops prototype masks to their boxes, but
-    continuous: concept-agnostic pixel embeddings cannot tell one apple from its neighbour, the box can).
+    continuous: concept-agnostic pixel embeddings cannot tell one apple from its neighbour, the box can),
+    input_dim (0: hidden_size; else the width of what fast heads receive, text / prompt tokens and the coarsest FPN
+    level, projected to hidden_size on entry: the teacher's width outside, so concept caches and stage 1 still
+    match a SAM3 teacher, and a narrower decoder inside, whose per-concept cost falls with the square of its width).
     """
 
     hidden_size: int = 256
@@ -64,6 +67,7 @@ class HeadsConfig:
     mask_mode: str = "prototype"
     fusion_self_attention: bool = False
     box_prior: float = 0.0
+    input_dim: int = 0
 
     def __post_init__(self):
         if self.head_type not in HEAD_TYPES:
@@ -75,6 +79,12 @@ class HeadsConfig:
             raise ValueError(f"HeadsConfig.fusion_stride={self.fusion_stride} must be 16 or 32")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"HeadsConfig.mask_mode={self.mask_mode!r} is not one of {MASK_MODES}")
+        if self.input_dim < 0 or self.input_dim % 8:
+            raise ValueError(f"HeadsConfig.input_dim={self.input_dim} must be 0 (= hidden_size) or a positive multiple "
+                             "of 8")
+        if self.input_dim not in (0, self.hidden_size) and (self.head_type != "fast" or not self.mask_dim):
+            raise ValueError(f"HeadsConfig.input_dim={self.input_dim} differs from hidden_size={self.hidden_size}: "
+                             "only fast heads with a narrow pixel path (mask_dim > 0) project their inputs")
         if self.mask_dim < 0 or self.mask_dim % 8:
             raise ValueError(f"HeadsConfig.mask_dim={self.mask_dim} must be 0 (= hidden_size) or a positive "
                              "multiple of 8 (the pixel embeddings normalise in 8 groups)")
@@ -122,12 +132,18 @@ class HeadsConfig:
         return self.mask_dim or self.hidden_size
 
     @property
+    def in_width(self) -> int:
+        """Width of the text / prompt features and of the coarsest FPN level the heads take (``input_dim``)."""
+        return self.input_dim or self.hidden_size
+
+    @property
     def fpn_widths(self) -> tuple[int, int, int]:
         """Channels of the 3 FPN levels (strides 4, 8, 16) the heads consume: ``hidden_size`` each, except for
         fast heads with narrow pixel embeddings (``mask_dim`` > 0), whose two fine levels feed only the pixel
         path and so carry ``mask_dim`` channels: at 256 channels the stride-4 and stride-8 neck cost edge-s-fast
-        1.3 GFLOPs a frame, as much as half its backbone, to be narrowed to 64 right after."""
-        d = self.hidden_size
+        1.3 GFLOPs a frame, as much as half its backbone, to be narrowed to 64 right after. The coarsest level
+        has ``in_width`` channels."""
+        d = self.in_width
         return (self.mask_dim, self.mask_dim, d) if self.head_type == "fast" and self.mask_dim else (d, d, d)
 
     def to_dict(self) -> dict:

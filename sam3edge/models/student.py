@@ -39,7 +39,7 @@ class Sam3Student(nn.Module):
     def __init__(self, spec: StudentSpec, concepts=None, overrides: dict | None = None, pair_chunk: int = 16):
         super().__init__()
         self.spec, self.overrides, self.pair_chunk = spec, dict(overrides or {}), pair_chunk
-        width = spec.heads.hidden_size
+        width = spec.heads.in_width  # what the heads take: the coarsest level and the text features
         self.image_encoder = ImageEncoder(spec.backbone, width=width, mean=spec.mean, std=spec.std,
                                           widths=spec.heads.fpn_widths)
         self.heads = build_heads(spec.heads)
@@ -78,11 +78,11 @@ class Sam3Student(nn.Module):
 
     def set_concepts(self, concepts) -> None:
         """Use ``concepts`` (a ConceptCache) for text mode "cache"; its feature width must be the heads'."""
-        width = self.spec.heads.hidden_size
+        width = self.spec.heads.in_width
         if concepts.features.shape[-1] != width:
             raise ValueError(f"concept cache features are {concepts.features.shape[-1]} wide, student "
-                             f"{self.spec.name!r} heads are {width} wide; build the cache from a teacher whose "
-                             f"heads are {width} wide")
+                             f"{self.spec.name!r} takes {width}-wide text features; build the cache from a teacher "
+                             f"whose heads are {width} wide")
         self.concepts = concepts
 
     # ---- pre-processing -------------------------------------------------------------------------

@@ -70,13 +70,15 @@ def box_attention(q: T, k: T, v: T, boxes: T, x_w1: T, x_b1: T, x_w2: T, x_b2: T
     by = op.Add(op.MatMul(hy, op.Transpose(y_w2, perm=[1, 0])), y_b2)  # [N, Qb, H, heads]
     hx = op.Relu(op.Add(op.MatMul(lx, op.Transpose(x_w1, perm=[1, 0])), x_b1))
     bx = op.Add(op.MatMul(hx, op.Transpose(x_w2, perm=[1, 0])), x_b2)  # [N, Qb, W, heads]
-    grid = op.Add(op.Unsqueeze(by, op.Constant(value_ints=[3])), op.Unsqueeze(bx, axis2))  # [N, Qb, H, W, heads]
-    heads = op.Reshape(op.Constant(value_int=num_heads), op.Constant(value_ints=[1]))
-    grid = op.Reshape(grid, op.Concat(op.Constant(value_ints=[0, 0, -1]), heads, axis=0))
-    bias = op.Transpose(grid, perm=[0, 3, 1, 2])  # [N, heads, Qb, H*W]
+    # Heads first, and the box-less leading rows (zero bias) padded onto the per-axis terms rather than onto the
+    # [N, heads, Lq, H*W] sum: the broadcast add then runs along W, not along a 4-8 wide heads axis (ORT: 3x).
     lead = op.Sub(op.Shape(q, start=1, end=2), op.Shape(boxes, start=1, end=2))  # rows without a box
     pads = op.Concat(op.Constant(value_ints=[0, 0]), lead, op.Constant(value_ints=[0, 0, 0, 0, 0]), axis=0)
-    bias = op.Pad(bias, pads)
+    by = op.Pad(op.Transpose(by, perm=[0, 3, 1, 2]), pads)  # [N, heads, Lq, H]
+    bx = op.Pad(op.Transpose(bx, perm=[0, 3, 1, 2]), pads)  # [N, heads, Lq, W]
+    grid = op.Add(op.Unsqueeze(by, op.Constant(value_ints=[4])), op.Unsqueeze(bx, op.Constant(value_ints=[3])))
+    bias = op.Reshape(grid, op.Constant(value_ints=[0, 0, 0, -1]))  # [N, heads, Lq, H*W]
+    heads = op.Reshape(op.Constant(value_int=num_heads), op.Constant(value_ints=[1]))
     split = op.Concat(op.Constant(value_ints=[0, 0]), heads, op.Constant(value_ints=[-1]), axis=0)
     qh = op.Transpose(op.Reshape(q, split), perm=[0, 2, 1, 3])
     kt = op.Transpose(op.Reshape(k, split), perm=[0, 2, 3, 1])

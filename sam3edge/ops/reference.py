@@ -57,8 +57,8 @@ def box_rpb(boxes: torch.Tensor, height: int, width: int, x_mlp: tuple, y_mlp: t
     cols = torch.arange(width, device=boxes.device, dtype=boxes.dtype) / width
     by = _mlp(log_distance(rows[:, None] - xyxy[..., None, 1::2]), *y_mlp)  # [N, Qb, H, heads]
     bx = _mlp(log_distance(cols[:, None] - xyxy[..., None, 0::2]), *x_mlp)  # [N, Qb, W, heads]
-    bias = by[:, :, :, None, :] + bx[:, :, None, :, :]
-    return bias.flatten(2, 3).permute(0, 3, 1, 2)
+    by, bx = by.permute(0, 3, 1, 2), bx.permute(0, 3, 1, 2)  # heads first: the sum below is laid out as returned
+    return (by[..., :, None] + bx[..., None, :]).flatten(-2)
 
 
 def box_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, boxes: torch.Tensor, height: int, width: int,

@@ -115,8 +115,8 @@ class DetrDecoder(nn.Module):
         dx = cols[:, None] - xyxy[..., None, 0::2]  # [N, Q, W, 2]: to x1, x2
         by = self.box_rpb_embed_y(_log_distance(dy))  # [N, Q, H, heads]
         bx = self.box_rpb_embed_x(_log_distance(dx))  # [N, Q, W, heads]
-        bias = by[:, :, :, None, :] + bx[:, :, None, :, :]  # [N, Q, H, W, heads]
-        return bias.flatten(2, 3).permute(0, 3, 1, 2)
+        by, bx = by.permute(0, 3, 1, 2), bx.permute(0, 3, 1, 2)  # [N, heads, Q, H or W]
+        return (by[..., :, None] + bx[..., None, :]).flatten(-2)  # [N, heads, Q, H*W], no copy to permute
 
     def forward(self, image: torch.Tensor, image_pos: torch.Tensor, height: int, width: int, prompt: torch.Tensor,
                 prompt_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

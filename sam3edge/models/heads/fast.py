@@ -71,10 +71,10 @@ class NarrowPixelDecoder(nn.Module):
         return x
 
 
-def outside_box(boxes: torch.Tensor, h: int, w: int, grow: float = 0.1) -> torch.Tensor:
-    """boxes [N, K, 4] normalised xyxy -> [N, K, h, w]: each pixel centre's distance (normalised units, L1 over the
-    axes) outside its box grown by ``grow`` of its size + 2 pixels per side; 0 inside. Continuous in the box, so
-    exported graphs agree with PyTorch at the edges."""
+def outside_box_axes(boxes: torch.Tensor, h: int, w: int, grow: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """boxes [N, K, 4] normalised xyxy -> (dy [N, K, h], dx [N, K, w]): each pixel row's (column's) centre distance
+    (normalised units) outside its box grown by ``grow`` of its size + 2 pixels per side; 0 inside. Continuous in
+    the box, so exported graphs agree with PyTorch at the edges. :func:`outside_box` is their sum over the grid."""
     x0, y0, x1, y1 = boxes.unbind(-1)
     mx = grow * (x1 - x0).abs() + 2.0 / w
     my = grow * (y1 - y0).abs() + 2.0 / h
@@ -82,6 +82,13 @@ def outside_box(boxes: torch.Tensor, h: int, w: int, grow: float = 0.1) -> torch
     ys = (torch.arange(h, dtype=boxes.dtype, device=boxes.device) + 0.5) / h
     dx = torch.relu((x0 - mx)[..., None] - xs) + torch.relu(xs - (x1 + mx)[..., None])  # [N, K, w]
     dy = torch.relu((y0 - my)[..., None] - ys) + torch.relu(ys - (y1 + my)[..., None])  # [N, K, h]
+    return dy, dx
+
+
+def outside_box(boxes: torch.Tensor, h: int, w: int, grow: float = 0.1) -> torch.Tensor:
+    """boxes [N, K, 4] normalised xyxy -> [N, K, h, w]: each pixel centre's distance outside its grown box (L1 over
+    the axes; see :func:`outside_box_axes`); 0 inside."""
+    dy, dx = outside_box_axes(boxes, h, w, grow)
     return dy[..., :, None] + dx[..., None, :]
 
 
@@ -161,7 +168,10 @@ class FastMasks(nn.Module):
             coarse = torch.matmul(self.coarse_embedder(queries), grid.flatten(2)).unflatten(-1, grid.shape[-2:])
             logits = logits + F.interpolate(coarse, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
         if self.box_prior and boxes is not None:
-            logits = logits - self.box_prior * outside_box(boxes.detach(), *pixels.shape[-2:])
+            # Two broadcast subtractions of the scaled per-axis terms, never the [N, K, H, W] distance map itself:
+            # at 16 concepts x 20 masks x 128^2 each full-size op costs the ONNX graph ~4 ms.
+            dy, dx = outside_box_axes(boxes.detach(), *pixels.shape[-2:])
+            logits = logits - (self.box_prior * dy)[..., :, None] - (self.box_prior * dx)[..., None, :]
         return logits
 
     def semantic(self, pooled: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -177,11 +187,14 @@ class FastHeads(nn.Module):
         if config.head_type != "fast":
             raise ValueError(f"FastHeads needs HeadsConfig(head_type='fast'), got {config.head_type!r}")
         self.config = config
-        d = config.hidden_size
-        self.grid_proj = nn.Conv2d(d, d, 1)
-        with torch.no_grad():  # starts as the identity: teacher-initialised fusion and decoder see what they know
-            self.grid_proj.weight.copy_(torch.eye(d)[:, :, None, None])
-            self.grid_proj.bias.zero_()
+        d, e = config.hidden_size, config.in_width
+        self.grid_proj = nn.Conv2d(e, d, 1)
+        if e == d:
+            with torch.no_grad():  # starts as the identity: teacher-initialised fusion and decoder see what they know
+                self.grid_proj.weight.copy_(torch.eye(d)[:, :, None, None])
+                self.grid_proj.bias.zero_()
+        # A decoder narrower than its inputs (input_dim): prompt tokens are projected on entry, once per concept.
+        self.prompt_proj = nn.Linear(e, d) if e != d else None
         self.geometry_encoder = GeometryEncoder(config)
         self.detr_encoder = FastFusion(config)
         self.detr_decoder = DetrDecoder(config)
@@ -193,10 +206,20 @@ class FastHeads(nn.Module):
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """FPN levels / positions (fine to coarse) of B images -> pixel embeddings [B, m, S/4, S/4], grid tokens
         [B, C, g, g] and their position encoding [B, C, g, g] (g = S / fusion_stride)."""
-        grid, grid_pos = self.grid_proj(levels[-1]), pos[-1]
+        grid = self.grid_proj(levels[-1])
         if self.config.fusion_stride == 32:
-            grid, grid_pos = F.avg_pool2d(grid, 2), F.avg_pool2d(grid_pos, 2)
-        return self.mask_decoder.pixels(levels), grid, grid_pos
+            grid = F.avg_pool2d(grid, 2)
+        return self.mask_decoder.pixels(levels), grid, self.grid_position(pos[-1])
+
+    def grid_position(self, coarse_pos: torch.Tensor) -> torch.Tensor:
+        """The coarsest level's position encoding [B, in_width, S/16, S/16] -> the fusion grid's [B, C, g, g]: pooled
+        as the grid is (the same sine encoding at the heads' own width where that differs from the level's)."""
+        if self.config.in_width != self.config.hidden_size:
+            from sam3edge.models.position_encoding import sine_position_encoding
+
+            coarse_pos = sine_position_encoding(coarse_pos.shape[0], self.config.hidden_size, *coarse_pos.shape[-2:],
+                                                dtype=coarse_pos.dtype, device=coarse_pos.device)
+        return F.avg_pool2d(coarse_pos, 2) if self.config.fusion_stride == 32 else coarse_pos
 
     # ---- per concept -------------------------------------------------------------------------------
     def decode(self, grid: torch.Tensor, grid_pos: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
@@ -205,6 +228,8 @@ class FastHeads(nn.Module):
         -> (queries [L, N, Q, C], boxes [L, N, Q, 4] cxcywh, presence logits [L, N, 1], prompt, prompt_mask,
         fused grid [N, C, g, g], or the shared grid [1, C, g, g] with no fusion layers)."""
         prompt, prompt_mask = text, text_mask.bool()
+        if self.prompt_proj is not None:
+            prompt = self.prompt_proj(prompt)
         if input_boxes is not None and input_boxes.shape[1] > 0:
             labels = input_boxes_labels
             if labels is None:
@@ -226,7 +251,7 @@ class FastHeads(nn.Module):
         if len(fpn_features) != 3 or any(f.dim() != 4 or f.shape[1] != c for f, c in zip(fpn_features, widths)):
             raise ValueError(f"fpn_features must be 3 levels [N, C, H, W] with C = {widths}, got "
                              f"{[tuple(f.shape) for f in fpn_features]}")
-        check_text(text_features, text_mask, self.config.hidden_size)
+        check_text(text_features, text_mask, self.config.in_width)
 
     def forward(self, fpn_features: list[torch.Tensor], fpn_pos: list[torch.Tensor], text_features: torch.Tensor,
                 text_mask: torch.Tensor, input_boxes: torch.Tensor | None = None,
