@@ -101,7 +101,8 @@ def _cmd_segment(args) -> int:
               f"(an empty {summary['predictions']} was written)", file=sys.stderr)
         return 1
     print(f"{summary['frames']} frame(s), {summary['instances']} instance(s) of {', '.join(seg.concepts)} with "
-          f"{seg.backend_name} at {summary['fps']:.1f} fps (pipelined); wrote {summary['predictions']}"
+          f"{seg.backend_name}: {summary['ms_per_frame']:.1f} ms of work per frame, {summary['fps']:.1f} fps "
+          f"(pipelined); wrote {summary['predictions']} (and one line per frame in {summary['lines']})"
           + (f" and overlays in {summary['overlays']}" if summary["overlays"] else ""))
     return 0
 
@@ -440,12 +441,35 @@ def _runtime_args(p) -> None:
                    help="how frames are fitted to the square input (stretch: as the students were trained)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a process manager stopping the robot's job): unwinds like Ctrl-C, so every command
+    keeps what it finished (``segment`` writes its results of every finished frame)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except PermissionError as e:  # before OSError: say which path and what to do
@@ -461,11 +485,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if e.filename else ""
         print(f"sam3edge {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # writes are atomic: what was being written is dropped, what existed before is untouched
-        print(f"\nsam3edge {args.verb}: interrupted; finished outputs are kept, the unfinished one was not written",
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"\nsam3edge {args.verb}: {what}; finished outputs are kept, the unfinished one was not written",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -371,3 +371,57 @@ def test_memory_stays_flat_over_a_2000_frame_video_file(tmp_path):
         at_200, at_2000, _ = _rss_growth_over_2000_frames(source, queue_size=4)
     assert at_2000 - at_200 < 3.0
     assert not stream_threads()
+
+
+# ---- iterator API -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "sequential"])
+def test_iter_stream_yields_what_run_stream_hands_the_callback_with_each_frames_own_ms(pipelined):
+    from sam3edge.runtime.stream import iter_stream
+
+    seg = FakeSegmenter(delays={"infer": 0.004}, jitter_s=0.002)
+    want, _ = collect(FakeSegmenter(), synthetic_frames(20))
+    got = list(iter_stream(seg, synthetic_frames(20), pipelined=pipelined))
+    assert [r.frame.index for r in got] == list(range(20))
+    for r, (i, inst) in zip(got, want):
+        assert r.instances.phrases == inst.phrases and np.array_equal(r.instances.masks, inst.masks)
+    # the frame's own work (decode + prepare + infer + postprocess), which includes the 4 ms inference sleep and
+    # not the other frames': pipelined, a frame waits in queues too, and that is not counted
+    assert all(4.0 <= r.ms < 60.0 for r in got)
+    assert not stream_threads()
+
+
+def test_leaving_an_iter_stream_loop_early_stops_its_threads_and_closes_the_source():
+    from sam3edge.runtime.stream import iter_stream
+
+    closed = []
+
+    def source():
+        try:
+            yield from synthetic_frames(10_000)
+        finally:
+            closed.append(True)
+
+    seen = []
+    for r in iter_stream(FakeSegmenter(), source(), queue_size=2):
+        seen.append(r.frame.index)
+        if r.frame.index == 5:
+            break
+    assert seen == list(range(6))
+    deadline = time.time() + 5
+    while (stream_threads() or not closed) and time.time() < deadline:
+        time.sleep(0.01)
+    assert closed == [True] and not stream_threads()
+
+
+def test_iter_stream_checks_its_arguments_before_the_first_frame():
+    from sam3edge.runtime.stream import iter_stream
+
+    with pytest.raises(ValueError, match="queue_size"):
+        iter_stream(FakeSegmenter(), synthetic_frames(1), queue_size=0)
+    with pytest.raises(ValueError, match="one array"):
+        iter_stream(FakeSegmenter(), frame_image(0))
+    with pytest.raises(StreamError, match="infer of frame 2"):
+        list(iter_stream(FakeSegmenter(fail_stage="infer", fail_on=2), synthetic_frames(10)))
+    assert not stream_threads()

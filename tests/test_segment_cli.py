@@ -161,7 +161,6 @@ def test_a_run_stopped_by_an_error_keeps_every_finished_frame(toy_bundles, frame
     import sam3edge.runtime.overlay as overlay
     from sam3edge.runtime.segment import segment_source
     from sam3edge.runtime.segmenter import Segmenter
-    from sam3edge.runtime.stream import StreamError
 
     seg = Segmenter.load(toy_bundles["onnx"], threads=1)
     real_save, calls = overlay.save_overlay, []
@@ -173,8 +172,54 @@ def test_a_run_stopped_by_an_error_keeps_every_finished_frame(toy_bundles, frame
         real_save(path, image, inst)
 
     monkeypatch.setattr(overlay, "save_overlay", overlay_then_fail)
-    with pytest.raises(StreamError, match="No space left"):
+    with pytest.raises(OSError, match="No space left"):
         segment_source(seg, frames_dir, tmp_path / "o", score_threshold=0.0, progress=False)
     coco = json.loads((tmp_path / "o" / "predictions.json").read_text())
     assert coco["info"]["complete"] is False and len(coco["images"]) == 1
+    lines = (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(x)["image"] for x in lines] == coco["images"]
     assert not (tmp_path / "o" / ".sam3edge-segment.lock").exists()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_killing_a_running_segment_keeps_every_finished_frame(toy_bundles, tmp_path, how):
+    """A video run stopped from outside: SIGTERM / SIGINT unwind (exit 143 / 130) and write the COCO JSON of every
+    finished frame; even SIGKILL leaves predictions.jsonl with one valid line per finished frame."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cv2 = pytest.importorskip("cv2")
+    video = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (96, 64))
+    for i in range(3000):
+        frame = np.full((64, 96, 3), (i * 7) % 256, np.uint8)
+        frame[20:40, (i % 70):(i % 70) + 20] = (30, 30, 230)
+        writer.write(frame)
+    writer.release()
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "sam3edge.cli", "segment", str(toy_bundles["onnx"]), str(video),
+                             "--out", str(out), "--no-overlays", "--quiet", "--threshold", "0", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = out / "predictions.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and \
+            (not lines.exists() or lines.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it was stopped: {proc.communicate()}"
+    proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=60)
+    records = [json.loads(x) for x in lines.read_text().splitlines()]
+    assert len(records) >= 5 and [r["image"]["frame_index"] for r in records] == list(range(len(records)))
+    assert all(r["ms"] > 0 and isinstance(r["annotations"], list) for r in records)
+    if how == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+        return
+    assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[how], err
+    assert ("terminated" if how == "SIGTERM" else "interrupted") in err
+    coco = json.loads((out / "predictions.json").read_text())
+    assert coco["info"]["complete"] is False
+    assert coco["images"] == [r["image"] for r in records] and len(coco["images"]) < 3000
+    assert [a["image_id"] for a in coco["annotations"]] == [a["image_id"] for r in records for a in r["annotations"]]
+    assert not (out / ".sam3edge-segment.lock").exists()

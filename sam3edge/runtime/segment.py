@@ -1,9 +1,11 @@
 """``sam3edge segment``: a bundle over images, folders, videos or a camera -> overlay PNGs + COCO-style JSON.
 
 Torch-free. Frames flow through the pipelined stream runner (decode, inference and post-processing
-overlap); each frame's overlay is written atomically as it comes, the COCO-style JSON (images,
-categories = the concepts, annotations with scores and RLE masks) atomically at the end, also when the run
-stops early (an error, Ctrl-C): then it holds every finished frame and says ``"complete": false``.
+overlap). As each frame finishes, its overlay is written atomically and its result appended to
+``predictions.jsonl`` (one JSON object per line: the frame, its ms, its annotations) and flushed, so a run
+killed outright keeps every finished frame there. The COCO-style JSON (images, categories = the concepts,
+annotations with scores and RLE masks) is written atomically at the end, also when the run stops early (an
+error, Ctrl-C, SIGTERM through the CLI): then it holds every finished frame and says ``"complete": false``.
 A folder's unreadable files are skipped, with a warning, and listed under ``"skipped"``. ``--out`` is
 this run's alone: a lock file refuses a second run writing there at the same time, and results of an
 earlier run are replaced only with ``overwrite`` (then its overlays and JSON are removed first, so old and
@@ -40,7 +42,8 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
     frames = open_source(source, stride=stride, max_frames=max_frames)  # a clear error for a bad source first
-    old = [p for p in (out_dir / "predictions.json", out_dir / "overlays") if p.exists()]
+    old = [p for p in (out_dir / "predictions.json", out_dir / "predictions.jsonl", out_dir / "overlays")
+           if p.exists()]
     if old and not overwrite:
         frames.close()  # a camera or video opened above is released on a refusal too
         raise FileExistsError(f"--out {out_dir} holds results of an earlier run ({', '.join(p.name for p in old)}); "
@@ -61,10 +64,12 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
 
 def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_threshold, top_k, masks, overlays,
                     progress) -> dict:
+    import time
+
     from tqdm import tqdm
 
     from sam3edge.runtime.overlay import save_overlay
-    from sam3edge.runtime.stream import run_stream
+    from sam3edge.runtime.stream import current_rss_mb, iter_stream
 
     for path in old:  # the earlier run's results (overwrite was given): its JSON and overlay PNGs, nothing else
         if path.is_dir():
@@ -78,39 +83,47 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
     cat_ids = {p: i + 1 for i, p in enumerate(concepts)}
     images, annotations, used = [], [], set()
     bar = tqdm(total=frames.length, desc="segment", unit="frame", disable=not progress)
-
-    def on_result(frame, inst):
-        name = _safe_name(frame.name, frame.index)
-        while name in used:  # two files with one stem in different sub-folders
-            name += "_"
-        used.add(name)
-        image_id = len(images) + 1
-        h, w = inst.image_size
-        coco = inst.to_coco(image_id, cat_ids)
-        if overlays:  # first: a frame enters the JSON only once all its outputs are written
-            save_overlay(out_dir / "overlays" / f"{name}.png", frame.image, inst)
-        images.append({"id": image_id, "file_name": str(frame.name), "height": int(h), "width": int(w),
-                       "frame_index": int(frame.index), "timestamp_s": frame.timestamp_s})
-        for a in coco:
-            a["id"] = len(annotations) + 1
-            annotations.append(a)
-        bar.update(1)
-
+    rss_start, start, ms_total = current_rss_mb(), time.perf_counter(), 0.0
     complete = False
+    lines = open(out_dir / "predictions.jsonl", "x", encoding="utf-8")  # noqa: SIM115 - closed in finally
     try:
         with frames:
-            stats = run_stream(segmenter, frames, on_result=on_result, score_threshold=score_threshold,
-                               top_k=top_k, masks=masks)
+            for r in iter_stream(segmenter, frames, score_threshold=score_threshold, top_k=top_k, masks=masks):
+                frame, inst = r.frame, r.instances
+                name = _safe_name(frame.name, frame.index)
+                while name in used:  # two files with one stem in different sub-folders
+                    name += "_"
+                used.add(name)
+                image_id = len(images) + 1
+                h, w = inst.image_size
+                coco = inst.to_coco(image_id, cat_ids)
+                if overlays:  # first: a frame enters the results only once all its outputs are written
+                    save_overlay(out_dir / "overlays" / f"{name}.png", frame.image, inst)
+                image = {"id": image_id, "file_name": str(frame.name), "height": int(h), "width": int(w),
+                         "frame_index": int(frame.index), "timestamp_s": frame.timestamp_s}
+                for a in coco:
+                    a["id"] = len(annotations) + 1
+                    annotations.append(a)
+                images.append(image)
+                lines.write(json.dumps({"image": image, "ms": round(r.ms, 2), "annotations": coco}) + "\n")
+                lines.flush()  # in the OS's hands: survives the process being killed (no fsync: SD cards)
+                ms_total += r.ms
+                bar.set_postfix_str(f"{r.ms:.0f} ms/frame", refresh=False)
+                bar.update(1)
         complete = True
-    finally:  # also on an error or Ctrl-C: every finished frame is kept
+    finally:  # also on an error, Ctrl-C or SIGTERM: every finished frame is kept
+        lines.close()
         bar.close()
+        seconds = time.perf_counter() - start
         skipped = list(getattr(frames, "skipped", []))
         coco = {"info": {"description": "sam3edge segment", "backend": segmenter.backend_name,
                          "score_threshold": score_threshold, "complete": complete, "skipped": skipped},
                 "images": images, "categories": [{"id": i, "name": p} for p, i in cat_ids.items()],
                 "annotations": annotations}
         json_path = atomic_write_text(out_dir / "predictions.json", json.dumps(coco))
-    return {"frames": stats.frames, "skipped": skipped, "instances": len(annotations), "fps": stats.fps,
-            "seconds": stats.seconds,
-            "predictions": str(json_path), "overlays": str(out_dir / "overlays") if overlays else None,
-            "rss_start_mb": stats.rss_start_mb, "rss_end_mb": stats.rss_end_mb}
+    n = len(images)
+    return {"frames": n, "skipped": skipped, "instances": len(annotations), "fps": n / seconds if seconds > 0 else 0.0,
+            "ms_per_frame": ms_total / n if n else 0.0, "seconds": seconds, "predictions": str(json_path),
+            "lines": str(out_dir / "predictions.jsonl"),
+            "overlays": str(out_dir / "overlays") if overlays else None,
+            "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb()}

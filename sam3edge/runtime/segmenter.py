@@ -249,6 +249,17 @@ class Segmenter:
         prepared = self.prepare(image)
         return self.postprocess(self.infer(prepared), prepared, score_threshold, top_k, masks)
 
+    def stream(self, source, score_threshold: float = 0.5, top_k: int | None = None, masks: bool = True,
+               queue_size: int = 4, pipelined: bool = True, stop=None):
+        """Iterate over ``source`` (a path, folder, video, camera index, URL, or an iterable of images / frames),
+        yielding a :class:`~sam3edge.runtime.stream.StreamResult` (``frame``, ``instances``, ``ms``) per frame,
+        in order, with decoding, inference and post-processing overlapped (see :func:`~sam3edge.runtime.stream.
+        iter_stream`); ``break`` stops it cleanly. ``run_stream`` is the callback form."""
+        from sam3edge.runtime.stream import iter_stream
+
+        return iter_stream(self, source, score_threshold=score_threshold, top_k=top_k, masks=masks,
+                           queue_size=queue_size, pipelined=pipelined, stop=stop)
+
 
 def _fit_length(feats: np.ndarray, mask: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """Text features [N, L', C] / mask [N, L'] padded (mask False) or cut to the decoder's L tokens."""

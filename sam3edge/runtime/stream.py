@@ -2,8 +2,9 @@
 
 ``run_stream(segmenter, source, on_result)`` runs every frame of ``source`` through
 ``segmenter.prepare`` -> ``segmenter.infer`` -> ``segmenter.postprocess`` and hands the
-``Instances`` to ``on_result(frame, instances)``, in frame order. Pipelined (the default), three
-threads work on three frames at once:
+``Instances`` to ``on_result(frame, instances)``, in frame order; ``iter_stream(segmenter, source)`` (also
+``Segmenter.stream``) yields them instead, as :class:`StreamResult` (frame, instances, ms of the frame's own
+work). Pipelined (the default), three threads work on three frames at once:
 
 * a reader thread decodes the next frame and prepares it (resize into the input frame);
 * an inference thread runs the graph (the backends release the GIL while they compute);
@@ -35,7 +36,8 @@ import numpy as np
 from sam3edge.runtime.image import as_rgb_uint8
 from sam3edge.runtime.sources import Frame, FrameSource, open_source
 
-__all__ = ["STAGES", "StageStats", "StreamError", "StreamStats", "current_rss_mb", "peak_rss_mb", "run_stream"]
+__all__ = ["STAGES", "StageStats", "StreamError", "StreamResult", "StreamStats", "current_rss_mb", "iter_stream",
+           "peak_rss_mb", "run_stream"]
 
 STAGES = ("decode", "prepare", "infer", "postprocess", "on_result")
 """The stages timed per frame: reading the frame, ``prepare``, ``infer``, ``postprocess``, the callback."""
@@ -67,6 +69,16 @@ class StageStats:
     mean_ms: float
     p50_ms: float
     p90_ms: float
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One frame's answer from :func:`iter_stream`: the frame, its ``Instances``, and ``ms``: the milliseconds
+    this frame's own work took (decode + prepare + infer + postprocess; not the time it waited in a queue)."""
+
+    frame: Frame
+    instances: object
+    ms: float
 
 
 @dataclass
@@ -165,6 +177,7 @@ class _Stages:
         self.options = postprocess_options
         self.clocks = {name: _StageClock(seed) for seed, name in enumerate(STAGES)}
         self.last_index: int | None = None
+        self._work: dict[int, float] = {}  # id(frame) -> seconds of its own work so far (frames in flight only)
 
     def _timed(self, stage: str, frame: Frame | None, fn: Callable, *args):
         start = time.perf_counter()
@@ -174,7 +187,10 @@ class _Stages:
             raise
         except Exception as e:
             raise _stream_error(stage, frame, self.last_index, e) from e
-        self.clocks[stage].add(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self.clocks[stage].add(took)
+        key = id(result if frame is None else frame)
+        self._work[key] = self._work.get(key, 0.0) + took
         return result
 
     def read(self, frames: Iterator[Frame]) -> Frame:
@@ -189,10 +205,13 @@ class _Stages:
     def infer(self, frame: Frame, prepared):
         return self._timed("infer", frame, self.segmenter.infer, prepared)
 
-    def finish(self, frame: Frame, prepared, raw) -> None:
+    def finish(self, frame: Frame, prepared, raw) -> StreamResult:
         instances = self._timed("postprocess", frame, lambda: self.segmenter.postprocess(raw, prepared, **self.options))
+        result = StreamResult(frame, instances, 1000.0 * self._work.pop(id(frame), 0.0))
         if self.on_result is not None:
             self._timed("on_result", frame, self.on_result, frame, instances)
+            self._work.pop(id(frame), None)
+        return result
 
 
 def _stream_error(stage: str, frame: Frame | None, last_index: int | None, error: Exception) -> StreamError:
@@ -257,8 +276,7 @@ def run_stream(segmenter, source, on_result: Callable | None = None, score_thres
             Every frame before it has been handed to ``on_result``, every thread has ended.
         KeyboardInterrupt: re-raised after the threads have ended and the source is closed.
     """
-    if not isinstance(queue_size, int) or queue_size < 1:
-        raise ValueError(f"run_stream: queue_size must be an integer >= 1, got {queue_size!r}")
+    _check_queue_size(queue_size, "run_stream")
     frames, owned = _as_frames(source)
     stages = _Stages(segmenter, on_result, {"score_threshold": score_threshold, "top_k": top_k, "masks": masks})
     stop = stop or threading.Event()
@@ -280,6 +298,40 @@ def run_stream(segmenter, source, on_result: Callable | None = None, score_thres
         stages={name: clock.stats() for name, clock in stages.clocks.items()},
         rss_start_mb=rss.start, rss_end_mb=rss.sample(), rss_peak_mb=rss.peak,
     )
+
+
+def iter_stream(segmenter, source, score_threshold: float = 0.5, top_k: int | None = None, masks: bool = True,
+                queue_size: int = 4, pipelined: bool = True, stop: threading.Event | None = None
+                ) -> Iterator[StreamResult]:
+    """The frames of ``source`` segmented, one :class:`StreamResult` at a time, in order, as they finish::
+
+        for r in iter_stream(seg, "row.mp4"):
+            print(r.frame.index, len(r.instances), f"{r.ms:.1f} ms")
+
+    Arguments as :func:`run_stream`; the same pipelining, flat memory and errors (``StreamError`` naming the
+    frame). Leaving the loop early (``break``, an exception, ``close()`` on the iterator) stops the threads and
+    closes a source opened here; results already yielded are the caller's.
+    """
+    _check_queue_size(queue_size, "iter_stream")
+    frames, owned = _as_frames(source)  # a bad source fails here, not at the first next()
+    stages = _Stages(segmenter, None, {"score_threshold": score_threshold, "top_k": top_k, "masks": masks})
+    run = (_run_pipelined if pipelined else _run_sequential)(stages, iter(frames), queue_size,
+                                                             stop or threading.Event())
+    return _owned(run, owned)
+
+
+def _owned(results: Iterator[StreamResult], owned: FrameSource | None) -> Iterator[StreamResult]:
+    try:
+        yield from results
+    finally:
+        results.close()
+        if owned is not None:
+            owned.close()
+
+
+def _check_queue_size(queue_size, who: str) -> None:
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ValueError(f"{who}: queue_size must be an integer >= 1, got {queue_size!r}")
 
 
 class _RssSampler:
@@ -304,8 +356,7 @@ def _run_sequential(stages: _Stages, frames: Iterator[Frame], queue_size: int, s
             except StopIteration:
                 return
             prepared = stages.prepare(frame)
-            stages.finish(frame, prepared, stages.infer(frame, prepared))
-            yield frame
+            yield stages.finish(frame, prepared, stages.infer(frame, prepared))
     finally:
         _close(frames)
 
@@ -390,8 +441,10 @@ def _run_pipelined(stages: _Stages, frames: Iterator[Frame], queue_size: int, st
                 raise item
             frame, prepared, raw = item
             del item  # the queue slot's frame must not outlive its turn
-            stages.finish(frame, prepared, raw)
-            yield frame
+            result = stages.finish(frame, prepared, raw)
+            del frame, prepared, raw
+            yield result
+            del result
     finally:
         abort.set()
         for thread in threads:
