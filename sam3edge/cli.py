@@ -22,6 +22,16 @@ def _cmd_data_orchard(args) -> int:
     return 0
 
 
+def _cmd_data_orchard_video(args) -> int:
+    from sam3edge.data.orchard_video import write_orchard_video
+
+    info = write_orchard_video(args.out, seed=args.seed, frames=args.frames, width=args.width, height=args.height,
+                               speed=args.speed, progress=not args.quiet)
+    print(f"wrote {args.out}/{info['video']}, gt.txt and gt.json: {args.frames} frames; objects seen: "
+          + ", ".join(f"{n} {name}" for name, n in info["unique"].items()))
+    return 0
+
+
 def _cmd_eval(args) -> int:
     import torch
 
@@ -85,13 +95,30 @@ def _load_segmenter(args):
     return seg
 
 
+def _parse_line(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    import math
+
+    try:
+        v = [float(x) for x in text.split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 4 or not all(math.isfinite(x) for x in v) or v[:2] == v[2:]:
+        raise ValueError(f"--line {text!r}: expected X0,Y0,X1,Y1, four finite pixel coordinates of two different "
+                         "points, e.g. --line 320,0,320,480")
+    return (v[0], v[1]), (v[2], v[3])
+
+
 def _cmd_segment(args) -> int:
     from sam3edge.runtime.segment import segment_source
 
+    lines = [_parse_line(x) for x in args.line or []]  # refused before the bundle loads
+    if lines and not args.track:
+        raise ValueError("--line counts tracked objects: add --track")
     seg = _load_segmenter(args)
     summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
                              masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
-                             max_frames=args.max_frames, progress=not args.quiet, overwrite=args.overwrite)
+                             max_frames=args.max_frames, progress=not args.quiet, overwrite=args.overwrite,
+                             track=args.track, lines=lines)
     if summary["skipped"]:
         print(f"sam3edge segment: skipped {len(summary['skipped'])} unreadable file(s), e.g. "
               f"{summary['skipped'][0]['file']}: {summary['skipped'][0]['error']} (listed in "
@@ -104,6 +131,13 @@ def _cmd_segment(args) -> int:
           f"{seg.backend_name}: {summary['ms_per_frame']:.1f} ms of work per frame, {summary['fps']:.1f} fps "
           f"(pipelined); wrote {summary['predictions']} (and one line per frame in {summary['lines']})"
           + (f" and overlays in {summary['overlays']}" if summary["overlays"] else ""))
+    tracking = summary.get("tracking")
+    if tracking:
+        print("unique objects: " + (", ".join(f"{p} {n}" for p, n in tracking["unique"].items()) or "none")
+              + f" (tracks in {tracking['mot']})")
+        for i, counts in enumerate(tracking["lines"]):
+            print(f"line {i + 1}: " + (", ".join(f"{p} in {c['in']} / out {c['out']}" for p, c in counts.items())
+                                       or "no crossing"))
     return 0
 
 
@@ -300,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--synonym-rate", type=float, default=0.0, help="ask a concept by a synonym this often")
     o.add_argument("--quiet", action="store_true")
     o.set_defaults(func=_cmd_data_orchard)
+    ov = dsub.add_parser("orchard-video", help="render a camera moving along an orchard row, with ground-truth "
+                                               "identities (video + MOT-challenge gt.txt)")
+    ov.add_argument("--out", required=True, type=Path, help="new output folder")
+    ov.add_argument("--seed", type=int, default=0)
+    ov.add_argument("--frames", type=int, default=300)
+    ov.add_argument("--width", type=int, default=320)
+    ov.add_argument("--height", type=int, default=240)
+    ov.add_argument("--speed", type=float, default=2.0, help="camera speed along the row, pixels per frame")
+    ov.add_argument("--quiet", action="store_true")
+    ov.set_defaults(func=_cmd_data_orchard_video)
 
     e = sub.add_parser("eval", help="evaluate a SAM3 model on an SA-Co style dataset (cgF1, mask IoU, ...)")
     e.add_argument("--model", required=True, help="model directory, hub id, or a bundled name: orchard-toy")
@@ -380,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--max-frames", type=int, default=None)
     sg.add_argument("--overwrite", action="store_true",
                     help="replace an earlier run's predictions.json and overlay PNGs in --out")
+    sg.add_argument("--track", action="store_true",
+                    help="identities across frames (ByteTrack per concept): track ids in the results, tracks.txt "
+                         "(MOT challenge), unique objects per concept; --threshold then starts tracks, and "
+                         "detections down to 0.1 keep them alive")
+    sg.add_argument("--line", action="append", metavar="X0,Y0,X1,Y1",
+                    help="with --track: count crossings of this line segment (pixels), in and out per concept")
     sg.add_argument("--quiet", action="store_true")
     sg.set_defaults(func=_cmd_segment)
 

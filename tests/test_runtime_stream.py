@@ -425,3 +425,39 @@ def test_iter_stream_checks_its_arguments_before_the_first_frame():
     with pytest.raises(StreamError, match="infer of frame 2"):
         list(iter_stream(FakeSegmenter(fail_stage="infer", fail_on=2), synthetic_frames(10)))
     assert not stream_threads()
+
+
+def test_segment_with_tracking_writes_ids_mot_lines_and_counts(tmp_path):
+    """segment_source(track=True) wiring: one red square moving right over 12 frames keeps one identity in the
+    JSON lines, the COCO JSON and tracks.txt (MOT), is counted once, and crosses the line x = 48 once."""
+    import json
+
+    from PIL import Image
+
+    from sam3edge.runtime.segment import segment_source
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        rgb = np.zeros((64, 96, 3), np.uint8)
+        rgb[20:36, 6 * i:6 * i + 16] = (230, 30, 30)
+        Image.fromarray(rgb).save(folder / f"f{i:02d}.png")
+    seg = FakeSegmenter()
+    seg.backend_name = "fake"
+    summary = segment_source(seg, folder, tmp_path / "out", score_threshold=0.3, overlays=False, progress=False,
+                             track=True, lines=[((48, 0), (48, 64))])
+    tracking = summary["tracking"]
+    assert tracking["unique"] == {"red thing": 1}
+    assert tracking["lines"] == [{"red thing": {"in": 0, "out": 1}}]  # down-pointing line; +x is its left side
+    records = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    ids = [a["track_id"] for r in records for a in r["annotations"]]
+    assert len(records) == 12 and len(ids) == 11 and set(ids) == {ids[0]}  # min_hits 2: reported from frame 1
+    mot = [line.split(",") for line in (tmp_path / "out" / "tracks.txt").read_text().splitlines()]
+    assert [int(m[0]) for m in mot] == list(range(2, 13)) and {int(m[1]) for m in mot} == {ids[0]}
+    x, w = float(mot[0][2]), float(mot[0][4])
+    assert abs(x - 6) <= 2 and abs(w - 16) <= 3  # frame 1's square, in the frame's own pixels
+    coco = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert coco["info"]["tracking"]["unique"] == {"red thing": 1}
+    assert [a["track_id"] for a in coco["annotations"]] == ids
+    with pytest.raises(ValueError, match="tracking"):
+        segment_source(seg, folder, tmp_path / "out2", lines=[((0, 0), (1, 1))], progress=False)

@@ -223,3 +223,13 @@ def test_killing_a_running_segment_keeps_every_finished_frame(toy_bundles, tmp_p
     assert coco["images"] == [r["image"] for r in records] and len(coco["images"]) < 3000
     assert [a["image_id"] for a in coco["annotations"]] == [a["image_id"] for r in records for a in r["annotations"]]
     assert not (out / ".sam3edge-segment.lock").exists()
+
+
+def test_segment_line_arguments_are_refused_before_the_bundle_loads(tmp_path, capsys):
+    missing = str(tmp_path / "missing.sam3edge")  # never opened: the arguments are refused first
+    assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--track", "--line", "1,2,3"]) == 2
+    assert "X0,Y0,X1,Y1" in capsys.readouterr().err
+    assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--track", "--line", "5,5,5,5"]) == 2
+    assert "two different points" in capsys.readouterr().err
+    assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--line", "0,0,10,10"]) == 2
+    assert "add --track" in capsys.readouterr().err

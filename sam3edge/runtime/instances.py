@@ -149,6 +149,8 @@ class Instances:
         presence: phrase -> probability that the concept is in the image at all (every prompt,
             also those with no instance).
         image_size: (H, W) of the original image.
+        track_ids: int64 [N], each instance's identity across frames (set by a tracker,
+            :mod:`sam3edge.runtime.tracking`), or None for a single image.
     """
 
     phrases: list[str]
@@ -158,6 +160,7 @@ class Instances:
     masks: np.ndarray | None
     presence: dict[str, float]
     image_size: tuple[int, int]
+    track_ids: np.ndarray | None = None
 
     def __post_init__(self):
         self.phrases = [str(p) for p in self.phrases]
@@ -172,6 +175,9 @@ class Instances:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         self.presence = {str(k): float(v) for k, v in self.presence.items()}
         lengths = {"concept_ids": len(self.concept_ids), "scores": len(self.scores), "boxes": len(self.boxes)}
+        if self.track_ids is not None:
+            self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+            lengths["track_ids"] = len(self.track_ids)
         if self.masks is not None:
             self.masks = np.asarray(self.masks, dtype=bool)
             lengths["masks"] = len(self.masks)
@@ -208,6 +214,7 @@ class Instances:
         return Instances(
             [self.phrases[i] for i in idx], self.concept_ids[idx], self.scores[idx], self.boxes[idx],
             None if self.masks is None else self.masks[idx], dict(self.presence), self.image_size,
+            None if self.track_ids is None else self.track_ids[idx],
         )
 
     def filter(self, score_threshold: float) -> Instances:
@@ -222,7 +229,7 @@ class Instances:
 
     def to_coco(self, image_id: int, category_ids: dict[str, int] | None = None) -> list[dict]:
         """COCO results: one dict per instance with image_id, category_id, bbox [x, y, w, h], score,
-        segmentation (compressed RLE, only when there are masks) and phrase.
+        segmentation (compressed RLE, only when there are masks), phrase, and track_id when tracked.
 
         ``category_ids`` maps phrases to COCO category ids; without it the category is ``concept_ids``.
         """
@@ -244,6 +251,8 @@ class Instances:
             }
             if self.masks is not None:
                 result["segmentation"] = encode_rle(self.masks[i])
+            if self.track_ids is not None:
+                result["track_id"] = int(self.track_ids[i])
             results.append(result)
         return results
 
@@ -255,6 +264,8 @@ class Instances:
                      "box": [float(v) for v in self.boxes[i]]}
             if self.masks is not None:
                 entry["mask"] = encode_rle(self.masks[i])
+            if self.track_ids is not None:
+                entry["track_id"] = int(self.track_ids[i])
             instances.append(entry)
         return {"image_size": list(self.image_size), "presence": dict(self.presence), "instances": instances}
 
@@ -270,8 +281,10 @@ class Instances:
         if not entries:
             return cls.empty((h, w), data.get("presence"))
         masks = np.stack([decode_rle(e["mask"]) for e in entries]) if all("mask" in e for e in entries) else None
+        tracks = [e["track_id"] for e in entries] if all("track_id" in e for e in entries) else None
         return cls([e["phrase"] for e in entries], [e["concept_id"] for e in entries],
-                   [e["score"] for e in entries], [e["box"] for e in entries], masks, data.get("presence", {}), (h, w))
+                   [e["score"] for e in entries], [e["box"] for e in entries], masks, data.get("presence", {}), (h, w),
+                   tracks)
 
     @classmethod
     def from_json(cls, text: str) -> Instances:

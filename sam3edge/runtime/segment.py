@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 from sam3edge.atomic import atomic_write_text
@@ -30,9 +31,15 @@ def _safe_name(name: str, index: int) -> str:
 
 def segment_source(segmenter, source, out_dir: str | Path, score_threshold: float = 0.5, top_k: int | None = None,
                    masks: bool = True, overlays: bool = True, stride: int = 1, max_frames: int | None = None,
-                   progress: bool = True, overwrite: bool = False) -> dict:
+                   progress: bool = True, overwrite: bool = False, track: bool = False,
+                   lines: list | None = None) -> dict:
     """Segment every frame of ``source`` (anything :func:`~sam3edge.runtime.sources.open_source` takes) with the
     segmenter's concepts; returns a summary (frames, instances, fps, paths, skipped files).
+
+    ``track``: identities across frames (:class:`~sam3edge.runtime.tracking.ByteTracker`, ``score_threshold`` as
+    its ``high_score``): results carry ``track_id`` and only tracked instances, ``tracks.txt`` gets MOT-challenge
+    lines as frames finish, the summary the unique objects per concept and, per ``lines`` entry ((x0, y0),
+    (x1, y1)), the crossings in and out per concept.
 
     Raises FileExistsError when ``out_dir`` holds an earlier run's results (unless ``overwrite``) or another
     run is writing there."""
@@ -42,8 +49,19 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
     frames = open_source(source, stride=stride, max_frames=max_frames)  # a clear error for a bad source first
-    old = [p for p in (out_dir / "predictions.json", out_dir / "predictions.jsonl", out_dir / "overlays")
-           if p.exists()]
+    tracking = None
+    if track:
+        from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig
+
+        low = min(0.1, float(score_threshold))
+        config = TrackerConfig(high_score=float(score_threshold), low_score=low,
+                               birth_score=min(1.0, float(score_threshold) + 0.1))
+        tracking = (ByteTracker(config), TrackCounter(), [LineCounter(a, b, f"line {i + 1}")
+                                                          for i, (a, b) in enumerate(lines or [])])
+    elif lines:
+        raise ValueError("line counts need tracking (track=True)")
+    old = [p for p in (out_dir / "predictions.json", out_dir / "predictions.jsonl", out_dir / "tracks.txt",
+                       out_dir / "overlays") if p.exists()]
     if old and not overwrite:
         frames.close()  # a camera or video opened above is released on a refusal too
         raise FileExistsError(f"--out {out_dir} holds results of an earlier run ({', '.join(p.name for p in old)}); "
@@ -57,13 +75,14 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
         raise FileExistsError(f"another `sam3edge segment` is writing to {out_dir} (lock {lock}); wait for it or "
                               "choose another --out (delete the lock if no run is left)") from None
     try:
-        return _segment_locked(segmenter, frames, out_dir, old, score_threshold, top_k, masks, overlays, progress)
+        return _segment_locked(segmenter, frames, out_dir, old, score_threshold, top_k, masks, overlays, progress,
+                               tracking)
     finally:
         lock.unlink(missing_ok=True)
 
 
 def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_threshold, top_k, masks, overlays,
-                    progress) -> dict:
+                    progress, tracking=None) -> dict:
     import time
 
     from tqdm import tqdm
@@ -86,10 +105,18 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
     rss_start, start, ms_total = current_rss_mb(), time.perf_counter(), 0.0
     complete = False
     lines = open(out_dir / "predictions.jsonl", "x", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    mot = open(out_dir / "tracks.txt", "x", encoding="utf-8") if tracking else None  # noqa: SIM115
+    floor = tracking[0].config.low_score if tracking else score_threshold  # the tracker's second pass needs these
     try:
         with frames:
-            for r in iter_stream(segmenter, frames, score_threshold=score_threshold, top_k=top_k, masks=masks):
+            for r in iter_stream(segmenter, frames, score_threshold=floor, top_k=top_k, masks=masks):
                 frame, inst = r.frame, r.instances
+                if tracking:
+                    tracker, counter, crossings = tracking
+                    inst = tracker.update(inst)
+                    counter.update(inst)
+                    for line in crossings:
+                        line.update(inst)
                 name = _safe_name(frame.name, frame.index)
                 while name in used:  # two files with one stem in different sub-folders
                     name += "_"
@@ -105,7 +132,15 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
                     a["id"] = len(annotations) + 1
                     annotations.append(a)
                 images.append(image)
-                lines.write(json.dumps({"image": image, "ms": round(r.ms, 2), "annotations": coco}) + "\n")
+                record = {"image": image, "ms": round(r.ms, 2), "annotations": coco}
+                if tracking:
+                    record["unique"] = counter.counts
+                    for x0, y0, x1, y1, tid, score in zip(*inst.boxes.T.tolist(), inst.track_ids.tolist(),
+                                                          inst.scores.tolist()):
+                        mot.write(f"{frame.index + 1},{tid},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},"
+                                  f"{score:.4f},-1,-1,-1\n")
+                    mot.flush()
+                lines.write(json.dumps(record) + "\n")
                 lines.flush()  # in the OS's hands: survives the process being killed (no fsync: SD cards)
                 ms_total += r.ms
                 bar.set_postfix_str(f"{r.ms:.0f} ms/frame", refresh=False)
@@ -113,11 +148,21 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
         complete = True
     finally:  # also on an error, Ctrl-C or SIGTERM: every finished frame is kept
         lines.close()
+        if mot is not None:
+            mot.close()
         bar.close()
         seconds = time.perf_counter() - start
         skipped = list(getattr(frames, "skipped", []))
+        summary_tracking = None
+        if tracking:
+            tracker, counter, crossings = tracking
+            summary_tracking = {"tracker": tracker.name, "config": asdict(tracker.config),
+                                "unique": counter.counts, "lines": [dict(c.counts) for c in crossings],
+                                "line_segments": [[*c.start.tolist(), *c.end.tolist()] for c in crossings],
+                                "mot": str(out_dir / "tracks.txt")}
         coco = {"info": {"description": "sam3edge segment", "backend": segmenter.backend_name,
-                         "score_threshold": score_threshold, "complete": complete, "skipped": skipped},
+                         "score_threshold": score_threshold, "complete": complete, "skipped": skipped,
+                         **({"tracking": summary_tracking} if summary_tracking else {})},
                 "images": images, "categories": [{"id": i, "name": p} for p, i in cat_ids.items()],
                 "annotations": annotations}
         json_path = atomic_write_text(out_dir / "predictions.json", json.dumps(coco))
@@ -126,4 +171,4 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
             "ms_per_frame": ms_total / n if n else 0.0, "seconds": seconds, "predictions": str(json_path),
             "lines": str(out_dir / "predictions.jsonl"),
             "overlays": str(out_dir / "overlays") if overlays else None,
-            "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb()}
+            "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb(), "tracking": summary_tracking}

@@ -1,0 +1,198 @@
+"""Tracking and counting: identities through motion, occlusion and misses; counters; the orchard row's ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sam3edge.runtime.instances import Instances
+from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig, box_iou, create_tracker
+
+
+def _frame(dets: list[tuple[str, float, list[float]]], size=(240, 320)) -> Instances:
+    """Instances from (phrase, score, xyxy) triples (no masks)."""
+    phrases = [d[0] for d in dets]
+    return Instances(phrases, [0] * len(dets), [d[1] for d in dets], np.asarray([d[2] for d in dets], np.float32)
+                     .reshape(-1, 4), None, {}, size)
+
+
+def _ids_by_truth(tracker, frames, truth_ids):
+    """Run ``tracker`` over frames; map each truth id to the track ids it got (via the box it was given)."""
+    got: dict[int, set[int]] = {}
+    for inst, ids in zip(frames, truth_ids):
+        out = tracker.update(inst)
+        for box, tid in zip(out.boxes.tolist(), out.track_ids.tolist()):
+            k = next(i for i, b in zip(ids, inst.boxes.tolist()) if b == box)
+            got.setdefault(k, set()).add(tid)
+    return got
+
+
+def test_two_crossing_objects_keep_their_identities_through_a_miss_and_a_low_score_frame():
+    frames, truth = [], []
+    for t in range(40):
+        a = [10 + 4 * t, 50, 40 + 4 * t, 80]  # moving right
+        b = [200 - 3 * t, 120, 230 - 3 * t, 150]  # moving left, below
+        dets = [("ripe apple", 0.9, a), ("ripe apple", 0.85, b)]
+        ids = [1, 2]
+        if 10 <= t < 14:  # b hidden for four frames: no detection at all
+            dets, ids = dets[:1], ids[:1]
+        if t == 20:  # a half hidden: a low score, still the same apple
+            dets[0] = ("ripe apple", 0.2, a)
+        frames.append(_frame(dets))
+        truth.append(ids)
+    got = _ids_by_truth(ByteTracker(), frames, truth)
+    assert len(got[1]) == 1 and len(got[2]) == 1 and got[1] != got[2]
+
+
+def test_a_one_frame_false_positive_never_gets_an_id_and_low_scores_start_nothing():
+    tracker = ByteTracker(TrackerConfig(min_hits=2))
+    out = tracker.update(_frame([("leaf", 0.95, [0, 0, 20, 20]), ("leaf", 0.3, [100, 100, 130, 130])]))
+    assert len(out) == 0  # tentative: not reported yet
+    out = tracker.update(_frame([("leaf", 0.3, [100, 100, 130, 130])]))  # the first one vanished
+    assert len(out) == 0 and tracker.live_tracks == 0
+
+
+def test_concepts_are_tracked_apart_with_unique_ids_and_counted():
+    tracker, counter = create_tracker(min_hits=1), TrackCounter()
+    for t in range(5):
+        box = [10 + t, 10, 40 + t, 40]
+        out = tracker.update(_frame([("ripe apple", 0.9, box), ("leaf", 0.9, box)]))
+        counter.update(out)
+        assert len(set(out.track_ids.tolist())) == 2
+    assert counter.counts == {"ripe apple": 1, "leaf": 1}
+
+
+def test_a_track_ends_after_max_missed_frames_and_a_return_is_a_new_object():
+    tracker = ByteTracker(TrackerConfig(min_hits=1, max_missed=3))
+    first = tracker.update(_frame([("apple", 0.9, [10, 10, 40, 40])])).track_ids[0]
+    for _ in range(4):
+        tracker.update(_frame([]))
+    again = tracker.update(_frame([("apple", 0.9, [10, 10, 40, 40])])).track_ids[0]
+    assert again != first
+
+
+def test_the_motion_model_keeps_a_fast_object_matched_where_its_last_box_would_not():
+    """A 30 px box that starts slowly, then moves 24 px a frame: consecutive boxes overlap at IoU 0.11, below the
+    first association's 0.2, so only the constant-velocity prediction keeps the identity."""
+    xs = [0, 5, 10, 34, 58, 82, 106, 130, 154]
+    dets = [_frame([("apple", 0.9, [x, 10, x + 30, 40])]) for x in xs]
+    assert box_iou([[34, 10, 64, 40]], [[58, 10, 88, 40]])[0, 0] < TrackerConfig().match_iou
+    tracker = ByteTracker(TrackerConfig(min_hits=1))
+    ids = [tracker.update(d).track_ids.tolist() for d in dets]
+    assert ids == [[1]] * len(xs)
+
+
+def test_tracker_arguments_are_checked():
+    for bad in ({"high_score": 1.5}, {"low_score": 0.7, "high_score": 0.5}, {"max_missed": -1}, {"min_hits": 0},
+                {"match_iou": float("nan")}, {"min_hits": True}):
+        with pytest.raises(ValueError, match="TrackerConfig"):
+            TrackerConfig(**bad)
+    with pytest.raises(ValueError, match="unknown tracker"):
+        create_tracker("deepsort")
+    with pytest.raises(TypeError, match="Instances"):
+        ByteTracker().update([])
+    with pytest.raises(ValueError, match="track_ids"):
+        TrackCounter().update(_frame([("a", 0.9, [0, 0, 1, 1])]))
+    with pytest.raises(ValueError, match="same point"):
+        LineCounter((5, 5), (5, 5))
+
+
+def test_line_counter_counts_each_crossing_once_per_direction_and_only_through_the_segment():
+    line = LineCounter((100, 0), (100, 100))  # vertical, pointing down: "in" is right -> left? see below
+    tracker = ByteTracker(TrackerConfig(min_hits=1))
+    for t in range(30):  # one object left -> right at y 50 (through the segment), one at y 150 (beside it)
+        out = tracker.update(_frame([("apple", 0.9, [10 * t, 40, 10 * t + 20, 60]),
+                                     ("apple", 0.9, [10 * t, 140, 10 * t + 20, 160])]))
+        line.update(out)
+    # direction (0, +1) in image coordinates; its right-hand side is -x: moving to +x goes right -> left = "out"
+    assert line.counts == {"apple": {"in": 0, "out": 1}}
+
+
+def test_track_ids_survive_select_and_json():
+    inst = Instances(["a", "b"], [0, 1], [0.9, 0.8], [[0, 0, 2, 2], [1, 1, 3, 3]], None, {}, (4, 4), [7, 9])
+    assert inst.select([1]).track_ids.tolist() == [9]
+    assert Instances.from_json(inst.to_json()).track_ids.tolist() == [7, 9]
+    assert [c["track_id"] for c in inst.to_coco(1)] == [7, 9]
+    with pytest.raises(ValueError, match="track_ids"):
+        Instances(["a"], [0], [0.9], [[0, 0, 1, 1]], None, {}, (2, 2), [1, 2])
+
+
+def test_orchard_row_ids_are_consistent_and_the_tracker_on_ground_truth_keeps_them():
+    """The row's ground truth: every id keeps its category; boxes move with the camera; ByteTrack fed the ground
+    truth boxes gives each apple one identity (IDF1 of the tracker alone)."""
+    from sam3edge.data.orchard_video import APPLE_IDS, OrchardRow
+
+    row = OrchardRow(seed=11, frames=160, speed=3.0)
+    categories, frames, truth = {}, [], []
+    for t in range(len(row)):
+        image, objects = row.frame(t)
+        assert image.shape == (240, 320, 3) and image.dtype == np.uint8
+        for o in objects:
+            assert categories.setdefault(o["id"], o["category_id"]) == o["category_id"]
+            x0, y0, x1, y1 = o["box"]
+            assert 0 <= x0 < x1 <= 320 and 0 <= y0 < y1 <= 240
+        apples = [o for o in objects if o["category_id"] in APPLE_IDS]
+        frames.append(_frame([(str(o["category_id"]), 0.9, o["box"]) for o in apples]))
+        truth.append([o["id"] for o in apples])
+    assert row.unique_ids() == len({k for ids in truth for k in ids}) >= 3
+    got = _ids_by_truth(ByteTracker(), frames, truth)
+    switches = sum(len(v) - 1 for v in got.values())
+    assert switches <= 1, got
+    with pytest.raises(ValueError, match="speed"):
+        OrchardRow(seed=1, frames=10, speed=500)
+    with pytest.raises(IndexError):
+        row.frame(len(row))
+
+
+def test_data_orchard_video_writes_a_video_and_mot_ground_truth(tmp_path, capsys):
+    import json
+
+    from sam3edge.cli import main
+
+    cv2 = pytest.importorskip("cv2")
+    out = tmp_path / "row"
+    assert main(["data", "orchard-video", "--out", str(out), "--frames", "24", "--seed", "3", "--quiet"]) == 0
+    info = json.loads((out / "gt.json").read_text())
+    cap = cv2.VideoCapture(str(out / info["video"]))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 24 and info["frames"] == 24
+    rows = [line.split(",") for line in (out / "gt.txt").read_text().splitlines()]
+    assert rows and {int(r[0]) for r in rows} <= set(range(1, 25))
+    per_cat: dict = {}
+    for r in rows:
+        per_cat.setdefault(info["categories"][r[7]], set()).add(int(r[1]))
+    assert {k: len(v) for k, v in per_cat.items()} == info["unique"]
+    assert main(["data", "orchard-video", "--out", str(out), "--frames", "5", "--quiet"]) == 2  # never replaced
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_greedy_assignment_without_scipy_gives_the_hungarian_pairs_on_separated_objects(monkeypatch):
+    import sam3edge.runtime.tracking as tracking
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for t in range(30):
+        dets = [("apple", 0.9, [60 * k + 2 * t, 10 + 40 * (k % 2), 60 * k + 2 * t + 30, 40 + 40 * (k % 2)])
+                for k in range(5)] + [("leaf", float(rng.uniform(0.3, 1.0)), [200, 150, 230, 180])]
+        frames.append(_frame(dets))
+    tracker = ByteTracker()
+    hungarian = [tracker.update(f).track_ids.tolist() for f in frames]
+    monkeypatch.setattr(tracking, "_LSA", [None])
+    tracker = ByteTracker()
+    greedy = [tracker.update(f).track_ids.tolist() for f in frames]
+    assert greedy == hungarian and len({i for ids in hungarian for i in ids}) == 6
+    # competing candidates: the solver (or greedy) takes the better pair, never two tracks for one box
+    rows, cols = tracking._assign(np.array([[0.9, 0.3], [0.8, 0.0]]), 0.2)
+    assert sorted(zip(rows.tolist(), cols.tolist())) in ([(0, 0)], [(0, 1), (1, 0)])
+
+
+def test_duplicate_boxes_on_one_object_get_one_identity():
+    tracker = ByteTracker(TrackerConfig(min_hits=1))
+    out = tracker.update(_frame([("apple", 0.9, [10, 10, 40, 40]), ("apple", 0.8, [11, 11, 40, 41]),
+                                 ("leaf", 0.8, [11, 11, 40, 41])]))
+    assert out.phrases == ["apple", "leaf"] and out.scores.tolist() == pytest.approx([0.9, 0.8])
+    off = ByteTracker(TrackerConfig(min_hits=1, nms_iou=1.0)).update(
+        _frame([("apple", 0.9, [10, 10, 40, 40]), ("apple", 0.8, [11, 11, 40, 41])]))
+    assert len(off) == 2
