@@ -44,7 +44,7 @@ def _median_ms(fn, runs: int, warmup: int) -> tuple[float, list[float]]:
 @torch.inference_mode()
 def bench_student(name: str, runs: int, warmup: int) -> dict:
     spec = get_student_spec(name)
-    width = spec.heads.hidden_size
+    width = spec.heads.in_width
     rng = np.random.default_rng(0)
     mask = np.zeros((1, 32), bool)
     mask[0, :4] = True

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=REPO / "runs" / "distill_toy" / "run")
+    ap.add_argument("--label", default=None, help="result name part (default: toy for --run, STUDENT_random)")
     ap.add_argument("--random", metavar="STUDENT", help="a registry student with random weights instead of --run")
     ap.add_argument("--targets", default="onnx,openvino", help="comma-separated export targets")
     ap.add_argument("--work", type=Path, default=None, help="bundles go here (default runs/export_LABEL)")
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     cpu = cpu_info()
-    label = (f"{args.random}_random" if args.random else "toy") + \
+    label = (args.label or (f"{args.random}_random" if args.random else "toy")) + \
         (f"_heldout{args.heldout_seed}" if args.heldout_seed != 777 else "") + f"_{cpu.int8_kernels}"
     work = args.work or REPO / "runs" / f"export_{label}"
     shutil.rmtree(work, ignore_errors=True)
@@ -214,7 +215,7 @@ def _random_student(name: str, work: Path) -> tuple[Path, Path]:
 
     torch.manual_seed(0)
     student = create_student(name).eval()
-    c = student.spec.heads.hidden_size
+    c = student.spec.heads.in_width
     rng = np.random.default_rng(0)
     phrases = [f"concept {i}" for i in range(16)]
     feats = rng.normal(0, 1, (16, 32, c)).astype(np.float32)

@@ -12,8 +12,10 @@ exported to ONNX and OpenVINO in fp32 and int8 (calibrated on 8 orchard scenes) 
 the original size out) with 1, 4 and 16 concepts, median of ``--runs`` runs, ``--threads`` threads. The
 default-size SAM3 teacher (transformers ``Sam3Model``, random weights, 1008 px, PyTorch) answers the same frame
 once per concept count (``--teacher-runs``); every row's ratio is to the teacher at the same concept count,
-measured in the same process. GFLOPs per frame are counted on the PyTorch graphs with
-``torch.utils.flop_counter`` (convolutions, linear layers and matmuls; see sam3edge.models.complexity).
+measured in the same run with the same threads (the teacher in a child process, whose memory is returned before
+the exports start). Results are rewritten after every row (``"complete": false`` until the last). GFLOPs per frame
+are counted on the PyTorch graphs with ``torch.utils.flop_counter`` (convolutions, linear layers and matmuls; see
+sam3edge.models.complexity).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _student(name: str, work: Path) -> tuple[Path, object]:
 
     torch.manual_seed(0)
     student = create_student(name).eval()
-    c = student.spec.heads.hidden_size
+    c = student.spec.heads.in_width
     rng = np.random.default_rng(0)
     mask = np.zeros((16, 32), bool)
     mask[:, :4] = True
@@ -104,11 +106,14 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-runs", type=int, default=1)
     ap.add_argument("--no-teacher", action="store_true")
     ap.add_argument("--out", default=None, help="result name (default fast_heads_<int8 kernels>)")
+    ap.add_argument("--teacher-only", action="store_true", help=argparse.SUPPRESS)  # the child process below
     ap.add_argument("--recount-gflops", action="store_true",
                     help="recount the GFLOPs of an existing result's students (no latency run) and rewrite it")
     args = ap.parse_args(argv)
     if args.recount_gflops:
         return _recount(args)
+
+    import gc
 
     import torch
     from PIL import Image
@@ -119,6 +124,10 @@ def main(argv=None) -> int:
     from sam3edge.runtime.cpu import cpu_info
 
     torch.set_num_threads(args.threads)
+    frame = np.asarray(Image.fromarray(render_scene(scene_rng(777, 0), 640).image).resize((640, 480)))
+    if args.teacher_only:
+        print("TEACHER " + json.dumps(_teacher_rows(frame, args.teacher_runs, args.threads)), flush=True)
+        return 0
     cpu = cpu_info()
     work = REPO / "runs" / "fast_heads"
     shutil.rmtree(work, ignore_errors=True)
@@ -126,9 +135,15 @@ def main(argv=None) -> int:
     calib.mkdir(parents=True)
     for i in range(8):
         Image.fromarray(render_scene(scene_rng(4242, i), 320).image).save(calib / f"c{i:02d}.png")
-    frame = np.asarray(Image.fromarray(render_scene(scene_rng(777, 0), 640).image).resize((640, 480)))
-    teacher = {} if args.no_teacher else _teacher_rows(frame, args.teacher_runs, args.threads)
-    rows = []
+    # The 3.4 GB teacher runs in a child process, so its memory is the system's again before the exports (kept in
+    # this process it got the efficientsam3-style export killed for memory on a 23 GB machine).
+    teacher = {} if args.no_teacher else _teacher_child(args)
+    result = {"command": "python benchmarks/fast_heads.py " + " ".join(argv or sys.argv[1:]),
+              "threads": args.threads, "runs": args.runs, "teacher_runs": args.teacher_runs, "cpu": cpu.to_json(),
+              "frame": "640x480 orchard scene (seed 777)", "teacher_ms": teacher, "rows": [], "complete": False,
+              "matmul_gflops": {"start": _machine_gflops(args.threads)}}
+    stem = REPO / "benchmarks" / "results" / (args.out or f"fast_heads_{cpu.int8_kernels}")
+    rows = result["rows"]
     for entry in args.students.split(","):
         name, _, only = entry.partition("@")
         combos = ([tuple(only.split("-", 1))] if only else
@@ -154,11 +169,42 @@ def main(argv=None) -> int:
                     row["vs_teacher"][n] = round(teacher[n] / row["ms"][n], 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"command": "python benchmarks/fast_heads.py " + " ".join(argv or sys.argv[1:]),
-              "threads": args.threads, "runs": args.runs, "teacher_runs": args.teacher_runs, "cpu": cpu.to_json(),
-              "frame": "640x480 orchard scene (seed 777)", "teacher_ms": teacher, "rows": rows}
-    _write(result, REPO / "benchmarks" / "results" / (args.out or f"fast_heads_{cpu.int8_kernels}"))
+            _write(result, stem)  # after every row: a run stopped part-way keeps what it measured ("complete": false)
+            del seg
+        del student
+        gc.collect()
+    result["complete"] = True
+    result["matmul_gflops"]["end"] = _machine_gflops(args.threads)
+    _write(result, stem)
     return 0
+
+
+def _machine_gflops(threads: int) -> float:
+    """This machine's fp32 matmul rate right now (torch, ``threads`` threads, 1024^3, best of 10): a shared VM's
+    speed drifts between runs, and this figure beside the latencies tells a slow run from a slow model."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(12):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return round(2 * 1024 ** 3 / best / 1e9, 1)
+
+
+def _teacher_child(args) -> dict[int, float]:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--teacher-only", "--threads", str(args.threads), "--teacher-runs",
+           str(args.teacher_runs)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("TEACHER ")), None)
+    if done.returncode or line is None:
+        raise SystemExit(f"the teacher's timing process failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    print(done.stdout.replace(line, "").strip(), flush=True)
+    return {int(k): v for k, v in json.loads(line[len("TEACHER "):]).items()}
 
 
 def _recount(args) -> int:
@@ -204,8 +250,17 @@ def _write(result: dict, stem: Path) -> None:
         cells = [f"{ms[n]:.1f} ({gf[n]:.1f}" + (f", {vs[n]:.0f}x)" if n in vs else ")") for n in COUNTS]
         md.append(f"| {r['student']} | {r['heads']} | {r['target']} | {r['precision']} | {r['input_size']} | "
                   + " | ".join(cells) + " |")
+    speed = result.get("matmul_gflops")
+    if speed:
+        md += ["", "This machine's fp32 matmul rate (torch, 1024^3, same threads) at the start / end of the run: "
+               + " / ".join(f"{v:.0f}" for v in speed.values()) + " GFLOP/s (a shared VM drifts between runs)."]
+    if result.get("note"):
+        md += ["", result["note"]]
+    if not result.get("complete", True):
+        md += ["", "**Incomplete**: the run stopped (or is still running) before every student was measured."]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
-    print("\n".join(md))
+    if result.get("complete", True):
+        print("\n".join(md))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def _labelled_decoder(student, top_k: int) -> DecoderGraph:
 
 def profile_student(name: str, device: str, runs: int, prompt_tokens: int) -> dict:
     student = create_student(name, concepts=None, text_mode="cache").eval().to(device)
-    width = student.spec.heads.hidden_size
+    width = student.spec.heads.in_width
     rng = np.random.default_rng(0)
     mask = np.zeros((1, 32), bool)
     mask[0, :prompt_tokens] = True

@@ -384,7 +384,7 @@ def test_iter_stream_yields_what_run_stream_hands_the_callback_with_each_frames_
     want, _ = collect(FakeSegmenter(), synthetic_frames(20))
     got = list(iter_stream(seg, synthetic_frames(20), pipelined=pipelined))
     assert [r.frame.index for r in got] == list(range(20))
-    for r, (i, inst) in zip(got, want):
+    for r, (_, inst) in zip(got, want):
         assert r.instances.phrases == inst.phrases and np.array_equal(r.instances.masks, inst.masks)
     # the frame's own work (decode + prepare + infer + postprocess), which includes the 4 ms inference sleep and
     # not the other frames': pipelined, a frame waits in queues too, and that is not counted

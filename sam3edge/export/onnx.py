@@ -194,9 +194,11 @@ def float_islands(path: Path) -> list[str]:
     return keep
 
 
-def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, islands: bool = True) -> Path:
+def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, islands: bool = True,
+            only: list[str] | None = None) -> Path:
     """Static QDQ int8 of ``src``: per-channel int8 weights, MinMax calibration on the real pipeline's inputs,
-    the :func:`float_islands` kept in float (``islands=False``: every Conv / MatMul / Gemm int8).
+    the :func:`float_islands` kept in float (``islands=False``: every Conv / MatMul / Gemm int8; ``only``: just
+    these nodes int8, the rest float, as a per-layer sensitivity measurement does).
 
     Activations and weights are uint8 (scheme ``u8u8``: weights symmetric about 128; onnxruntime's u8 x u8
     kernels sum in 32 bits on every CPU, while u8 x s8 saturates on x86 CPUs without VNNI), or with
@@ -222,8 +224,9 @@ def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, is
     options = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
     if symmetric:
         options["QuantizeBias"] = False  # TensorRT has no int32 bias DequantizeLinear
-    exclude = float_islands(src) if islands else []
+    exclude = float_islands(src) if islands and only is None else []
     quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    nodes_to_quantize=only,
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     weight_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                     calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops, nodes_to_exclude=exclude,
