@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sam3edge-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,openvino,distill,export,coreml,video,dev]'
+	$(PY) -m pip install -q -e '.[cpu,openvino,distill,export,coreml,video,ros,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

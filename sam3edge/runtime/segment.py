@@ -32,14 +32,16 @@ def _safe_name(name: str, index: int) -> str:
 def segment_source(segmenter, source, out_dir: str | Path, score_threshold: float = 0.5, top_k: int | None = None,
                    masks: bool = True, overlays: bool = True, stride: int = 1, max_frames: int | None = None,
                    progress: bool = True, overwrite: bool = False, track: bool = False,
-                   lines: list | None = None) -> dict:
+                   lines: list | None = None, topic: str | None = None, bag_out: bool = False) -> dict:
     """Segment every frame of ``source`` (anything :func:`~sam3edge.runtime.sources.open_source` takes) with the
     segmenter's concepts; returns a summary (frames, instances, fps, paths, skipped files).
 
     ``track``: identities across frames (:class:`~sam3edge.runtime.tracking.ByteTracker`, ``score_threshold`` as
     its ``high_score``): results carry ``track_id`` and only tracked instances, ``tracks.txt`` gets MOT-challenge
     lines as frames finish, the summary the unique objects per concept and, per ``lines`` entry ((x0, y0),
-    (x1, y1)), the crossings in and out per concept.
+    (x1, y1)), the crossings in and out per concept. ``topic``: the image topic of a ROS 2 bag input; ``bag_out``:
+    the results also as a ROS 2 bag in ``out_dir/results_bag`` (:class:`~sam3edge.runtime.rosbag.RosbagResultWriter`,
+    stamped with each camera message's header; written as frames finish, finished also when the run stops).
 
     Raises FileExistsError when ``out_dir`` holds an earlier run's results (unless ``overwrite``) or another
     run is writing there."""
@@ -48,7 +50,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
-    frames = open_source(source, stride=stride, max_frames=max_frames)  # a clear error for a bad source first
+    frames = open_source(source, stride=stride, max_frames=max_frames, topic=topic)  # a bad source: a clear error
     tracking = None
     if track:
         from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig
@@ -61,7 +63,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     elif lines:
         raise ValueError("line counts need tracking (track=True)")
     old = [p for p in (out_dir / "predictions.json", out_dir / "predictions.jsonl", out_dir / "tracks.txt",
-                       out_dir / "overlays") if p.exists()]
+                       out_dir / "overlays", out_dir / "results_bag") if p.exists()]
     if old and not overwrite:
         frames.close()  # a camera or video opened above is released on a refusal too
         raise FileExistsError(f"--out {out_dir} holds results of an earlier run ({', '.join(p.name for p in old)}); "
@@ -76,13 +78,13 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
                               "choose another --out (delete the lock if no run is left)") from None
     try:
         return _segment_locked(segmenter, frames, out_dir, old, score_threshold, top_k, masks, overlays, progress,
-                               tracking)
+                               tracking, bag_out)
     finally:
         lock.unlink(missing_ok=True)
 
 
 def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_threshold, top_k, masks, overlays,
-                    progress, tracking=None) -> dict:
+                    progress, tracking=None, bag_out: bool = False) -> dict:
     import time
 
     from tqdm import tqdm
@@ -90,14 +92,20 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
     from sam3edge.runtime.overlay import save_overlay
     from sam3edge.runtime.stream import current_rss_mb, iter_stream
 
-    for path in old:  # the earlier run's results (overwrite was given): its JSON and overlay PNGs, nothing else
+    for path in old:  # the earlier run's results (overwrite was given): its files, nothing else
         if path.is_dir():
-            for png in path.glob("*.png"):
-                png.unlink()
+            for f in [*path.glob("*.png"), *path.glob("*.mcap"), *path.glob("metadata.yaml")]:
+                f.unlink()
             if not any(path.iterdir()):
                 path.rmdir()
         else:
             path.unlink()
+    bag = None
+    if bag_out:
+        from sam3edge.runtime.rosbag import RosbagResultWriter
+
+        bag = RosbagResultWriter(out_dir / "results_bag")
+    header = getattr(frames, "header", None)  # a ROS 2 bag's own message stamps
     concepts = list(segmenter.concepts)
     cat_ids = {p: i + 1 for i, p in enumerate(concepts)}
     images, annotations, used = [], [], set()
@@ -140,6 +148,13 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
                         mot.write(f"{frame.index + 1},{tid},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},"
                                   f"{score:.4f},-1,-1,-1\n")
                     mot.flush()
+                if bag is not None:
+                    if header is not None:
+                        sec, nsec, frame_id = header(frame.index)
+                    else:  # other sources: their timestamp (video), else the frame number as seconds
+                        t = frame.timestamp_s if frame.timestamp_s is not None else float(frame.index)
+                        sec, nsec, frame_id = int(t), int(round((t - int(t)) * 1e9)), "camera"
+                    bag.write(inst, (sec, nsec), frame_id)
                 lines.write(json.dumps(record) + "\n")
                 lines.flush()  # in the OS's hands: survives the process being killed (no fsync: SD cards)
                 ms_total += r.ms
@@ -150,6 +165,8 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
         lines.close()
         if mot is not None:
             mot.close()
+        if bag is not None:
+            bag.close()
         bar.close()
         seconds = time.perf_counter() - start
         skipped = list(getattr(frames, "skipped", []))
@@ -171,4 +188,5 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
             "ms_per_frame": ms_total / n if n else 0.0, "seconds": seconds, "predictions": str(json_path),
             "lines": str(out_dir / "predictions.jsonl"),
             "overlays": str(out_dir / "overlays") if overlays else None,
-            "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb(), "tracking": summary_tracking}
+            "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb(), "tracking": summary_tracking,
+            "bag": str(out_dir / "results_bag") if bag is not None else None}

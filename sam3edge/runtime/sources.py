@@ -363,7 +363,7 @@ def _open_live(target: str | int, options: dict) -> FrameSource:
 
 
 def open_source(spec, bgr_to_rgb: bool = True, *, stride: int = 1, max_frames: int | None = None,
-                recursive: bool = False, video_backend: str = "auto") -> FrameSource:
+                recursive: bool = False, video_backend: str = "auto", topic: str | None = None) -> FrameSource:
     """A ``FrameSource`` of ``spec``: what it is is told from the spec itself.
 
     Args:
@@ -377,6 +377,8 @@ def open_source(spec, bgr_to_rgb: bool = True, *, stride: int = 1, max_frames: i
         max_frames: stop after this many frames (after ``stride``); None for all.
         recursive: for folders, also read images in subfolders.
         video_backend: ``"auto"`` (OpenCV, else PyAV), ``"opencv"`` or ``"pyav"``, for video files.
+        topic: for a ROS 2 bag (a rosbag2 directory), the image topic to read (None: its only one);
+            see :mod:`sam3edge.runtime.rosbag`.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -404,6 +406,12 @@ def open_source(spec, bgr_to_rgb: bool = True, *, stride: int = 1, max_frames: i
     if not path.exists():
         raise FileNotFoundError(f"open_source: {path} does not exist (expected an image, a folder, a video, "
                                 "a camera index such as 0, or a URL such as rtsp://...)")
+    if path.is_dir() and (path / "metadata.yaml").is_file():
+        from sam3edge.runtime.rosbag import RosbagSource
+
+        return RosbagSource(path, topic=topic, **options)
+    if topic is not None:
+        raise ValueError(f"open_source: topic={topic!r} is for ROS 2 bags; {path} is not one (no metadata.yaml)")
     if path.is_dir():
         return ImageFilesSource(_folder_images(path, recursive), path, f"folder {path}", **options)
     suffix = path.suffix.lower()
