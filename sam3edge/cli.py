@@ -118,7 +118,8 @@ def _cmd_segment(args) -> int:
     summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
                              masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
                              max_frames=args.max_frames, progress=not args.quiet, overwrite=args.overwrite,
-                             track=args.track, lines=lines, topic=args.topic, bag_out=args.bag_out)
+                             track=args.track, lines=lines, topic=args.topic, bag_out=args.bag_out,
+                             video_out=args.video_out, fps=args.fps)
     if summary["skipped"]:
         print(f"sam3edge segment: skipped {len(summary['skipped'])} unreadable file(s), e.g. "
               f"{summary['skipped'][0]['file']}: {summary['skipped'][0]['error']} (listed in "
@@ -131,7 +132,8 @@ def _cmd_segment(args) -> int:
           f"{seg.backend_name}: {summary['ms_per_frame']:.1f} ms of work per frame, {summary['fps']:.1f} fps "
           f"(pipelined); wrote {summary['predictions']} (and one line per frame in {summary['lines']})"
           + (f" and overlays in {summary['overlays']}" if summary["overlays"] else "")
-          + (f"; results bag {summary['bag']}" if summary.get("bag") else ""))
+          + (f"; results bag {summary['bag']}" if summary.get("bag") else "")
+          + (f"; annotated video {summary['video']}" if summary.get("video") else ""))
     tracking = summary.get("tracking")
     if tracking:
         print("unique objects: " + (", ".join(f"{p} {n}" for p, n in tracking["unique"].items()) or "none")
@@ -431,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "detections down to 0.1 keep them alive")
     sg.add_argument("--line", action="append", metavar="X0,Y0,X1,Y1",
                     help="with --track: count crossings of this line segment (pixels), in and out per concept")
+    sg.add_argument("--video-out", action="store_true",
+                    help="write OUT/annotated.mp4: masks, labels, track ids and counts drawn on every frame")
+    sg.add_argument("--fps", type=float, default=None, help="frame rate of --video-out (default: the source's)")
     sg.add_argument("--topic", help="for a ROS 2 bag input: the image topic (default: its only one)")
     sg.add_argument("--bag-out", action="store_true",
                     help="also write the results as a ROS 2 bag (OUT/results_bag: vision_msgs detections + mask "

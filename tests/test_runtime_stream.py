@@ -445,8 +445,19 @@ def test_segment_with_tracking_writes_ids_mot_lines_and_counts(tmp_path):
     seg = FakeSegmenter()
     seg.backend_name = "fake"
     summary = segment_source(seg, folder, tmp_path / "out", score_threshold=0.3, overlays=False, progress=False,
-                             track=True, lines=[((48, 0), (48, 64))])
+                             track=True, lines=[((48, 0), (48, 64))], video_out=True)
     tracking = summary["tracking"]
+    cv2 = pytest.importorskip("cv2")
+    cap = cv2.VideoCapture(summary["video"])
+    pictures = []
+    while True:
+        ok, picture = cap.read()
+        if not ok:
+            break
+        pictures.append(picture)
+    assert len(pictures) == 12 and pictures[0].shape == (64, 96, 3)
+    # the caption (running counts, white on black) is drawn at the top left once something is counted
+    assert pictures[-1][2:10, 2:30].max() > 150 and pictures[0][2:10, 2:30].max() < 60
     assert tracking["unique"] == {"red thing": 1}
     assert tracking["lines"] == [{"red thing": {"in": 0, "out": 1}}]  # down-pointing line; +x is its left side
     records = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]

@@ -112,6 +112,8 @@ def draw(image, instances: Instances, alpha: float = 0.45, boxes: bool = True, l
                 _draw_box(pen, box, color, _line_width(height, width))
             if labels:
                 text = label_text(instances.phrases[i], instances.scores[i] if scores else None)
+                if instances.track_ids is not None:  # tracked: the identity first, "#12 ripe apple 0.87"
+                    text = f"#{int(instances.track_ids[i])} {text}"
                 _draw_label(pen, box, text, color, (height, width))
         out = np.asarray(canvas).copy()
     return out
@@ -172,6 +174,20 @@ def _draw_label(pen: ImageDraw.ImageDraw, box: np.ndarray, text: str, color, ima
     y = min(max(0.0, y), max(0.0, height - label_h))
     pen.rectangle((x, y, x + label_w - 1, y + label_h - 1), fill=color)
     pen.text((x + pad - left, y + pad - top), text, fill=_text_color(color), font=font)
+
+
+def draw_caption(picture: np.ndarray, lines: list[str]) -> np.ndarray:
+    """``picture`` (uint8 RGB) with ``lines`` of text in a dark box at its top left (counts on a video frame)."""
+    if not lines:
+        return picture
+    canvas = Image.fromarray(picture)
+    pen = ImageDraw.Draw(canvas)
+    font = _font(_font_size(*picture.shape[:2]))
+    text = "\n".join(lines)
+    x0, y0, x1, y1 = pen.multiline_textbbox((4, 4), text, font=font)
+    pen.rectangle((0, 0, x1 + 4, y1 + 4), fill=(0, 0, 0))
+    pen.multiline_text((4, 4), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas).copy()
 
 
 def save_overlay(path, image, instances: Instances, **draw_options) -> Path:

@@ -20,6 +20,8 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from sam3edge.atomic import atomic_write_text
 
 
@@ -32,7 +34,8 @@ def _safe_name(name: str, index: int) -> str:
 def segment_source(segmenter, source, out_dir: str | Path, score_threshold: float = 0.5, top_k: int | None = None,
                    masks: bool = True, overlays: bool = True, stride: int = 1, max_frames: int | None = None,
                    progress: bool = True, overwrite: bool = False, track: bool = False,
-                   lines: list | None = None, topic: str | None = None, bag_out: bool = False) -> dict:
+                   lines: list | None = None, topic: str | None = None, bag_out: bool = False,
+                   video_out: bool = False, fps: float | None = None) -> dict:
     """Segment every frame of ``source`` (anything :func:`~sam3edge.runtime.sources.open_source` takes) with the
     segmenter's concepts; returns a summary (frames, instances, fps, paths, skipped files).
 
@@ -42,6 +45,8 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     (x1, y1)), the crossings in and out per concept. ``topic``: the image topic of a ROS 2 bag input; ``bag_out``:
     the results also as a ROS 2 bag in ``out_dir/results_bag`` (:class:`~sam3edge.runtime.rosbag.RosbagResultWriter`,
     stamped with each camera message's header; written as frames finish, finished also when the run stops).
+    ``video_out``: an annotated ``out_dir/annotated.mp4`` (masks, labels, track ids and running counts) at ``fps``
+    (default: from the source's timestamps, else 15), finished also when the run stops (not when killed).
 
     Raises FileExistsError when ``out_dir`` holds an earlier run's results (unless ``overwrite``) or another
     run is writing there."""
@@ -62,8 +67,15 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
                                                           for i, (a, b) in enumerate(lines or [])])
     elif lines:
         raise ValueError("line counts need tracking (track=True)")
+    if video_out:
+        try:
+            import cv2  # noqa: F401 - checked before any work
+        except ImportError as e:
+            raise ImportError("an annotated video needs OpenCV: pip install 'sam3edge[video]'") from e
+    if fps is not None and not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
+        raise ValueError(f"fps={fps!r} must be a number in (0, 1000]")
     old = [p for p in (out_dir / "predictions.json", out_dir / "predictions.jsonl", out_dir / "tracks.txt",
-                       out_dir / "overlays", out_dir / "results_bag") if p.exists()]
+                       out_dir / "overlays", out_dir / "results_bag", out_dir / "annotated.mp4") if p.exists()]
     if old and not overwrite:
         frames.close()  # a camera or video opened above is released on a refusal too
         raise FileExistsError(f"--out {out_dir} holds results of an earlier run ({', '.join(p.name for p in old)}); "
@@ -78,13 +90,13 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
                               "choose another --out (delete the lock if no run is left)") from None
     try:
         return _segment_locked(segmenter, frames, out_dir, old, score_threshold, top_k, masks, overlays, progress,
-                               tracking, bag_out)
+                               tracking, bag_out, (fps or 0.0) if video_out else None)
     finally:
         lock.unlink(missing_ok=True)
 
 
 def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_threshold, top_k, masks, overlays,
-                    progress, tracking=None, bag_out: bool = False) -> dict:
+                    progress, tracking=None, bag_out: bool = False, video_fps: float | None = None) -> dict:
     import time
 
     from tqdm import tqdm
@@ -106,6 +118,7 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
 
         bag = RosbagResultWriter(out_dir / "results_bag")
     header = getattr(frames, "header", None)  # a ROS 2 bag's own message stamps
+    video = _AnnotatedVideo(out_dir / "annotated.mp4", video_fps) if video_fps is not None else None
     concepts = list(segmenter.concepts)
     cat_ids = {p: i + 1 for i, p in enumerate(concepts)}
     images, annotations, used = [], [], set()
@@ -148,6 +161,8 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
                         mot.write(f"{frame.index + 1},{tid},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},"
                                   f"{score:.4f},-1,-1,-1\n")
                     mot.flush()
+                if video is not None:
+                    video.write(frame, inst, counter.counts if tracking else None)
                 if bag is not None:
                     if header is not None:
                         sec, nsec, frame_id = header(frame.index)
@@ -167,6 +182,8 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
             mot.close()
         if bag is not None:
             bag.close()
+        if video is not None:
+            video.close()
         bar.close()
         seconds = time.perf_counter() - start
         skipped = list(getattr(frames, "skipped", []))
@@ -189,4 +206,60 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
             "lines": str(out_dir / "predictions.jsonl"),
             "overlays": str(out_dir / "overlays") if overlays else None,
             "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb(), "tracking": summary_tracking,
-            "bag": str(out_dir / "results_bag") if bag is not None else None}
+            "bag": str(out_dir / "results_bag") if bag is not None else None,
+            "video": str(video.path) if video is not None and video.frames else None}
+
+
+class _AnnotatedVideo:
+    """mp4 (OpenCV, mp4v) of the drawn frames, opened at the first frame's size; later frames of another size are
+    resized to it. fps 0: from the first two timestamps, else 15."""
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.frames = path, fps, 0
+        self._writer, self._size, self._first_t = None, None, None
+
+    def write(self, frame, inst, counts: dict | None) -> None:
+        import cv2
+
+        from sam3edge.runtime.overlay import draw, draw_caption
+
+        picture = draw(frame.image, inst)
+        if counts:
+            picture = draw_caption(picture, [f"{p}: {n}" for p, n in counts.items()])
+        if self._writer is None:
+            if not self.fps:
+                if self._first_t is None and frame.timestamp_s is not None:  # wait for a second timestamp
+                    self._first_t, self._held = frame.timestamp_s, picture
+                    return
+                dt = (frame.timestamp_s - self._first_t) if self._first_t is not None else 0.0
+                self.fps = 1.0 / dt if 0.001 < dt < 10 else 15.0
+            h, w = picture.shape[:2]
+            self._size = (w, h)
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), float(self.fps), (w, h))
+            if not self._writer.isOpened():
+                raise OSError(f"OpenCV cannot write {self.path} (mp4v)")
+            if self._first_t is not None:
+                self._put(self._held)
+        self._put(picture)
+
+    def _put(self, picture) -> None:
+        import cv2
+
+        if (picture.shape[1], picture.shape[0]) != self._size:
+            picture = cv2.resize(picture, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(np.ascontiguousarray(picture[..., ::-1]))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is None and self._first_t is not None:  # a single timestamped frame
+            self.fps = 15.0
+            self._first_t, held = None, self._held
+            h, w = held.shape[:2]
+            import cv2
+
+            self._size = (w, h)
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self._put(held)
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
