@@ -63,7 +63,8 @@ def _cmd_export(args) -> int:
     concepts = parse_phrases(args.concepts) if args.concepts else None
     m = export_bundle(args.source, args.out, target=args.target, precision=args.precision, calib=args.calib,
                       concepts=concepts, overwrite=args.overwrite, force=args.force, progress=not args.quiet,
-                      profile=args.profile, fused_ops={"auto": None, "fused": True, "plain": False}[args.ops])
+                      profile=args.profile, fused_ops={"auto": None, "fused": True, "plain": False}[args.ops],
+                      teacher=args.teacher)
     v, prof = m["verification"], m.get("device_profile")
     if prof and not prof["input_size_matches"]:
         print(f"note: device profile {prof['name']} is sized for {prof['input_size']} px input, this student takes "
@@ -401,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--precision", help="fp32 (default), fp16 or int8 (calibrated on --calib)")
     x.add_argument("--calib", help="folder of domain images for int8 calibration and verification "
                                    "(default: the run's own images)")
-    x.add_argument("--concepts", help="only these concepts ('a,b' or a file; default: all the student knows)")
+    x.add_argument("--concepts", help="the bundle's concepts ('a,b' or a file; default: all the student knows); "
+                                      "phrases the student's cache lacks are encoded by its teacher")
+    x.add_argument("--teacher", help="the teacher that encodes new --concepts (default: the run's own teacher)")
     x.add_argument("--out", required=True, help="bundle directory to write, e.g. orchard.sam3edge")
     x.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     x.add_argument("--force", action="store_true", help="write the bundle even if verification fails")

@@ -241,3 +241,35 @@ def test_one_definition_of_targets_precisions_graph_names_and_context_length():
     copies = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py") if p.name != "names.py"
               for m in pattern.finditer(p.read_text(encoding="utf-8"))]
     assert copies == [], copies
+
+
+def test_export_concepts_the_student_lacks_are_encoded_by_its_teacher(toy_student_dir, scenes, tmp_path, capsys):
+    """The runtime's advice for an unknown phrase works: export --concepts with a new phrase takes the teacher's
+    text embedding for it (the student reads teacher embeddings), and the bundle then segments it."""
+    import numpy as np
+
+    from sam3edge.cli import main
+    from sam3edge.models.bundled import resolve_model
+    from sam3edge.models.teacher import Sam3Teacher
+    from sam3edge.runtime import Segmenter
+    from sam3edge.runtime.concepts import ConceptCache
+
+    out = tmp_path / "pear.sam3edge"
+    assert main(["export", str(toy_student_dir), "--target", "onnx", "--calib", str(scenes), "--concepts",
+                 "ripe apple,green pear", "--out", str(out), "--quiet"]) == 2  # a saved student names no teacher
+    assert "pass --teacher" in capsys.readouterr().err and not out.exists()
+    assert main(["export", str(toy_student_dir), "--target", "onnx", "--calib", str(scenes), "--concepts",
+                 "ripe apple,green pear", "--teacher", "orchard-toy", "--out", str(out), "--quiet"]) == 0
+    seg = Segmenter.load(out, threads=1)
+    assert list(seg.concepts) == ["ripe apple", "green pear"]
+    want = ConceptCache.from_teacher(Sam3Teacher.from_pretrained(resolve_model("orchard-toy")), ["green pear"])
+    got = seg.bundle.concept_cache()
+    f, m = got.lookup(["green pear"])
+    n = int(want.mask[0].sum())
+    np.testing.assert_allclose(f[0, :n], want.features[0, :n], atol=1e-6)
+    assert m[0].sum() == n
+    seg.set_concepts(["green pear"])
+    inst = seg.segment(np.zeros((64, 64, 3), np.uint8), score_threshold=0.0)
+    assert set(inst.phrases) <= {"green pear"}
+    with pytest.raises(ValueError, match=r"sam3edge export RUN --concepts"):
+        seg.set_concepts(["yellow banana"])

@@ -89,7 +89,7 @@ def resolve_target(target: str | None, precision: str | None, profile_name: str 
 def export_bundle(source: str | Path, out: str | Path, target: str | None = None, precision: str | None = None,
                   calib: str | Path | None = None, concepts: list[str] | None = None, overwrite: bool = False,
                   force: bool = False, n_verify: int = 8, progress: bool = True, profile: str | None = None,
-                  fused_ops: bool | None = None) -> dict:
+                  fused_ops: bool | None = None, teacher: str | Path | None = None) -> dict:
     """Export a student to a verified bundle at ``out``; returns the manifest.
 
     ``fused_ops``: the decoder carries the sam3edge fused ops (:mod:`sam3edge.ops`) as custom-domain
@@ -129,7 +129,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
                          "so the bundle can carry the teacher's text features")
     cache = student.concepts
     if concepts:
-        cache = _subset(cache, concepts)
+        cache = _concepts_for_export(cache, list(concepts), Path(source), teacher, student.spec.heads.in_width)
     files = domain_images(Path(source), calib)
     images, _ = resize_batch([load_image(p) for p in files], student.image_size)
     images = list(images)
@@ -245,11 +245,41 @@ def _profile_checks(profile, paths: dict) -> list[str]:
     return []
 
 
-def _subset(cache, phrases: list[str]):
-    from sam3edge.runtime.concepts import ConceptCache
+def _concepts_for_export(cache, phrases: list[str], source: Path, teacher, width: int):
+    """The bundle's concept cache: ``phrases`` from the student's cache, and those it lacks encoded by the teacher
+    (``teacher``, else the distillation run's own, from its distill.json): a cache-mode student reads the teacher's
+    text embeddings, so a new phrase needs only the teacher's text encoder, not a new distillation."""
+    from sam3edge.runtime.concepts import ConceptCache, normalize_phrase
 
-    feats, mask = cache.lookup(list(phrases))
-    return ConceptCache(list(phrases), feats, mask, source=cache.source)
+    known = {normalize_phrase(p) for p in cache.phrases}
+    missing = [p for p in phrases if normalize_phrase(p) not in known]
+    if not missing:
+        feats, mask = cache.lookup(phrases)
+        return ConceptCache(phrases, feats, mask, source=cache.source)
+    if teacher is None:
+        run = source / "distill.json"
+        teacher = json.loads(run.read_text()).get("teacher") if run.is_file() else None
+    if teacher is None:
+        raise ValueError(f"{', '.join(repr(p) for p in missing)}: not in the student's concept cache, and {source} "
+                         "names no teacher to encode them (it is not a distillation run); pass --teacher DIR, the "
+                         "SAM3 teacher the student was distilled from (or orchard-toy)")
+    from sam3edge.models.bundled import resolve_model
+    from sam3edge.models.teacher import Sam3Teacher
+
+    model = Sam3Teacher.from_pretrained(resolve_model(str(teacher))).eval()
+    new = ConceptCache.from_teacher(model, missing)
+    if new.features.shape[-1] != width:
+        raise ValueError(f"teacher {teacher} gives {new.features.shape[-1]}-wide text embeddings, the student takes "
+                         f"{width}: pass the teacher the student was distilled from")
+    length = max(cache.features.shape[1], new.features.shape[1])
+    feats = np.zeros((len(phrases), length, width), np.float32)
+    mask = np.zeros((len(phrases), length), bool)
+    added = {normalize_phrase(p): i for i, p in enumerate(missing)}
+    for i, p in enumerate(phrases):
+        f, m = ((new.features[added[normalize_phrase(p)]], new.mask[added[normalize_phrase(p)]])
+                if normalize_phrase(p) in added else tuple(a[0] for a in cache.lookup([p])))
+        feats[i, :f.shape[0]], mask[i, :m.shape[0]] = f, m
+    return ConceptCache(phrases, feats, mask, source=f"{cache.source}; added by {teacher}: {', '.join(missing)}")
 
 
 def _manifest(student, spec, target, precision, paths, root: Path, cache, report, source, t0) -> dict:

@@ -156,8 +156,10 @@ class Segmenter:
             known = ", ".join(repr(c) for c in self.bundle.concepts[:50])
             raise ValueError(f"{', '.join(repr(p) for p in new)}: not among the concepts of bundle {self.bundle.path}, "
                              f"which has no text encoder and segments only {known}"
-                             f"{' ...' if len(self.bundle.concepts) > 50 else ''}. Export a bundle with these "
-                             "concepts (sam3edge export --concepts ...) or from a student with a text encoder")
+                             f"{' ...' if len(self.bundle.concepts) > 50 else ''}. Export one that has them from "
+                             "the distillation run: sam3edge export RUN --concepts 'a,b,...' --out NEW.sam3edge "
+                             "(the run's teacher encodes phrases the student's cache lacks; --teacher DIR names "
+                             "it), or use a bundle with a text encoder")
         length, width = self.bundle.text_length, cache.features.shape[-1]
         text = np.zeros((len(phrases), length, width), np.float32)
         mask = np.zeros((len(phrases), length), bool)
