@@ -17,6 +17,7 @@ from sam3edge.runtime.image import Resize, as_rgb_uint8
 from sam3edge.runtime.instances import Instances
 from sam3edge.runtime.sources import Frame
 from sam3edge.runtime.stream import STAGES, StreamError, StreamStats, current_rss_mb, run_stream
+from sam3edge.runtime.tracking import TrackerConfig
 
 
 @dataclass
@@ -323,11 +324,19 @@ def test_bounded_queues_keep_few_frames_in_flight_behind_a_slow_callback():
     assert max(in_flight) >= 4  # the queues did fill up: the bound was exercised
 
 
-def _rss_growth_over_2000_frames(source, **options) -> tuple[float, float, float]:
-    """(RSS at frame 200, RSS at frame 1999, seconds) of a 2000-frame stream."""
+def _rss_growth_over_2000_frames(source, track: bool = False, **options) -> tuple[float, float, float]:
+    """(RSS at frame 200, RSS at frame 1999, seconds) of a 2000-frame stream (``track``: with a tracker, a counter
+    and a line counter on every frame)."""
+    from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter
+
     rss = {}
+    tracker, counter, line = ByteTracker(TrackerConfig(min_hits=1)), TrackCounter(), LineCounter((16, 0), (16, 64))
 
     def on_result(frame, inst):
+        if track:
+            tracked = tracker.update(inst)
+            counter.update(tracked)
+            line.update(tracked)
         if frame.index in (200, 1999):
             rss[frame.index] = current_rss_mb()
 
@@ -340,12 +349,13 @@ def _rss_growth_over_2000_frames(source, **options) -> tuple[float, float, float
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc")
 def test_memory_stays_flat_over_a_2000_frame_stream():
-    """Measured in a fresh process: after ~600 tests this one's RSS is ~1.9 GB, and allocator noise of that heap
+    """With tracking and counting on every frame. Measured in a fresh process: after ~600 tests this one's RSS is
+    ~1.9 GB, and allocator noise of that heap
     (+3.6 MB once, with no stream at fault) drowns the stream's own growth (+0.07 MB alone)."""
     from pathlib import Path
 
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_runtime_stream as t; "
-            "a, b, _ = t._rss_growth_over_2000_frames(t.synthetic_frames(2000), queue_size=4); "
+            "a, b, _ = t._rss_growth_over_2000_frames(t.synthetic_frames(2000), track=True, queue_size=4); "
             "print(b - a, len(t.stream_threads()))")
     done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
                           timeout=600)
