@@ -273,3 +273,30 @@ def test_export_concepts_the_student_lacks_are_encoded_by_its_teacher(toy_studen
     assert set(inst.phrases) <= {"green pear"}
     with pytest.raises(ValueError, match=r"sam3edge export RUN --concepts"):
         seg.set_concepts(["yellow banana"])
+
+
+def test_a_student_with_its_own_text_encoder_exports_without_a_concept_cache(scenes, tmp_path):
+    """Distilled in encoder mode through the API, a student has no cache: export builds one from its own text
+    encoder for --concepts (a run's own phrases by default), and the bundle segments any other phrase too."""
+    import torch
+
+    from sam3edge.export.bundle import export_bundle
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import save_student
+    from sam3edge.runtime import Segmenter
+
+    torch.manual_seed(0)
+    student = create_student("toy", input_size=128, text_mode="encoder")
+    saved = save_student(student, tmp_path / "s")
+    with pytest.raises(ValueError, match="pass --concepts"):
+        export_bundle(saved, tmp_path / "none.sam3edge", "onnx", "fp32", calib=scenes, progress=False)
+    export_bundle(saved, tmp_path / "t.sam3edge", "onnx", "fp32", calib=scenes, n_verify=2, progress=False,
+                  concepts=["ripe apple", "leaf"])
+    seg = Segmenter.load(tmp_path / "t.sam3edge", threads=1)
+    assert list(seg.concepts) == ["ripe apple", "leaf"]
+    with torch.no_grad():
+        want, want_mask = student.encode_text(["ripe apple"])
+    f, m = seg.bundle.concept_cache().lookup(["ripe apple"])
+    np.testing.assert_allclose(f[0][m[0]], want[0][want_mask[0]].numpy(), atol=1e-5)
+    seg.set_concepts(["a wasp on a leaf"])  # not in the cache: its text encoder graph encodes it
+    assert seg.segment(np.zeros((64, 64, 3), np.uint8), score_threshold=0.0).image_size == (64, 64)

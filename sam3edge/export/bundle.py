@@ -124,6 +124,21 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     from sam3edge.runtime.cpu import cpu_info
 
     student = load_student(student_dir).eval()
+    if student.concepts is None and student.text_mode == "encoder":
+        # a student with its own text encoder: the bundle carries the encoder graph, and a cache of its phrases
+        # (``concepts``, else the run's) encoded by that encoder, for the runtime's fast path
+        phrases = list(concepts or _run_concepts(Path(source)))
+        if not phrases:
+            raise ValueError(f"student {student_dir} has a text encoder but no concept list: pass --concepts 'a,b' "
+                             "(the phrases the bundle lists; any other phrase goes through its text encoder)")
+        import torch
+
+        from sam3edge.runtime.concepts import ConceptCache
+
+        with torch.no_grad():
+            feats, mask = student.encode_text(phrases)
+        student.set_concepts(ConceptCache(phrases, feats.float().numpy(), mask.numpy().astype(bool),
+                                          source=f"{student.spec.name} text encoder"))
     if student.concepts is None:
         raise ValueError(f"student {student_dir} has no concept cache; distil it with --concepts (or set_concepts) "
                          "so the bundle can carry the teacher's text features")
@@ -243,6 +258,13 @@ def _profile_checks(profile, paths: dict) -> list[str]:
         return [f"graphs take {mb:.1f} MB, over device profile {profile.name!r}'s memory budget of "
                 f"{profile.memory_budget_mb} MB (pick a smaller student or a lower precision)"]
     return []
+
+
+def _run_concepts(source: Path) -> list[str]:
+    """The concept phrases a distillation run trained on (its distill.json), or [] for anything else."""
+    run = source / "distill.json"
+    concepts = json.loads(run.read_text()).get("concepts") if run.is_file() else None
+    return [str(c) for c in concepts] if isinstance(concepts, list) else []
 
 
 def _concepts_for_export(cache, phrases: list[str], source: Path, teacher, width: int):
