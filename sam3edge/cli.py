@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--stride", type=int, default=1, help="every Nth frame of a video")
     sg.add_argument("--max-frames", type=int, default=None)
     sg.add_argument("--overwrite", action="store_true",
-                    help="replace an earlier run's predictions.json and overlay PNGs in --out")
+                    help="replace an earlier run's results in --out (JSON, JSON lines, tracks, overlays, bag, video)")
     sg.add_argument("--track", action="store_true",
                     help="identities across frames (ByteTrack per concept): track ids in the results, tracks.txt "
                          "(MOT challenge), unique objects per concept; --threshold then starts tracks, and "

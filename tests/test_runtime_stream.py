@@ -122,10 +122,17 @@ def collect(segmenter, source, **options) -> tuple[list, StreamStats]:
 
 
 def test_stream_imports_without_torch_cv2_or_av():
+    """The stream, tracking and ROS-bag modules and the orchard video need none of torch, OpenCV, PyAV, scipy or
+    rosbags to import (rosbags is imported when a bag is opened; without scipy the tracker matches greedily)."""
     code = (
         "import sys\n"
-        "for name in ('torch', 'cv2', 'av'): sys.modules[name] = None\n"
-        "import sam3edge.runtime.stream\n"
+        "for name in ('torch', 'cv2', 'av', 'scipy', 'rosbags'): sys.modules[name] = None\n"
+        "import sam3edge.runtime.stream, sam3edge.runtime.tracking, sam3edge.runtime.rosbag\n"
+        "import sam3edge.data.orchard_video\n"
+        "from sam3edge.runtime.instances import Instances\n"
+        "t = sam3edge.runtime.tracking.ByteTracker(sam3edge.runtime.tracking.TrackerConfig(min_hits=1))\n"
+        "out = t.update(Instances(['a'], [0], [0.9], [[0, 0, 4, 4]], None, {}, (8, 8)))\n"
+        "assert out.track_ids.tolist() == [1]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
