@@ -55,8 +55,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
-    frames = open_source(source, stride=stride, max_frames=max_frames, topic=topic)  # a bad source: a clear error
-    tracking = None
+    tracking = None  # arguments first: a refusal leaves no camera or video open
     if track:
         from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig
 
@@ -74,6 +73,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
             raise ImportError("an annotated video needs OpenCV: pip install 'sam3edge[video]'") from e
     if fps is not None and not (isinstance(fps, (int, float)) and 0 < fps <= 1000):
         raise ValueError(f"fps={fps!r} must be a number in (0, 1000]")
+    frames = open_source(source, stride=stride, max_frames=max_frames, topic=topic)  # a bad source: a clear error
     old = [p for p in (out_dir / "predictions.json", out_dir / "predictions.jsonl", out_dir / "tracks.txt",
                        out_dir / "overlays", out_dir / "results_bag", out_dir / "annotated.mp4") if p.exists()]
     if old and not overwrite:
