@@ -137,8 +137,11 @@ def _assign(iou: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
 def _nms(boxes: np.ndarray, scores: np.ndarray, codes: np.ndarray, iou: float) -> np.ndarray:
     """Indices (ascending) kept by greedy NMS within each concept code at box IoU > ``iou``."""
     order = np.argsort(-scores, kind="stable")
-    ti, di = np.nonzero(np.triu(codes[order][:, None] == codes[order][None, :], 1))  # same concept, i before j
-    hits = box_iou_pairs(boxes[order][ti], boxes[order][di]) > iou
+    c, b = codes[order], boxes[order]
+    ti, di = np.nonzero(c[:, None] == c[None, :])
+    first = ti < di  # same concept, i ranked before j
+    ti, di = ti[first], di[first]
+    hits = box_iou_pairs(b[ti], b[di]) > iou
     dropped = np.zeros(len(order), bool)
     for i, j in zip(ti[hits].tolist(), di[hits].tolist()):  # few pairs: only actual duplicates, best first
         if not dropped[i]:
