@@ -253,17 +253,18 @@ def test_an_error_while_reading_the_source_names_the_last_good_frame():
     assert not stream_threads()
 
 
+def closing_frames(n: int, closed: list):
+    """synthetic_frames(n) that appends True to ``closed`` when the generator is closed (or ends)."""
+    try:
+        yield from synthetic_frames(n)
+    finally:
+        closed.append(True)
+
+
 def test_the_source_generator_is_closed_when_the_stream_fails():
     closed = []
-
-    def source():
-        try:
-            yield from synthetic_frames(1000)
-        finally:
-            closed.append(True)
-
     with pytest.raises(StreamError):
-        run_stream(FakeSegmenter(fail_stage="infer", fail_on=3), source(), queue_size=1)
+        run_stream(FakeSegmenter(fail_stage="infer", fail_on=3), closing_frames(1000, closed), queue_size=1)
     assert closed == [True] and not stream_threads()
 
 
@@ -412,16 +413,8 @@ def test_iter_stream_yields_what_run_stream_hands_the_callback_with_each_frames_
 def test_leaving_an_iter_stream_loop_early_stops_its_threads_and_closes_the_source():
     from sam3edge.runtime.stream import iter_stream
 
-    closed = []
-
-    def source():
-        try:
-            yield from synthetic_frames(10_000)
-        finally:
-            closed.append(True)
-
-    seen = []
-    for r in iter_stream(FakeSegmenter(), source(), queue_size=2):
+    closed, seen = [], []
+    for r in iter_stream(FakeSegmenter(), closing_frames(10_000, closed), queue_size=2):
         seen.append(r.frame.index)
         if r.frame.index == 5:
             break

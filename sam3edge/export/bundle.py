@@ -260,10 +260,15 @@ def _profile_checks(profile, paths: dict) -> list[str]:
     return []
 
 
-def _run_concepts(source: Path) -> list[str]:
-    """The concept phrases a distillation run trained on (its distill.json), or [] for anything else."""
+def _run_record(source: Path) -> dict:
+    """A distillation run's distill.json (its teacher, concepts, ...), or {} for a saved student."""
     run = source / "distill.json"
-    concepts = json.loads(run.read_text()).get("concepts") if run.is_file() else None
+    return json.loads(run.read_text()) if run.is_file() else {}
+
+
+def _run_concepts(source: Path) -> list[str]:
+    """The concept phrases a distillation run trained on, or [] for anything else."""
+    concepts = _run_record(source).get("concepts")
     return [str(c) for c in concepts] if isinstance(concepts, list) else []
 
 
@@ -279,8 +284,7 @@ def _concepts_for_export(cache, phrases: list[str], source: Path, teacher, width
         feats, mask = cache.lookup(phrases)
         return ConceptCache(phrases, feats, mask, source=cache.source)
     if teacher is None:
-        run = source / "distill.json"
-        teacher = json.loads(run.read_text()).get("teacher") if run.is_file() else None
+        teacher = _run_record(source).get("teacher")
     if teacher is None:
         raise ValueError(f"{', '.join(repr(p) for p in missing)}: not in the student's concept cache, and {source} "
                          "names no teacher to encode them (it is not a distillation run); pass --teacher DIR, the "
@@ -296,11 +300,9 @@ def _concepts_for_export(cache, phrases: list[str], source: Path, teacher, width
     length = max(cache.features.shape[1], new.features.shape[1])
     feats = np.zeros((len(phrases), length, width), np.float32)
     mask = np.zeros((len(phrases), length), bool)
-    added = {normalize_phrase(p): i for i, p in enumerate(missing)}
     for i, p in enumerate(phrases):
-        f, m = ((new.features[added[normalize_phrase(p)]], new.mask[added[normalize_phrase(p)]])
-                if normalize_phrase(p) in added else tuple(a[0] for a in cache.lookup([p])))
-        feats[i, :f.shape[0]], mask[i, :m.shape[0]] = f, m
+        f, m = new.lookup([p]) if p in missing else cache.lookup([p])
+        feats[i, :f.shape[1]], mask[i, :m.shape[1]] = f[0], m[0]
     return ConceptCache(phrases, feats, mask, source=f"{cache.source}; added by {teacher}: {', '.join(missing)}")
 
 

@@ -212,35 +212,40 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
 
 class _AnnotatedVideo:
     """mp4 (OpenCV, mp4v) of the drawn frames, opened at the first frame's size; later frames of another size are
-    resized to it. fps 0: from the first two timestamps, else 15."""
+    resized to it. fps 0: from the first two timestamps (the first frame waits for the second), else 15."""
 
     def __init__(self, path: Path, fps: float):
         self.path, self.fps, self.frames = path, fps, 0
-        self._writer, self._size, self._first_t = None, None, None
+        self._writer, self._size, self._held = None, None, None  # held: (timestamp, picture) of a waiting frame
 
     def write(self, frame, inst, counts: dict | None) -> None:
-        import cv2
-
         from sam3edge.runtime.overlay import draw, draw_caption
 
         picture = draw(frame.image, inst)
         if counts:
             picture = draw_caption(picture, [f"{p}: {n}" for p, n in counts.items()])
         if self._writer is None:
+            if not self.fps and self._held is None and frame.timestamp_s is not None:
+                self._held = (frame.timestamp_s, picture)
+                return
             if not self.fps:
-                if self._first_t is None and frame.timestamp_s is not None:  # wait for a second timestamp
-                    self._first_t, self._held = frame.timestamp_s, picture
-                    return
-                dt = (frame.timestamp_s - self._first_t) if self._first_t is not None else 0.0
+                t0 = self._held[0] if self._held is not None else None
+                dt = frame.timestamp_s - t0 if t0 is not None and frame.timestamp_s is not None else 0.0
                 self.fps = 1.0 / dt if 0.001 < dt < 10 else 15.0
-            h, w = picture.shape[:2]
-            self._size = (w, h)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), float(self.fps), (w, h))
-            if not self._writer.isOpened():
-                raise OSError(f"OpenCV cannot write {self.path} (mp4v)")
-            if self._first_t is not None:
-                self._put(self._held)
+            self._open(picture)
         self._put(picture)
+
+    def _open(self, picture) -> None:
+        import cv2
+
+        h, w = picture.shape[:2]
+        self._size = (w, h)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), float(self.fps), (w, h))
+        if not self._writer.isOpened():
+            raise OSError(f"OpenCV cannot write {self.path} (mp4v)")
+        if self._held is not None:
+            held, self._held = self._held[1], None
+            self._put(held)
 
     def _put(self, picture) -> None:
         import cv2
@@ -251,15 +256,9 @@ class _AnnotatedVideo:
         self.frames += 1
 
     def close(self) -> None:
-        if self._writer is None and self._first_t is not None:  # a single timestamped frame
-            self.fps = 15.0
-            self._first_t, held = None, self._held
-            h, w = held.shape[:2]
-            import cv2
-
-            self._size = (w, h)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            self._put(held)
+        if self._writer is None and self._held is not None:  # one timestamped frame only
+            self.fps = self.fps or 15.0
+            self._open(self._held[1])
         if self._writer is not None:
             self._writer.release()
             self._writer = None

@@ -189,8 +189,9 @@ class _Stages:
             raise _stream_error(stage, frame, self.last_index, e) from e
         took = time.perf_counter() - start
         self.clocks[stage].add(took)
-        key = id(result if frame is None else frame)
-        self._work[key] = self._work.get(key, 0.0) + took
+        if stage != "on_result":  # the caller's callback is not the frame's own work
+            key = id(result if frame is None else frame)
+            self._work[key] = self._work.get(key, 0.0) + took
         return result
 
     def read(self, frames: Iterator[Frame]) -> Frame:
@@ -210,7 +211,6 @@ class _Stages:
         result = StreamResult(frame, instances, 1000.0 * self._work.pop(id(frame), 0.0))
         if self.on_result is not None:
             self._timed("on_result", frame, self.on_result, frame, instances)
-            self._work.pop(id(frame), None)
         return result
 
 
@@ -276,14 +276,11 @@ def run_stream(segmenter, source, on_result: Callable | None = None, score_thres
             Every frame before it has been handed to ``on_result``, every thread has ended.
         KeyboardInterrupt: re-raised after the threads have ended and the source is closed.
     """
-    _check_queue_size(queue_size, "run_stream")
-    frames, owned = _as_frames(source)
-    stages = _Stages(segmenter, on_result, {"score_threshold": score_threshold, "top_k": top_k, "masks": masks})
-    stop = stop or threading.Event()
+    stages, delivered, owned = _start("run_stream", segmenter, source, on_result, score_threshold, top_k, masks,
+                                      queue_size, pipelined, stop)
     rss = _RssSampler()
     start = time.perf_counter()
     count = 0
-    delivered = (_run_pipelined if pipelined else _run_sequential)(stages, iter(frames), queue_size, stop)
     try:
         for _ in delivered:
             count += 1
@@ -312,12 +309,21 @@ def iter_stream(segmenter, source, score_threshold: float = 0.5, top_k: int | No
     frame). Leaving the loop early (``break``, an exception, ``close()`` on the iterator) stops the threads and
     closes a source opened here; results already yielded are the caller's.
     """
-    _check_queue_size(queue_size, "iter_stream")
-    frames, owned = _as_frames(source)  # a bad source fails here, not at the first next()
-    stages = _Stages(segmenter, None, {"score_threshold": score_threshold, "top_k": top_k, "masks": masks})
+    _, results, owned = _start("iter_stream", segmenter, source, None, score_threshold, top_k, masks, queue_size,
+                               pipelined, stop)  # a bad argument or source fails here, not at the first next()
+    return _owned(results, owned)
+
+
+def _start(who: str, segmenter, source, on_result, score_threshold, top_k, masks, queue_size: int, pipelined: bool,
+           stop: threading.Event | None):
+    """(stages, the generator of StreamResult, the FrameSource opened here or None) of one stream, checked."""
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ValueError(f"{who}: queue_size must be an integer >= 1, got {queue_size!r}")
+    frames, owned = _as_frames(source)
+    stages = _Stages(segmenter, on_result, {"score_threshold": score_threshold, "top_k": top_k, "masks": masks})
     run = (_run_pipelined if pipelined else _run_sequential)(stages, iter(frames), queue_size,
                                                              stop or threading.Event())
-    return _owned(run, owned)
+    return stages, run, owned
 
 
 def _owned(results: Iterator[StreamResult], owned: FrameSource | None) -> Iterator[StreamResult]:
@@ -327,11 +333,6 @@ def _owned(results: Iterator[StreamResult], owned: FrameSource | None) -> Iterat
         results.close()
         if owned is not None:
             owned.close()
-
-
-def _check_queue_size(queue_size, who: str) -> None:
-    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-        raise ValueError(f"{who}: queue_size must be an integer >= 1, got {queue_size!r}")
 
 
 class _RssSampler:
