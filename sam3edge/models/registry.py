@@ -150,7 +150,8 @@ register_student(_fast("toy", mask_dim=0, fusion_stride=16, mask_mode="coarse", 
 # edge-s / edge-m: no per-concept fusion over image tokens (the decoder's queries read the frame's grid, projected
 # once per frame), and a decoder half the teacher's width (input_dim: text and the coarsest level stay 256 wide, so
 # the SAM3 concept cache and stage 1 still fit): per concept only the queries, scoring and top-K masks remain, at a
-# quarter of a 256-wide decoder's matmul cost (ONNX Runtime, 16 concepts: decoder 162 -> 89 ms, random weights).
+# quarter of a 256-wide decoder's matmul cost (ONNX Runtime, 16 concepts: decoder 157.5 -> 81.9 ms, random weights;
+# python benchmarks/decoder_graph.py, benchmarks/results/decoder_graph_x86-vnni.md).
 _NARROW = dict(hidden_size=128, input_dim=256, geometry_heads=4, encoder_heads=4, decoder_heads=4, mask_heads=4,
                decoder_ffn_size=512)
 register_student(_fast("edge-s", mask_dim=64, fusion_stride=32, encoder_layers=0, decoder_layers=3,
