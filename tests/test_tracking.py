@@ -196,3 +196,33 @@ def test_duplicate_boxes_on_one_object_get_one_identity():
     off = ByteTracker(TrackerConfig(min_hits=1, nms_iou=1.0)).update(
         _frame([("apple", 0.9, [10, 10, 40, 40]), ("apple", 0.8, [11, 11, 40, 41])]))
     assert len(off) == 2
+
+
+def test_a_tracker_and_its_counters_shared_by_threads_stay_consistent():
+    """Eight threads share one tracker and one pair of counters. Tracker: each thread feeds its own still object
+    (to the tracker every call is a frame, so each concept misses the others' frames): one identity per concept,
+    unique across threads. Counters: each thread's object, with its own track id, moves across the line once."""
+    import threading
+
+    tracker = ByteTracker(TrackerConfig(min_hits=1, max_missed=10_000))
+    counter, line = TrackCounter(min_frames=1), LineCounter((150, 0), (150, 1000))
+    ids: dict[str, set] = {}
+
+    def run(k: int):
+        phrase = f"concept {k}"
+        for t in range(60):
+            out = tracker.update(_frame([(phrase, 0.9, [100, 40 * k, 120, 40 * k + 20])], (1000, 1000)))
+            ids.setdefault(phrase, set()).update(out.track_ids.tolist())
+            moving = _frame([(phrase, 0.9, [120 + t, 40 * k, 140 + t, 40 * k + 20])], (1000, 1000))
+            moving.track_ids = np.asarray([1000 + k])
+            counter.update(moving)
+            line.update(moving)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(len(v) == 1 for v in ids.values()) and len(set.union(*ids.values())) == 8
+    assert counter.counts == {f"concept {k}": 1 for k in range(8)}
+    assert line.counts == {f"concept {k}": {"in": 0, "out": 1} for k in range(8)}

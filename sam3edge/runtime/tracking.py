@@ -26,6 +26,7 @@ Counting: :class:`TrackCounter` (unique identities per concept over the stream) 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,10 +153,15 @@ class ByteTracker:
 
     def __init__(self, config: TrackerConfig | None = None):
         self.config = config or TrackerConfig()
+        self._lock = threading.Lock()  # calls from several threads run one at a time (in the order they get it)
         self.reset()
 
     def reset(self) -> None:
         """Forget every track (a new video); identities restart at 1."""
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         # the live tracks, one row each: identity, concept code, last box (xyxy), velocity per frame, hits, frames
         # missed since the last hit, confirmed
         self._id = np.zeros(0, np.int64)
@@ -174,6 +180,10 @@ class ByteTracker:
         in the order of ``instances``. Instances must carry every detection down to ``config.low_score``."""
         if not isinstance(instances, Instances):
             raise TypeError(f"ByteTracker.update takes Instances, got {type(instances).__name__}")
+        with self._lock:
+            return self._update(instances)
+
+    def _update(self, instances: Instances) -> Instances:
         cfg = self.config
         self.frames += 1
         codes = self._codes
@@ -261,17 +271,21 @@ class TrackCounter:
             raise ValueError(f"TrackCounter: min_frames={min_frames!r} must be an integer >= 1")
         self.min_frames = min_frames
         self._frames: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
 
     def update(self, tracked: Instances) -> None:
         if tracked.track_ids is None:
             raise ValueError("TrackCounter.update needs tracked Instances (track_ids set by a tracker)")
-        for key in zip(tracked.phrases, tracked.track_ids.tolist()):
-            self._frames[key] = self._frames.get(key, 0) + 1
+        with self._lock:
+            for key in zip(tracked.phrases, tracked.track_ids.tolist()):
+                self._frames[key] = self._frames.get(key, 0) + 1
 
     @property
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for (phrase, _), n in self._frames.items():
+        with self._lock:
+            frames = list(self._frames.items())
+        for (phrase, _), n in frames:
             out[phrase] = out.get(phrase, 0) + (n >= self.min_frames)
         return out
 
@@ -290,6 +304,7 @@ class LineCounter:
         self.name = name
         self._last: dict[int, tuple[np.ndarray, float, int]] = {}  # track id -> last centre off the line, side, frame
         self._frame = 0
+        self._lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
 
     def _through_segment(self, a: np.ndarray, b: np.ndarray) -> bool:
@@ -304,6 +319,10 @@ class LineCounter:
     def update(self, tracked: Instances) -> None:
         if tracked.track_ids is None:
             raise ValueError("LineCounter.update needs tracked Instances (track_ids set by a tracker)")
+        with self._lock:
+            self._update(tracked)
+
+    def _update(self, tracked: Instances) -> None:
         centres = (tracked.boxes[:, :2] + tracked.boxes[:, 2:]).astype(np.float64) / 2.0
         d = self.end - self.start
         sides = np.sign(d[0] * (centres[:, 1] - self.start[1]) - d[1] * (centres[:, 0] - self.start[0])).tolist()
