@@ -109,18 +109,30 @@ def _parse_line(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     return (v[0], v[1]), (v[2], v[3])
 
 
+def _parse_group(text: str) -> tuple[str, ...]:
+    """--exclusive 'ripe apple,unripe apple' -> the phrases (two or more, different)."""
+    group = tuple(p.strip() for p in text.split(","))
+    if len(group) < 2 or not all(group) or len(set(group)) != len(group):
+        raise ValueError(f"--exclusive {text!r}: expected two or more different comma-separated phrases, e.g. "
+                         "--exclusive 'ripe apple,unripe apple,bruised apple'")
+    return group
+
+
 def _cmd_segment(args) -> int:
     from sam3edge.runtime.segment import segment_source
 
     lines = [_parse_line(x) for x in args.line or []]  # refused before the bundle loads
     if lines and not args.track:
         raise ValueError("--line counts tracked objects: add --track")
+    exclusive = [_parse_group(x) for x in args.exclusive or []]
+    if exclusive and not args.track:
+        raise ValueError("--exclusive groups tracked objects: add --track")
     seg = _load_segmenter(args)
     summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
                              masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
                              max_frames=args.max_frames, progress=not args.quiet, overwrite=args.overwrite,
                              track=args.track, lines=lines, topic=args.topic, bag_out=args.bag_out,
-                             video_out=args.video_out, fps=args.fps)
+                             video_out=args.video_out, fps=args.fps, exclusive=exclusive)
     if summary["skipped"]:
         print(f"sam3edge segment: skipped {len(summary['skipped'])} unreadable file(s), e.g. "
               f"{summary['skipped'][0]['file']}: {summary['skipped'][0]['error']} (listed in "
@@ -436,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "detections down to 0.1 keep them alive")
     sg.add_argument("--line", action="append", metavar="X0,Y0,X1,Y1",
                     help="with --track: count crossings of this line segment (pixels), in and out per concept")
+    sg.add_argument("--exclusive", action="append", metavar="'A,B,...'",
+                    help="with --track: phrases that are states of one kind of object ('ripe apple,unripe "
+                         "apple'): one identity per object across them, counted once under its likeliest phrase")
     sg.add_argument("--video-out", action="store_true",
                     help="write OUT/annotated.mp4: masks, labels, track ids and counts drawn on every frame")
     sg.add_argument("--fps", type=float, default=None, help="frame rate of --video-out (default: the source's)")

@@ -457,6 +457,9 @@ def test_segment_with_tracking_writes_ids_mot_lines_and_counts(tmp_path):
     summary = segment_source(seg, folder, tmp_path / "out", score_threshold=0.3, overlays=False, progress=False,
                              track=True, lines=[((48, 0), (48, 64))], video_out=True)
     tracking = summary["tracking"]
+    with pytest.raises(ValueError, match=r"exclusive phrases \['ripe apple'\] are not among the concepts"):
+        segment_source(seg, folder, tmp_path / "out2", track=True, exclusive=[("red thing", "ripe apple")])
+    assert not (tmp_path / "out2").exists()
     cv2 = pytest.importorskip("cv2")
     cap = cv2.VideoCapture(summary["video"])
     pictures = []

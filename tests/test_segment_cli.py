@@ -233,3 +233,8 @@ def test_segment_line_arguments_are_refused_before_the_bundle_loads(tmp_path, ca
     assert "two different points" in capsys.readouterr().err
     assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--line", "0,0,10,10"]) == 2
     assert "add --track" in capsys.readouterr().err
+    assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--exclusive", "a,b"]) == 2
+    assert "add --track" in capsys.readouterr().err
+    for bad in ("ripe apple", "a,,b", "a,a"):
+        assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--track", "--exclusive", bad]) == 2
+        assert "two or more different" in capsys.readouterr().err

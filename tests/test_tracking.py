@@ -226,3 +226,115 @@ def test_a_tracker_and_its_counters_shared_by_threads_stay_consistent():
     assert all(len(v) == 1 for v in ids.values()) and len(set.union(*ids.values())) == 8
     assert counter.counts == {f"concept {k}": 1 for k in range(8)}
     assert line.counts == {f"concept {k}": {"in": 0, "out": 1} for k in range(8)}
+
+
+def test_an_exclusive_group_keeps_one_identity_across_its_phrases_and_counts_it_once_under_the_likeliest():
+    """An apple the detector calls "ripe" in most frames and "bruised" in others (sometimes both at once, on one box)
+    is one object; declared exclusive, it keeps one identity and is counted once, as ripe. A leaf on the same spot
+    stays its own object. Without the group: one identity per phrase, each counted."""
+    group = (("ripe apple", "bruised apple"),)
+    frames = []
+    for t in range(40):
+        box = [10 + 3 * t, 50, 40 + 3 * t, 80]
+        dets = [("bruised apple" if t % 8 >= 5 else "ripe apple", 0.8, box), ("leaf", 0.9, box)]
+        if t % 4 == 1:
+            dets.append(("bruised apple", 0.55, [b + 1 for b in box]))  # a weaker duplicate under the other phrase
+        frames.append(_frame(dets))
+    for exclusive, tracks, counted in ((group, 2, {"ripe apple": 1, "bruised apple": 0, "leaf": 1}),
+                                       ((), 3, {"ripe apple": 1, "bruised apple": 1, "leaf": 1})):
+        tracker, counter, ids = ByteTracker(TrackerConfig(exclusive=exclusive)), TrackCounter(), set()
+        for inst in frames:
+            out = tracker.update(inst)
+            counter.update(out)
+            ids |= set(out.track_ids.tolist())
+        assert len(ids) == tracks, exclusive
+        assert counter.counts == counted, exclusive
+    with pytest.raises(ValueError, match="two or more"):
+        TrackerConfig(exclusive=(("ripe apple",),))
+    with pytest.raises(ValueError, match="more than one group"):
+        TrackerConfig(exclusive=(("a", "b"), ("b", "c")))
+    with pytest.raises(ValueError, match="list of phrase groups"):
+        TrackerConfig(exclusive="a,b")
+
+
+def _pan(frames: int, hidden: range, rng: np.random.Generator, speed: float = -3.0):
+    """Seven apples on a static scene seen by a camera panning ``speed`` px per frame (boxes jitter by ~1.5 px);
+    apple 0 is hidden (no detection) during ``hidden``. Returns (frames, truth ids per frame)."""
+    starts = [(60 + 40 * k, 30 + 25 * (k % 3)) for k in range(7)]
+    out, truth = [], []
+    for t in range(frames):
+        dets, ids = [], []
+        for k, (x, y) in enumerate(starts):
+            if k == 0 and t in hidden:
+                continue
+            x0 = x + 300 + speed * t
+            box = [x0, y, x0 + 24, y + 24] + rng.normal(0, 1.5, 4)
+            if 0 <= box[0] and box[2] <= 640:
+                dets.append(("apple", 0.9, box.tolist()))
+                ids.append(k)
+        out.append(_frame(dets, (240, 640)))
+        truth.append(ids)
+    return out, truth
+
+
+def test_an_unseen_track_moves_with_the_camera_and_is_found_after_a_long_occlusion():
+    """A camera pans over seven apples; one is hidden for 45 frames (135 px of travel). Its own velocity, estimated
+    from jittery boxes, drifts; the motion the other tracks share does not: with camera motion on, the apple keeps
+    its identity, and the estimate is the pan's."""
+    frames, truth = _pan(120, range(30, 75), np.random.default_rng(3))
+    tracker = ByteTracker(TrackerConfig(max_missed=60))
+    got = _ids_by_truth(tracker, frames, truth)
+    assert len(got[0]) == 1 and all(len(v) == 1 for v in got.values())
+    assert tracker._camera == pytest.approx([-3.0, 0.0], abs=0.3)
+
+
+def test_objects_moving_their_own_ways_give_no_camera_motion():
+    tracker = ByteTracker()
+    for t in range(20):  # three objects: right, left, down
+        tracker.update(_frame([("a", 0.9, [10 + 4 * t, 10, 30 + 4 * t, 30]), ("a", 0.9, [300 - 4 * t, 100, 320 - 4 * t,
+                                                                                      120]),
+                               ("a", 0.9, [150, 10 + 4 * t, 170, 30 + 4 * t])], (480, 640)))
+    assert tracker._camera is None
+
+
+def test_an_object_entering_at_the_border_gets_its_velocity_from_the_edge_it_shows():
+    """An apple sliding in from the right border at 3 px per frame: its box grows from the border, whose edge stands
+    still; the velocity comes from the edge that is seen (a box on the border does not look slower than it is)."""
+    tracker = ByteTracker(TrackerConfig(min_hits=1))
+    for t in range(8):
+        x0 = 320 - 3 * (t + 1)
+        tracker.update(_frame([("apple", 0.9, [x0, 50, 320, 80])]))
+    assert tracker._vel[0][[0, 2]] == pytest.approx([-3.0, -3.0])
+
+
+def test_a_line_counter_forgets_tracks_unseen_for_1000_frames_and_keeps_counting():
+    line = LineCounter((100, 0), (100, 100))
+    for t in range(3000):  # a new identity every frame, each seen once: the counter must not keep them all
+        inst = _frame([("apple", 0.9, [50, 40, 60, 50])])
+        inst.track_ids = np.asarray([t])
+        line.update(inst)
+    assert len(line._rows) <= 1000 + 256
+    for x in (80, 120):  # an old identity crosses afterwards: still counted
+        inst = _frame([("apple", 0.9, [x - 5, 40, x + 5, 50])])
+        inst.track_ids = np.asarray([2999])
+        line.update(inst)
+    assert line.counts == {"apple": {"in": 0, "out": 1}}
+
+
+def test_an_apple_coming_out_from_behind_a_leaf_in_part_matches_its_unseen_track():
+    """Hidden for 20 frames, an apple comes back only in part (half its width, beside where its whole box would
+    be): plain IoU with the predicted box is below the match threshold, the buffered IoU of a long-unseen track is
+    not, so it keeps its identity; a track seen in the last frame is held to the plain IoU."""
+    frames, truth = [], []
+    for t in range(60):
+        dets, ids = [("apple", 0.9, [100 + 40 * k, 60, 124 + 40 * k, 84]) for k in range(1, 4)], [1, 2, 3]
+        if not 20 <= t < 40:
+            box = [60.0, 150.0, 84.0, 174.0] if t < 20 else [80.0, 146.0, 92.0, 170.0]  # back: right half, shifted
+            dets.append(("apple", 0.9, box))
+            ids.append(0)
+        frames.append(_frame(dets))
+        truth.append(ids)
+    assert box_iou([[60, 150, 84, 174]], [[80, 146, 92, 170]])[0, 0] < TrackerConfig().match_iou
+    got = _ids_by_truth(ByteTracker(), frames, truth)
+    assert len(got[0]) == 1
+    assert len(_ids_by_truth(ByteTracker(TrackerConfig(buffer=0.0)), frames, truth)[0]) == 2

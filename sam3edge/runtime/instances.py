@@ -15,6 +15,7 @@ with 0x20 set on every group but the last; 0x10 in the last group is the sign.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
@@ -211,11 +212,14 @@ class Instances:
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"Instances.select: index out of range for {len(self)} instances: {idx.tolist()}")
-        return Instances(
-            [self.phrases[i] for i in idx], self.concept_ids[idx], self.scores[idx], self.boxes[idx],
-            None if self.masks is None else self.masks[idx], dict(self.presence), self.image_size,
-            None if self.track_ids is None else self.track_ids[idx],
-        )
+        out = copy.copy(self)  # rows of valid fields are valid: no second validation (a tracker selects every frame)
+        phrases = self.phrases
+        out.phrases = [phrases[i] for i in idx.tolist()]
+        out.concept_ids, out.scores, out.boxes = self.concept_ids[idx], self.scores[idx], self.boxes[idx]
+        out.masks = None if self.masks is None else self.masks[idx]
+        out.track_ids = None if self.track_ids is None else self.track_ids[idx]
+        out.presence = dict(self.presence)
+        return out
 
     def filter(self, score_threshold: float) -> Instances:
         """The instances with ``score >= score_threshold``, in their order."""

@@ -35,7 +35,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
                    masks: bool = True, overlays: bool = True, stride: int = 1, max_frames: int | None = None,
                    progress: bool = True, overwrite: bool = False, track: bool = False,
                    lines: list | None = None, topic: str | None = None, bag_out: bool = False,
-                   video_out: bool = False, fps: float | None = None) -> dict:
+                   video_out: bool = False, fps: float | None = None, exclusive: list | None = None) -> dict:
     """Segment every frame of ``source`` (anything :func:`~sam3edge.runtime.sources.open_source` takes) with the
     segmenter's concepts; returns a summary (frames, instances, fps, paths, skipped files).
 
@@ -47,6 +47,9 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
     stamped with each camera message's header; written as frames finish, finished also when the run stops).
     ``video_out``: an annotated ``out_dir/annotated.mp4`` (masks, labels, track ids and running counts) at ``fps``
     (default: from the source's timestamps, else 15), finished also when the run stops (not when killed).
+    ``exclusive``: groups of the segmenter's phrases that are states of one kind of object (e.g. ripe / unripe /
+    bruised apple): tracked as one object each, counted once under the phrase it scored highest
+    (:class:`~sam3edge.runtime.tracking.TrackerConfig`).
 
     Raises FileExistsError when ``out_dir`` holds an earlier run's results (unless ``overwrite``) or another
     run is writing there."""
@@ -60,12 +63,16 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
         from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig
 
         low = min(0.1, float(score_threshold))
+        unknown = sorted({p for g in exclusive or () for p in g} - set(segmenter.concepts))
+        if unknown:
+            raise ValueError(f"exclusive phrases {unknown} are not among the concepts asked "
+                             f"({', '.join(segmenter.concepts)}): a group names concepts of this run")
         config = TrackerConfig(high_score=float(score_threshold), low_score=low,
-                               birth_score=min(1.0, float(score_threshold) + 0.1))
+                               birth_score=min(1.0, float(score_threshold) + 0.1), exclusive=tuple(exclusive or ()))
         tracking = (ByteTracker(config), TrackCounter(), [LineCounter(a, b, f"line {i + 1}")
                                                           for i, (a, b) in enumerate(lines or [])])
-    elif lines:
-        raise ValueError("line counts need tracking (track=True)")
+    elif lines or exclusive:
+        raise ValueError("line counts and exclusive groups need tracking (track=True)")
     if video_out:
         try:
             import cv2  # noqa: F401 - checked before any work

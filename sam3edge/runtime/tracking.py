@@ -17,8 +17,14 @@ installed beside ``opencv-python-headless``, our ``[video]`` extra; ``supervisio
    consecutive frames (a one-frame false positive never gets an id); a tentative track that misses is dropped,
    a confirmed one is kept ``max_missed`` frames (occlusion, a missed detection) before it ends.
 
-A frame reports the confirmed tracks matched in it. Concepts are tracked apart (an apple that is "ripe" in one
-frame and "unripe" in the next is two objects to a per-concept count; ask one concept to count them once).
+A frame reports the confirmed tracks matched in it. Concepts are tracked apart, except phrases declared
+``exclusive`` (states of one kind of object, e.g. ripe / unripe / bruised apple): those share identities, and an
+apple the detector calls "ripe" in one frame and "bruised" in the next stays one object, counted under the phrase
+it scored highest over its frames.
+
+Unseen tracks (occluded, missed) move with the camera: when most tracks seen in a frame share one velocity (a
+robot driving along a row, a pan, a conveyor), that is the scene's motion and an unseen track follows it at its
+last size, so it is found again after a long occlusion; otherwise each moves by its own velocity.
 
 Counting: :class:`TrackCounter` (unique identities per concept over the stream) and :class:`LineCounter`
 (crossings of a line segment, in and out per concept: a track's box centre changing sides across the segment).
@@ -38,7 +44,8 @@ __all__ = ["TRACKERS", "ByteTracker", "LineCounter", "TrackCounter", "TrackerCon
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """ByteTrack's knobs (defaults: the paper's, for detectors whose scores are calibrated probabilities).
+    """ByteTrack's knobs (defaults: the paper's, for detectors whose scores are calibrated probabilities, except
+    ``max_missed``: 60 frames, since unseen tracks follow the camera).
 
     high_score: detections at or above it are matched first and may start tracks. low_score: the floor of the
     second association (below it a detection is ignored). birth_score: the score a detection needs to start a
@@ -46,7 +53,16 @@ class TrackerConfig:
     frames a confirmed track survives unseen. min_hits: consecutive matched frames before a track gets reported.
     smoothing: weight of the previous velocity in the constant-velocity prediction (0: the last step is the
     velocity; 1: the first velocity forever). nms_iou: duplicate suppression before association, per concept: of two
-    detections overlapping at box IoU above it, the lower-scoring one is dropped (1: off).
+    detections overlapping at box IoU above it, the lower-scoring one is dropped (1: off). camera_motion: move
+    unseen tracks by the motion most tracks share (a moving camera; see ``ByteTracker``) rather than each by its
+    own velocity; motion_tracks: how many tracks must move for that estimate. buffer / max_buffer: an unseen track
+    and a detection are compared with both boxes widened by ``buffer`` x frames unseen of their size on each side,
+    at most ``max_buffer`` (buffered IoU: a track unseen for long, or an apple coming out from behind a leaf in part,
+    still matches where it is expected). exclusive: groups of phrases that are
+    states of one kind of object ("ripe apple", "unripe apple", "bruised apple"): within a group, identities are
+    shared (an apple the detector calls ripe in one frame and bruised in the next keeps one track), duplicates across
+    the group's phrases are suppressed, and :class:`TrackCounter` counts each identity once, under the phrase
+    with the highest summed score over its frames.
     """
 
     high_score: float = 0.5
@@ -54,19 +70,41 @@ class TrackerConfig:
     birth_score: float = 0.6
     match_iou: float = 0.2
     low_match_iou: float = 0.5
-    max_missed: int = 30
+    max_missed: int = 60
     min_hits: int = 2
     smoothing: float = 0.6
     nms_iou: float = 0.7
+    camera_motion: bool = True
+    motion_tracks: int = 3
+    buffer: float = 0.05
+    max_buffer: float = 0.5
+    exclusive: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self):
-        for name in ("high_score", "low_score", "birth_score", "match_iou", "low_match_iou", "smoothing", "nms_iou"):
+        groups = self.exclusive
+        if isinstance(groups, str) or not isinstance(groups, (tuple, list)):
+            raise ValueError(f"TrackerConfig.exclusive={groups!r} must be a list of phrase groups, e.g. "
+                             "[('ripe apple', 'unripe apple')]")
+        seen: set[str] = set()
+        for g in groups:
+            if isinstance(g, str) or not isinstance(g, (tuple, list)) or len(g) < 2 or not all(
+                    isinstance(p, str) and p.strip() for p in g) or len(set(g)) != len(g):
+                raise ValueError(f"TrackerConfig.exclusive: group {g!r} must hold two or more different non-empty "
+                                 "phrases")
+            if seen & set(g):
+                raise ValueError(f"TrackerConfig.exclusive: {sorted(seen & set(g))} in more than one group")
+            seen |= set(g)
+        object.__setattr__(self, "exclusive", tuple(tuple(g) for g in groups))
+        for name in ("high_score", "low_score", "birth_score", "match_iou", "low_match_iou", "smoothing", "nms_iou",
+                     "buffer", "max_buffer"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0 or v != v:
                 raise ValueError(f"TrackerConfig.{name}={v!r} must be a number in [0, 1]")
         if self.low_score > self.high_score:
             raise ValueError(f"TrackerConfig.low_score={self.low_score} must not exceed high_score={self.high_score}")
-        for name, top in (("max_missed", 100_000), ("min_hits", 1_000)):
+        if not isinstance(self.camera_motion, bool):
+            raise ValueError(f"TrackerConfig.camera_motion={self.camera_motion!r} must be True or False")
+        for name, top in (("max_missed", 100_000), ("min_hits", 1_000), ("motion_tracks", 1_000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not (0 if name == "max_missed" else 1) <= v <= top:
                 raise ValueError(f"TrackerConfig.{name}={v!r} must be an integer from "
@@ -75,12 +113,13 @@ class TrackerConfig:
 
 def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of xyxy boxes ``a[..., :]`` and ``b[..., :]``, broadcast over the leading axes (a[i] with b[i] for [N, 4]
-    each; :func:`box_iou` for every pair)."""
-    lt, rb = np.maximum(a[..., :2], b[..., :2]), np.minimum(a[..., 2:], b[..., 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    each; :func:`box_iou` for every pair). A box with x1 < x0 or y1 < y0 has no area."""
+    w = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0)
+    h = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0)
+    inter = w * h
+    area_a = np.maximum(a[..., 2] - a[..., 0], 0.0) * np.maximum(a[..., 3] - a[..., 1], 0.0)
+    area_b = np.maximum(b[..., 2] - b[..., 0], 0.0) * np.maximum(b[..., 3] - b[..., 1], 0.0)
+    return inter / np.maximum(area_a + area_b - inter, 1e-12)  # no union -> no intersection -> 0
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -92,58 +131,101 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _LSA = []  # scipy's linear_sum_assignment, looked up once (None: not installed)
 
 
-def _assign(iou: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the pairs maximising total IoU, each with IoU >= ``least``: Hungarian with scipy, else greedy
-    by IoU (the same pairs whenever no two candidates compete for one box, as between well-separated objects).
-    Only rows and columns with a candidate enter the solver; where every one has exactly one, that is the answer."""
-    empty = np.zeros(0, np.int64)
-    if iou.size == 0:
-        return empty, empty
-    cand = iou >= least
-    r, c = np.flatnonzero(cand.any(1)), np.flatnonzero(cand.any(0))
-    if not len(r):
-        return empty, empty
-    sub = cand[np.ix_(r, c)]
-    if (sub.sum(1) == 1).all() and (sub.sum(0) == 1).all():  # no competition: the candidates are the matches
-        i, j = np.nonzero(sub)
-        return r[i], c[j]
-    score = np.where(sub, iou[np.ix_(r, c)], 0.0)
+def _solver():
+    """scipy's linear_sum_assignment, looked up once (None: scipy is not installed)."""
     if not _LSA:
         try:
             from scipy.optimize import linear_sum_assignment
         except ImportError:
             linear_sum_assignment = None
         _LSA.append(linear_sum_assignment)
-    if _LSA[0] is None:
-        pairs, used_r, used_c = [], set(), set()
-        for flat in np.argsort(-score, axis=None, kind="stable"):
-            i, j = divmod(int(flat), score.shape[1])
-            if score[i, j] < least:
-                break
+    return _LSA[0]
+
+
+def _match(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matches among candidate pairs (``rows[k]``, ``cols[k]``) of IoU ``weight[k]``, maximising the
+    total IoU: Hungarian with scipy, else greedy by IoU (the same pairs whenever no two candidates compete for one
+    box, as between well-separated objects). Where no row or column has two candidates, the candidates are the
+    answer."""
+    if not len(rows):
+        return rows, cols
+    free = (np.bincount(rows)[rows] == 1) & (np.bincount(cols)[cols] == 1)  # a pair that competes with none
+    if free.all():
+        return rows, cols
+    r, c = _compete(rows[~free], cols[~free], weight[~free])
+    return np.concatenate([rows[free], r]), np.concatenate([cols[free], c])
+
+
+def _compete(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    solve = _solver()
+    if solve is None:
+        used_r, used_c, keep = set(), set(), []
+        for k in np.argsort(-weight, kind="stable").tolist():
+            i, j = int(rows[k]), int(cols[k])
             if i not in used_r and j not in used_c:
-                pairs.append((i, j))
+                keep.append(k)
                 used_r.add(i)
                 used_c.add(j)
-        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-        return r[pairs[:, 0]], c[pairs[:, 1]]
-    i, j = _LSA[0](-score)
-    keep = sub[i, j]
+        keep = np.sort(np.asarray(keep, np.int64))
+        return rows[keep], cols[keep]
+    r, ri = np.unique(rows, return_inverse=True)
+    c, ci = np.unique(cols, return_inverse=True)
+    score = np.zeros((len(r), len(c)))
+    cand = np.zeros((len(r), len(c)), bool)
+    score[ri, ci], cand[ri, ci] = weight, True
+    i, j = solve(-score)
+    keep = cand[i, j]
     return r[i[keep]], c[j[keep]]
+
+
+def _assign(iou: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the one-to-one pairs of a dense IoU matrix maximising total IoU, each >= ``least``."""
+    rows, cols = np.nonzero(iou >= least)
+    return _match(rows, cols, iou[rows, cols])
+
+
+def _same_code_pairs(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) with ``a[i] == b[j]``, grouped by code; with ``b`` None, the pairs i < j of ``a`` itself.
+    Sorting by code and expanding each group's block costs O(pairs), not O(len(a) * len(b))."""
+    same = b is None
+    b = a if same else b
+    oa, ob = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+    sa, sb = a[oa], b[ob]
+    start = np.searchsorted(sb, sa, "left")  # each a's block of equal codes in sorted b
+    stop = np.searchsorted(sb, sa, "right")
+    if same:
+        start = np.arange(len(a)) + 1  # only the later members of its own block
+    n = np.maximum(stop - start, 0)
+    total = int(n.sum())
+    ia = np.repeat(np.arange(len(a)), n)
+    ib = np.arange(total) - np.repeat(np.cumsum(n) - n, n) + np.repeat(start, n)
+    return oa[ia], ob[ib]
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, codes: np.ndarray, iou: float) -> np.ndarray:
     """Indices (ascending) kept by greedy NMS within each concept code at box IoU > ``iou``."""
-    order = np.argsort(-scores, kind="stable")
-    c, b = codes[order], boxes[order]
-    ti, di = np.nonzero(c[:, None] == c[None, :])
-    first = ti < di  # same concept, i ranked before j
-    ti, di = ti[first], di[first]
-    hits = box_iou_pairs(b[ti], b[di]) > iou
+    order = np.argsort(-scores, kind="stable")  # by score: within a code, pairs (i, j) with i ranked first
+    ti, di = _same_code_pairs(codes[order])
+    hits = box_iou_pairs(boxes[order[ti]], boxes[order[di]]) > iou
     dropped = np.zeros(len(order), bool)
-    for i, j in zip(ti[hits].tolist(), di[hits].tolist()):  # few pairs: only actual duplicates, best first
+    for i, j in sorted(zip(ti[hits].tolist(), di[hits].tolist())):  # few pairs: actual duplicates, best first
         if not dropped[i]:
             dropped[j] = True
     return np.sort(order[~dropped])
+
+
+def _edge_steps(new: np.ndarray, old: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """``new - old`` per box edge, except that an edge on the image border (in either box) is not seen: it takes the
+    step of the opposite edge (an apple entering the frame grows from the border while it moves at the camera's
+    speed; its border edge would say it stands still)."""
+    step = new - old
+    h, w = image_size
+    for lo, hi, size in ((0, 2, w), (1, 3, h)):
+        at_lo = (np.minimum(new[:, lo], old[:, lo]) <= 1.0) & (np.maximum(new[:, hi], old[:, hi]) < size - 1.0)
+        at_hi = (np.maximum(new[:, hi], old[:, hi]) >= size - 1.0) & (np.minimum(new[:, lo], old[:, lo]) > 1.0)
+        step[at_lo, lo] = step[at_lo, hi]
+        step[at_hi, hi] = step[at_hi, lo]
+    return step
 
 
 class ByteTracker:
@@ -153,6 +235,7 @@ class ByteTracker:
 
     def __init__(self, config: TrackerConfig | None = None):
         self.config = config or TrackerConfig()
+        self._group_of = {p: g for g in self.config.exclusive for p in g}
         self._lock = threading.Lock()  # calls from several threads run one at a time (in the order they get it)
         self.reset()
 
@@ -171,6 +254,8 @@ class ByteTracker:
         self._hits = np.zeros(0, np.int64)
         self._missed = np.zeros(0, np.int64)
         self._confirmed = np.zeros(0, bool)
+        self._ghost = np.zeros((0, 4))  # where an unseen track is believed to be now (moved on every frame)
+        self._camera: np.ndarray | None = None  # the camera's shift per frame (dx, dy), when the tracks agree on one
         self._codes: dict[str, int] = {}  # phrase -> small int, for the same-concept test
         self._next_id = 1
         self.frames = 0
@@ -186,38 +271,38 @@ class ByteTracker:
     def _update(self, instances: Instances) -> Instances:
         cfg = self.config
         self.frames += 1
-        codes = self._codes
-        for p in instances.phrases:
-            codes.setdefault(p, len(codes))
-        det_code = np.fromiter((codes[p] for p in instances.phrases), np.int64, len(instances))
-        rows = np.arange(len(instances))  # the detections taken (rows of ``instances``)
-        if cfg.nms_iou < 1.0 and len(instances) > 1:
-            rows = _nms(instances.boxes.astype(np.float64), instances.scores, det_code, cfg.nms_iou)
+        det_code = self._concept_codes(instances.phrases)
+        keep_score = instances.scores >= cfg.low_score  # below the second association's floor: never used
+        rows = np.flatnonzero(keep_score) if not keep_score.all() else np.arange(len(instances))
+        if cfg.nms_iou < 1.0 and len(rows) > 1:
+            rows = rows[_nms(instances.boxes[rows].astype(np.float64), instances.scores[rows], det_code[rows],
+                             cfg.nms_iou)]
         det_code, scores, boxes = det_code[rows], instances.scores[rows], instances.boxes[rows].astype(np.float64)
-        predicted = self._box + self._vel * (self._missed + 1)[:, None]
-        # One association for every concept at once: IoU only between a track and detections of its own concept
-        # (one Hungarian solve per pass instead of one per concept).
-        ti, di = np.nonzero(self._code[:, None] == det_code[None, :])
-        iou = np.zeros((len(self._id), len(rows)))
-        iou[ti, di] = box_iou_pairs(predicted[ti], boxes[di])
-        high = np.flatnonzero(scores >= cfg.high_score)
-        low = np.flatnonzero((scores >= cfg.low_score) & (scores < cfg.high_score))
+        predicted = self._predict()
+        # One association for every concept at once, over the (track, detection) pairs of one concept only (one
+        # Hungarian solve per pass instead of one per concept).
+        pt, pd = _same_code_pairs(self._code, det_code)
+        iou = box_iou_pairs(*self._buffered(predicted[pt], boxes[pd], self._missed[pt]))
+        high = scores >= cfg.high_score
         track_of = np.full(len(self._id), -1, np.int64)  # the detection each track takes
-        t, d = _assign(iou[:, high], cfg.match_iou)
-        track_of[t] = high[d]
-        left = np.flatnonzero(track_of < 0)
-        t, d = _assign(iou[np.ix_(left, low)], cfg.low_match_iou)
-        track_of[left[t]] = low[d]
+        first = high[pd] & (iou >= cfg.match_iou)
+        t, d = _match(pt[first], pd[first], iou[first])
+        track_of[t] = d
+        second = ~high[pd] & (track_of[pt] < 0) & (iou >= cfg.low_match_iou)
+        t, d = _match(pt[second], pd[second], iou[second])
+        track_of[t] = d
         hit = track_of >= 0
         # matched tracks: alpha-beta update of the velocity (the first step sets it), then the box
         d = track_of[hit]
-        step = (boxes[d] - self._box[hit]) / (self._missed[hit] + 1)[:, None]
+        step = _edge_steps(boxes[d], self._box[hit], instances.image_size) / (self._missed[hit] + 1)[:, None]
         first = (self._hits[hit] == 1)[:, None]
         self._vel[hit] = np.where(first, step, cfg.smoothing * self._vel[hit] + (1.0 - cfg.smoothing) * step)
         self._box[hit] = boxes[d]
         self._hits[hit] += 1
         self._missed[hit] = 0
         self._missed[~hit] += 1
+        self._ghost[~hit] = predicted[~hit]
+        self._estimate_camera(hit)
         self._confirmed |= self._hits >= cfg.min_hits
         ids = np.full(len(rows), -1, np.int64)
         shown = hit & self._confirmed
@@ -226,7 +311,7 @@ class ByteTracker:
         alive = hit | (self._confirmed & (self._missed <= cfg.max_missed))
         taken = np.zeros(len(rows), bool)
         taken[track_of[hit]] = True
-        born = high[~taken[high] & (scores[high] >= cfg.birth_score)]
+        born = np.flatnonzero(high & ~taken & (scores >= cfg.birth_score))
         new_ids = np.arange(self._next_id, self._next_id + len(born))
         self._next_id += len(born)
         confirmed = cfg.min_hits <= 1
@@ -236,6 +321,7 @@ class ByteTracker:
         self._code = np.concatenate([self._code[alive], det_code[born]])
         self._box = np.concatenate([self._box[alive], boxes[born]])
         self._vel = np.concatenate([self._vel[alive], np.zeros((len(born), 4))])
+        self._ghost = np.concatenate([self._ghost[alive], boxes[born]])
         self._hits = np.concatenate([self._hits[alive], np.ones(len(born), np.int64)])
         self._missed = np.concatenate([self._missed[alive], np.zeros(len(born), np.int64)])
         self._confirmed = np.concatenate([self._confirmed[alive], np.full(len(born), confirmed)])
@@ -243,6 +329,64 @@ class ByteTracker:
         out = instances.select(rows[keep])
         out.track_ids = ids[keep]
         return out
+
+    def _concept_codes(self, phrases: list[str]) -> np.ndarray:
+        """int64 code per phrase: one per concept, shared by the phrases of an exclusive group."""
+        codes = self._codes
+        try:
+            return np.fromiter(map(codes.__getitem__, phrases), np.int64, len(phrases))
+        except KeyError:
+            for p in phrases:
+                if p not in codes:
+                    group = self._group_of.get(p)
+                    codes[p] = next((codes[q] for q in (group or ()) if q in codes), len(set(codes.values())))
+            return np.fromiter(map(codes.__getitem__, phrases), np.int64, len(phrases))
+
+    def _buffered(self, a: np.ndarray, b: np.ndarray, missed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes of (track, detection) pairs, both widened by ``buffer`` x missed frames of their size on each side
+        (at most ``max_buffer``) where the track went unseen: the longer unseen, the less sure its position and the
+        more a box seen again only in part (coming out from behind a leaf) may differ (buffered IoU, C-BIoU)."""
+        cfg = self.config
+        if not cfg.buffer or not missed.any():
+            return a, b
+        grow = np.minimum(cfg.buffer * missed, cfg.max_buffer)[:, None]
+        widen = lambda x: x + grow * np.concatenate([x[:, :2] - x[:, 2:], x[:, 2:] - x[:, :2]], 1)  # noqa: E731
+        return widen(a), widen(b)
+
+    def _predict(self) -> np.ndarray:
+        """Each live track's box in this frame: seen in the last frame, its box moved by its velocity; unseen, where
+        it was believed to be in the last frame, shifted by the camera's motion (or its own centre velocity while the
+        tracks agree on none), at its last size: a box's size is not extrapolated through an occlusion."""
+        predicted = self._box + self._vel
+        unseen = self._missed > 0
+        if unseen.any():
+            if self._camera is not None:
+                shift = np.broadcast_to(self._camera, (int(unseen.sum()), 2))
+            else:
+                v = self._vel[unseen]
+                shift = (v[:, :2] + v[:, 2:]) / 2.0
+            predicted[unseen] = self._ghost[unseen] + np.tile(shift, 2)
+        return predicted
+
+    def _estimate_camera(self, hit: np.ndarray) -> None:
+        """The shift per frame that most confirmed tracks seen in this frame share (their smoothed centre
+        velocities): the camera's motion over a static scene, a conveyor's, a pan's. It is taken when at least
+        ``motion_tracks`` tracks move and two thirds of them agree within 1 px + 25 % of the median; otherwise
+        the last estimate is dropped (objects moving on their own: each unseen track keeps its own velocity)."""
+        cfg = self.config
+        if not cfg.camera_motion:
+            return
+        moving = hit & self._confirmed & (self._hits >= 3)
+        if int(moving.sum()) < cfg.motion_tracks:
+            return  # too few to tell: keep the last estimate
+        v = self._vel[moving]
+        centre = (v[:, :2] + v[:, 2:]) / 2.0
+        ordered = np.sort(centre, axis=0)
+        n = len(ordered)
+        median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2.0
+        off = centre - median
+        agree = np.sqrt((off * off).sum(1)) <= 1.0 + 0.25 * float(np.sqrt(median @ median))
+        self._camera = median if 3 * int(agree.sum()) >= 2 * n else None
 
     @property
     def live_tracks(self) -> int:
@@ -264,30 +408,83 @@ def create_tracker(name: str = "bytetrack", **config) -> ByteTracker:
 class TrackCounter:
     """Unique identities per concept over a stream: ``update(tracked)`` per frame, ``counts`` {phrase: n}; an identity
     counts once it was reported in ``min_frames`` frames (a fragment of a broken track, a few frames long, is not
-    another object)."""
+    another object), under the phrase with the highest summed score over its frames (one phrase per identity unless
+    the tracker shares identities across an ``exclusive`` group)."""
 
     def __init__(self, min_frames: int = 5):
         if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 1:
             raise ValueError(f"TrackCounter: min_frames={min_frames!r} must be an integer >= 1")
         self.min_frames = min_frames
-        self._frames: dict[tuple[str, int], int] = {}
+        self._rows = _Rows()  # identity -> row
+        self._phrases: dict[str, int] = {}  # phrase -> column
+        self._frames = np.zeros(0, np.int64)  # frames each identity was reported in
+        self._votes = np.zeros((0, 0))  # summed score per identity and phrase
         self._lock = threading.Lock()
 
     def update(self, tracked: Instances) -> None:
         if tracked.track_ids is None:
             raise ValueError("TrackCounter.update needs tracked Instances (track_ids set by a tracker)")
         with self._lock:
-            for key in zip(tracked.phrases, tracked.track_ids.tolist()):
-                self._frames[key] = self._frames.get(key, 0) + 1
+            rows = self._rows(tracked.track_ids)
+            cols = _Rows.lookup(self._phrases, tracked.phrases)
+            n, m = max(len(self._rows), len(self._frames)), max(len(self._phrases), self._votes.shape[1])
+            if n > len(self._frames) or m > self._votes.shape[1]:  # room for new identities and phrases, doubling
+                grown = np.zeros((max(n, 2 * len(self._frames)), m))
+                grown[:len(self._frames), :self._votes.shape[1]] = self._votes
+                self._votes = grown
+                self._frames = np.concatenate([self._frames, np.zeros(len(grown) - len(self._frames), np.int64)])
+            np.add.at(self._frames, rows, 1)
+            np.add.at(self._votes, (rows, cols), tracked.scores)
+
+    def _label_columns(self) -> np.ndarray:
+        return self._votes[:len(self._rows)].argmax(1) if self._votes.size else np.zeros(0, np.int64)
+
+    def label(self, track_id: int) -> str | None:
+        """The phrase identity ``track_id`` is counted under (None: never reported)."""
+        with self._lock:
+            row = self._rows.get(int(track_id))
+            if row is None:
+                return None
+            col = int(self._votes[row].argmax())
+        return next(p for p, c in self._phrases.items() if c == col)
 
     @property
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+        """{phrase: identities counted under it}, every phrase reported so far (0 included)."""
         with self._lock:
-            frames = list(self._frames.items())
-        for (phrase, _), n in frames:
-            out[phrase] = out.get(phrase, 0) + (n >= self.min_frames)
-        return out
+            counted = self._frames[:len(self._rows)] >= self.min_frames
+            per_col = np.bincount(self._label_columns()[counted], minlength=len(self._phrases))
+            return {p: int(per_col[c]) for p, c in self._phrases.items()}
+
+
+class _Rows:
+    """Track identity -> dense row (0, 1, 2, ... in order of first sight), for per-identity arrays."""
+
+    def __init__(self):
+        self._row: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def get(self, track_id: int) -> int | None:
+        return self._row.get(track_id)
+
+    @staticmethod
+    def lookup(index: dict, keys: list) -> np.ndarray:
+        """int64 ``index[k]`` per key, new keys numbered on from ``len(index)``."""
+        try:
+            return np.fromiter(map(index.__getitem__, keys), np.int64, len(keys))
+        except KeyError:
+            return np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, len(keys))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(identities, their rows), int64 each."""
+        n = len(self._row)
+        return np.fromiter(self._row.keys(), np.int64, n), np.fromiter(self._row.values(), np.int64, n)
+
+    def __call__(self, track_ids: np.ndarray) -> np.ndarray:
+        """The rows of ``track_ids``, new identities appended."""
+        return self.lookup(self._row, track_ids.tolist())
 
 
 class LineCounter:
@@ -302,7 +499,10 @@ class LineCounter:
         if np.allclose(self.start, self.end):
             raise ValueError(f"LineCounter {name!r}: start and end are the same point {tuple(self.start)}")
         self.name = name
-        self._last: dict[int, tuple[np.ndarray, float, int]] = {}  # track id -> last centre off the line, side, frame
+        self._rows = _Rows()  # track id -> row of the arrays below
+        self._centre = np.zeros((0, 2))  # per track: last box centre off the line,
+        self._side = np.zeros(0)  # its side (+1 / -1; 0: not seen off the line yet),
+        self._seen = np.zeros(0, np.int64)  # and the frame it was seen there
         self._frame = 0
         self._lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
@@ -325,16 +525,28 @@ class LineCounter:
     def _update(self, tracked: Instances) -> None:
         centres = (tracked.boxes[:, :2] + tracked.boxes[:, 2:]).astype(np.float64) / 2.0
         d = self.end - self.start
-        sides = np.sign(d[0] * (centres[:, 1] - self.start[1]) - d[1] * (centres[:, 0] - self.start[0])).tolist()
+        sides = np.sign(d[0] * (centres[:, 1] - self.start[1]) - d[1] * (centres[:, 0] - self.start[0]))
         self._frame += 1
-        last = self._last
-        for i, (tid, side) in enumerate(zip(tracked.track_ids.tolist(), sides)):
-            if side == 0:  # on the line: the crossing completes when it leaves on one side
-                continue
-            before = last.get(tid)
-            last[tid] = (centres[i], side, self._frame)
-            if before is not None and before[1] != side and self._through_segment(before[0], centres[i]):
-                entry = self.counts.setdefault(tracked.phrases[i], {"in": 0, "out": 0})
-                entry["in" if side > 0 else "out"] += 1
+        rows = self._rows(tracked.track_ids)
+        if len(self._rows) > len(self._side):  # room for new tracks, doubling
+            extra = max(len(self._rows), 2 * len(self._side)) - len(self._side)
+            self._centre = np.concatenate([self._centre, np.zeros((extra, 2))])
+            self._side = np.concatenate([self._side, np.zeros(extra)])
+            self._seen = np.concatenate([self._seen, np.zeros(extra, np.int64)])
+        off = np.flatnonzero(sides != 0)  # on the line: the crossing completes when it leaves on one side
+        r, side = rows[off], sides[off]
+        before = self._side[r]
+        for k in np.flatnonzero((before != 0) & (before != side)).tolist():
+            if self._through_segment(self._centre[r[k]], centres[off[k]]):
+                entry = self.counts.setdefault(tracked.phrases[off[k]], {"in": 0, "out": 0})
+                entry["in" if side[k] > 0 else "out"] += 1
+        self._centre[r], self._side[r], self._seen[r] = centres[off], side, self._frame
         if self._frame % 256 == 0:  # flat memory on endless streams: forget tracks unseen for 1000 frames
-            self._last = {k: v for k, v in self._last.items() if self._frame - v[2] < 1000}
+            self._forget(self._frame - 1000)
+
+    def _forget(self, before_frame: int) -> None:
+        ids, rows = self._rows.arrays()
+        keep = self._seen[rows] >= before_frame
+        self._rows = _Rows()
+        self._rows(ids[keep])  # rows 0, 1, ... in the order kept
+        self._centre, self._side, self._seen = (a[rows[keep]] for a in (self._centre, self._side, self._seen))
