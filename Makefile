@@ -9,6 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,openvino,distill,export,coreml,video,ros,dev]'
+	$(PY) -m pip install -q --no-deps 'trackeval>=1.3'  # benchmarks/tracking.py; see pyproject's dev extra
 	touch $(STAMP)
 
 demo: $(STAMP)

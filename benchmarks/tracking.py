@@ -7,9 +7,12 @@ and a distilled student's detections; and the cost of tracking per frame.
 Rows (``sam3edge.data.orchard_video.OrchardRow``, ``--frames`` frames each, seeds ``--seeds``, none of which
 trains or validates anything else) are segmented for the three apple concepts. Per source of detections
 (ground truth boxes at score 0.9; the toy teacher, PyTorch; the bundle, torch-free runtime) the ByteTrack tracker
-(``sam3edge.runtime.tracking``, defaults) runs per concept, and the tracks are scored against the ground truth with
-``motmetrics`` (IDF1, MOTA, identity switches; matches at box IoU >= 0.5) per concept, summed over concepts and
-rows; counting error: |unique tracked ripe apples - ripe apples the camera saw| / the latter, over all rows.
+(``sam3edge.runtime.tracking``, defaults; the three apple states one exclusive group unless ``--per-concept``)
+runs, and the tracks are scored against the ground truth with ``trackeval`` (HOTA; MOTA, IDF1 and identity switches
+at box IoU >= 0.5) per concept (a track's concept: the one it is counted under), combined over concepts and rows;
+counting error: |unique tracked ripe apples - ripe apples the camera saw| / the latter, over all rows and summed
+row by row. trackeval is installed without its dependencies (it requires the GUI ``opencv-python``, which must not
+sit beside our ``opencv-python-headless``; ``make`` does this): ``pip install --no-deps trackeval``.
 Overhead: tracker + counters per frame at 16 concepts with 10 detections each (synthetic boxes), median ms.
 
 Writes ``benchmarks/results/tracking_<KERNELS>.{json,md}``.
@@ -18,6 +21,7 @@ Writes ``benchmarks/results/tracking_<KERNELS>.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -33,35 +37,40 @@ REPO = Path(__file__).resolve().parents[1]
 CONCEPTS = ("ripe apple", "unripe apple", "bruised apple")
 
 
-def _score(frames_gt: list[list[dict]], frames_pred: list, category_of: dict[str, int]) -> dict:
-    """motmetrics over one row: per concept an accumulator (gt ids of that category vs track ids of that phrase)."""
-    import motmetrics as mm
-
+def _sequences(frames_gt: list[list[dict]], frames_pred: list, labels: dict[int, str],
+               category_of: dict[str, int]) -> list[dict]:
+    """One row as trackeval sequences, one per concept: ground-truth ids of that category against the tracks
+    counted under that phrase (``labels``: track id -> its counted phrase), box IoU as the similarity."""
     from sam3edge.runtime.tracking import box_iou
 
-    accs = {}
+    seqs = []
     for phrase, cat in category_of.items():
-        acc = mm.MOTAccumulator(auto_id=True)
+        gt_ids, tr_ids, sims, gt_map, tr_map = [], [], [], {}, {}
         for gt, pred in zip(frames_gt, frames_pred):
             g = [o for o in gt if o["category_id"] == cat]
-            keep = [i for i, p in enumerate(pred.phrases) if p == phrase]
-            # 1 - IoU, NaN (no match) below IoU 0.5: motmetrics' iou_matrix, which calls np.asfarray (gone in NumPy 2)
-            iou = box_iou(np.asarray([o["box"] for o in g]).reshape(-1, 4), pred.boxes[keep])
-            dist = np.where(iou >= 0.5, 1.0 - iou, np.nan)
-            acc.update([o["id"] for o in g], pred.track_ids[keep].tolist(), dist)
-        accs[phrase] = acc
-    return accs
+            keep = [i for i, tid in enumerate(pred.track_ids.tolist()) if labels.get(tid) == phrase]
+            gt_ids.append(np.asarray([gt_map.setdefault(o["id"], len(gt_map)) for o in g], np.int64))
+            tr_ids.append(np.asarray([tr_map.setdefault(int(pred.track_ids[i]), len(tr_map)) for i in keep], np.int64))
+            sims.append(box_iou(np.asarray([o["box"] for o in g]).reshape(-1, 4), pred.boxes[keep]))
+        seqs.append({"num_timesteps": len(frames_gt), "gt_ids": gt_ids, "tracker_ids": tr_ids,
+                     "similarity_scores": sims, "num_gt_ids": len(gt_map), "num_tracker_ids": len(tr_map),
+                     "num_gt_dets": sum(map(len, gt_ids)), "num_tracker_dets": sum(map(len, tr_ids))})
+    return seqs
 
 
-def _summary(accs: list) -> dict:
-    import motmetrics as mm
+def _summary(seqs: list[dict]) -> dict:
+    """trackeval's HOTA, CLEAR (MOTA at IoU 0.5) and Identity (IDF1) combined over every sequence."""
+    from trackeval.metrics import CLEAR, HOTA, Identity
 
-    mh = mm.metrics.create()
-    s = mh.compute_many(accs, metrics=["idf1", "mota", "num_switches", "num_unique_objects", "mostly_tracked"],
-                        generate_overall=True)
-    row = s.loc["OVERALL"]
-    return {"idf1": float(row["idf1"]), "mota": float(row["mota"]), "id_switches": int(row["num_switches"]),
-            "objects": int(row["num_unique_objects"]), "mostly_tracked": int(row["mostly_tracked"])}
+    out = {}
+    for metric in (HOTA(), CLEAR({"THRESHOLD": 0.5, "PRINT_CONFIG": False}), Identity({"THRESHOLD": 0.5,
+                                                                                       "PRINT_CONFIG": False})):
+        res = metric.combine_sequences({str(i): metric.eval_sequence(s) for i, s in enumerate(seqs)})
+        out.update(res)
+    return {"hota": float(np.mean(out["HOTA"])), "deta": float(np.mean(out["DetA"])),
+            "assa": float(np.mean(out["AssA"])), "idf1": float(out["IDF1"]), "mota": float(out["MOTA"]),
+            "id_switches": int(out["IDSW"]), "objects": int(sum(s["num_gt_ids"] for s in seqs)),
+            "mostly_tracked": int(out["MT"])}
 
 
 def _overhead(runs: int = 300) -> dict:
@@ -91,10 +100,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="a student bundle of the orchard concepts (default: none)")
     ap.add_argument("--teacher", default="orchard-toy", help="teacher for the teacher row ('none': skip)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[9101, 9102, 9103])
-    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[9101, 9102, 9103, 9104, 9105, 9106, 9107, 9108])
+    ap.add_argument("--frames", type=int, default=400)
     ap.add_argument("--speed", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--per-concept", action="store_true",
+                    help="track each concept apart (default: the three apple states as one exclusive group)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -104,7 +115,7 @@ def main(argv=None) -> int:
     from sam3edge.data.orchard_video import OrchardRow
     from sam3edge.runtime.cpu import cpu_info
     from sam3edge.runtime.instances import Instances
-    from sam3edge.runtime.tracking import ByteTracker, TrackCounter
+    from sam3edge.runtime.tracking import ByteTracker, TrackCounter, TrackerConfig
 
     category_of = {p: next(c for c, n in ORCHARD_VOCABULARY.categories.items() if n == p) for p in CONCEPTS}
     names = {c: p for p, c in category_of.items()}
@@ -136,13 +147,14 @@ def main(argv=None) -> int:
         seg.set_concepts(list(CONCEPTS))
         detectors[f"student ({args.bundle.name})"] = lambda image: seg.segment(image, score_threshold=0.1,
                                                                               masks=False)
-    results = {name: {"accs": [], "ripe_counted": 0, "ripe_truth": 0, "ms": []} for name in detectors}
+    config = TrackerConfig(exclusive=() if args.per_concept else (CONCEPTS,))
+    results = {name: {"seqs": [], "ripe_counted": [], "ripe_truth": [], "ms": []} for name in detectors}
     for seed in args.seeds:
         row = OrchardRow(seed, frames=args.frames, speed=args.speed)
         frames = [row.frame(t) for t in range(len(row))]
         truth_ripe = len({o["id"] for _, objs in frames for o in objs if o["category_id"] == RIPE})
         for name, detect in detectors.items():
-            tracker, counter, preds = ByteTracker(), TrackCounter(), []
+            tracker, counter, preds = ByteTracker(config), TrackCounter(), []
             for image, objects in tqdm(frames, desc=f"seed {seed}: {name}", unit="frame", leave=False):
                 if detect is None:
                     apples = [o for o in objects if o["category_id"] in names]
@@ -156,33 +168,45 @@ def main(argv=None) -> int:
                 counter.update(tracked)
                 preds.append(tracked)
             r = results[name]
-            r["accs"] += list(_score([o for _, o in frames], preds, category_of).values())
-            r["ripe_counted"] += counter.counts.get("ripe apple", 0)
-            r["ripe_truth"] += truth_ripe
+            labels = {tid: counter.label(tid) for p in preds for tid in p.track_ids.tolist()}
+            r["seqs"] += _sequences([o for _, o in frames], preds, labels, category_of)
+            r["ripe_counted"].append(counter.counts.get("ripe apple", 0))
+            r["ripe_truth"].append(truth_ripe)
             print(json.dumps({"seed": seed, "detector": name, "ripe_counted": counter.counts.get("ripe apple", 0),
                               "ripe_truth": truth_ripe}), flush=True)
     rows = []
     for name, r in results.items():
-        rows.append({"detector": name, **_summary(r["accs"]), "ripe_counted": r["ripe_counted"],
-                     "ripe_truth": r["ripe_truth"],
-                     "count_error": abs(r["ripe_counted"] - r["ripe_truth"]) / max(1, r["ripe_truth"]),
+        counted, truth = np.asarray(r["ripe_counted"]), np.asarray(r["ripe_truth"])
+        rows.append({"detector": name, **_summary(r["seqs"]), "ripe_counted": int(counted.sum()),
+                     "ripe_truth": int(truth.sum()), "ripe_counted_per_row": counted.tolist(),
+                     "ripe_truth_per_row": truth.tolist(),
+                     "count_error": abs(int(counted.sum() - truth.sum())) / max(1, int(truth.sum())),
+                     "count_error_per_row": float(np.abs(counted - truth).sum()) / max(1, int(truth.sum())),
                      "detector_ms": float(np.median(r["ms"])) if r["ms"] else None})
         print(json.dumps(rows[-1]), flush=True)
     overhead = _overhead()
     cpu = cpu_info()
     result = {"command": "python benchmarks/tracking.py " + " ".join(argv or sys.argv[1:]), "seeds": args.seeds,
               "frames": args.frames, "speed_px_per_frame": args.speed, "concepts": list(CONCEPTS),
+              "tracker": {"name": "bytetrack", **dataclasses.asdict(config)},
               "threads": args.threads, "cpu": cpu.to_json(), "rows": rows, "overhead": overhead}
     stem = REPO / "benchmarks" / "results" / (args.out or f"tracking_{cpu.int8_kernels}")
     atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1))
+    grouping = ("each concept tracked apart" if args.per_concept else
+                "the three apple states one exclusive group (one identity per apple, counted under its likeliest "
+                "state)")
     md = [f"Orchard rows (`OrchardRow`, seeds {', '.join(map(str, args.seeds))}, {args.frames} frames of 320 x 240 "
           f"each, camera {args.speed:g} px per frame), concepts {', '.join(CONCEPTS)}; ByteTrack "
-          "(`sam3edge.runtime.tracking`, defaults); motmetrics at box IoU >= 0.5, summed over concepts and rows; "
+          f"(`sam3edge.runtime.tracking`, defaults, {grouping}); trackeval (HOTA; MOTA and IDF1 at box IoU >= 0.5) "
+          "over every row and concept, a track's concept being the one it is counted under; "
           f"{cpu.describe()}, {args.threads} threads.", "",
-          "| detections | IDF1 | MOTA | ID switches | objects | mostly tracked | ripe apples counted / seen | "
-          "count error | detector ms/frame |", "|---|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['detector']} | {r['idf1']:.3f} | {r['mota']:.3f} | {r['id_switches']} | {r['objects']} | "
-           f"{r['mostly_tracked']} | {r['ripe_counted']} / {r['ripe_truth']} | {r['count_error']:.1%} | "
+          "Count error: |ripe apples counted - seen| over all rows / seen; per row: the sum of each row's "
+          "|counted - seen| / seen (errors of opposite sign in two rows do not cancel).", "",
+          "| detections | HOTA | IDF1 | MOTA | ID switches | objects | mostly tracked | ripe apples counted / seen | "
+          "count error (per row) | detector ms/frame |", "|---|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['detector']} | {r['hota']:.3f} | {r['idf1']:.3f} | {r['mota']:.3f} | {r['id_switches']} | "
+           f"{r['objects']} | {r['mostly_tracked']} | {r['ripe_counted']} / {r['ripe_truth']} | "
+           f"{r['count_error']:.1%} ({r['count_error_per_row']:.1%}) | "
            + ("-" if r["detector_ms"] is None else f"{r['detector_ms']:.1f}") + " |" for r in rows]
     md += ["", f"Tracking + counting cost: {overhead['ms_median']:.3f} ms per frame (p90 {overhead['ms_p90']:.3f}) "
                f"at {overhead['concepts']} concepts x 10 detections."]
