@@ -109,6 +109,22 @@ def _parse_line(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     return (v[0], v[1]), (v[2], v[3])
 
 
+def _parse_zone(text: str) -> list[tuple[float, float]]:
+    """--zone 'x0,y0,x1,y1,x2,y2,...' -> the polygon's points (3 or more, enclosing an area)."""
+    from sam3edge.runtime.tracking import ZoneCounter
+
+    try:
+        v = [float(x) for x in text.split(",")]
+    except ValueError:
+        v = []
+    if len(v) < 6 or len(v) % 2:
+        raise ValueError(f"--zone {text!r}: expected X0,Y0,X1,Y1,X2,Y2[,...], three or more points in pixels, "
+                         "e.g. --zone 0,120,320,120,320,240,0,240")
+    points = list(zip(v[0::2], v[1::2]))
+    ZoneCounter(points, f"--zone {text!r}")  # the same checks as the counter's: finite, some area
+    return points
+
+
 def _parse_group(text: str) -> tuple[str, ...]:
     """--exclusive 'ripe apple,unripe apple' -> the phrases (two or more, different)."""
     group = tuple(p.strip() for p in text.split(","))
@@ -127,12 +143,15 @@ def _cmd_segment(args) -> int:
     exclusive = [_parse_group(x) for x in args.exclusive or []]
     if exclusive and not args.track:
         raise ValueError("--exclusive groups tracked objects: add --track")
+    zones = [_parse_zone(x) for x in args.zone or []]
+    if zones and not args.track:
+        raise ValueError("--zone counts tracked objects: add --track")
     seg = _load_segmenter(args)
     summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
                              masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
                              max_frames=args.max_frames, progress=not args.quiet, overwrite=args.overwrite,
                              track=args.track, lines=lines, topic=args.topic, bag_out=args.bag_out,
-                             video_out=args.video_out, fps=args.fps, exclusive=exclusive)
+                             video_out=args.video_out, fps=args.fps, exclusive=exclusive, zones=zones)
     if summary["skipped"]:
         print(f"sam3edge segment: skipped {len(summary['skipped'])} unreadable file(s), e.g. "
               f"{summary['skipped'][0]['file']}: {summary['skipped'][0]['error']} (listed in "
@@ -154,6 +173,10 @@ def _cmd_segment(args) -> int:
         for i, counts in enumerate(tracking["lines"]):
             print(f"line {i + 1}: " + (", ".join(f"{p} in {c['in']} / out {c['out']}" for p, c in counts.items())
                                        or "no crossing"))
+        for i, counts in enumerate(tracking["zones"]):
+            print(f"zone {i + 1}: " + (", ".join(f"{p} inside {c['inside']}, entered {c['entered']}, exited "
+                                                 f"{c['exited']}, {c['unique']} seen inside"
+                                                 for p, c in counts.items()) or "nothing inside"))
     return 0
 
 
@@ -448,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "detections down to 0.1 keep them alive")
     sg.add_argument("--line", action="append", metavar="X0,Y0,X1,Y1",
                     help="with --track: count crossings of this line segment (pixels), in and out per concept")
+    sg.add_argument("--zone", action="append", metavar="X0,Y0,X1,Y1,X2,Y2,...",
+                    help="with --track: count objects in this polygon (pixels): inside now, entries, exits, and "
+                         "distinct objects seen inside, per concept")
     sg.add_argument("--exclusive", action="append", metavar="'A,B,...'",
                     help="with --track: phrases that are states of one kind of object ('ripe apple,unripe "
                          "apple'): one identity per object across them, counted once under its likeliest phrase")

@@ -455,7 +455,8 @@ def test_segment_with_tracking_writes_ids_mot_lines_and_counts(tmp_path):
     seg = FakeSegmenter()
     seg.backend_name = "fake"
     summary = segment_source(seg, folder, tmp_path / "out", score_threshold=0.3, overlays=False, progress=False,
-                             track=True, lines=[((48, 0), (48, 64))], video_out=True)
+                             track=True, lines=[((48, 0), (48, 64))], video_out=True,
+                             zones=[[(60, 0), (96, 0), (96, 64), (60, 64)]])
     tracking = summary["tracking"]
     with pytest.raises(ValueError, match=r"exclusive phrases \['ripe apple'\] are not among the concepts"):
         segment_source(seg, folder, tmp_path / "out2", track=True, exclusive=[("red thing", "ripe apple")])
@@ -473,6 +474,7 @@ def test_segment_with_tracking_writes_ids_mot_lines_and_counts(tmp_path):
     assert pictures[-1][2:10, 2:30].max() > 150 and pictures[0][2:10, 2:30].max() < 60
     assert tracking["unique"] == {"red thing": 1}
     assert tracking["lines"] == [{"red thing": {"in": 0, "out": 1}}]  # down-pointing line; +x is its left side
+    assert tracking["zones"] == [{"red thing": {"inside": 1, "entered": 1, "exited": 0, "unique": 1}}]
     records = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     ids = [a["track_id"] for r in records for a in r["annotations"]]
     assert len(records) == 12 and len(ids) == 11 and set(ids) == {ids[0]}  # min_hits 2: reported from frame 1

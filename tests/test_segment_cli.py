@@ -235,6 +235,11 @@ def test_segment_line_arguments_are_refused_before_the_bundle_loads(tmp_path, ca
     assert "add --track" in capsys.readouterr().err
     assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--exclusive", "a,b"]) == 2
     assert "add --track" in capsys.readouterr().err
+    assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--zone", "0,0,9,0,9,9"]) == 2
+    assert "add --track" in capsys.readouterr().err
+    for bad in ("0,0,9,0", "0,0,9,0,9", "0,0,1,1,2,2", "a,b,c,d,e,f"):
+        assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--track", "--zone", bad]) == 2
+        assert "zone" in capsys.readouterr().err
     for bad in ("ripe apple", "a,,b", "a,a"):
         assert main(["segment", missing, "x.mp4", "--out", str(tmp_path / "o"), "--track", "--exclusive", bad]) == 2
         assert "two or more different" in capsys.readouterr().err

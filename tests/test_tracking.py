@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sam3edge.runtime.instances import Instances
-from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig, box_iou, create_tracker
+from sam3edge.runtime.tracking import (ByteTracker, LineCounter, TrackCounter, TrackerConfig, ZoneCounter, box_iou,
+                                     create_tracker)
 
 
 def _frame(dets: list[tuple[str, float, list[float]]], size=(240, 320)) -> Instances:
@@ -338,3 +339,25 @@ def test_an_apple_coming_out_from_behind_a_leaf_in_part_matches_its_unseen_track
     got = _ids_by_truth(ByteTracker(), frames, truth)
     assert len(got[0]) == 1
     assert len(_ids_by_truth(ByteTracker(TrackerConfig(buffer=0.0)), frames, truth)[0]) == 2
+
+
+def test_a_zone_counts_objects_inside_entries_exits_and_distinct_objects_per_concept():
+    """An L-shaped zone (concave: its notch is outside). Apple 1 walks right through the lower bar (enters, exits);
+    apple 2 is born inside and stays (inside, unique, no entry); apple 3 comes from the right into the notch only
+    (never inside); a leaf enters and stays."""
+    zone = ZoneCounter([(100, 100), (300, 100), (300, 200), (200, 200), (200, 300), (100, 300)])  # notch: x > 200,
+    tracker = ByteTracker(TrackerConfig(min_hits=1))                                             # y > 200
+    for t in range(50):
+        out = tracker.update(_frame([("apple", 0.9, [40 + 8 * t, 140, 60 + 8 * t, 160]),  # 1: y 150, x 50 -> 442
+                                     ("apple", 0.9, [140, 240, 160, 260]),               # 2: still at (150, 250)
+                                     ("apple", 0.9, [390 - 4 * t, 240, 410 - 4 * t, 260]),  # 3: x 400 -> 204
+                                     ("leaf", 0.9, [40 + 4 * min(t, 25), 120, 60 + 4 * min(t, 25), 140])],
+                                    (480, 640)))
+        zone.update(out)
+    assert zone.counts["apple"] == {"inside": 1, "entered": 1, "exited": 1, "unique": 2}, zone.counts
+    assert zone.counts["leaf"] == {"inside": 1, "entered": 1, "exited": 0, "unique": 1}
+    pts = np.array([[150, 150], [250, 150], [250, 250], [150, 250], [50, 50], [350, 150]], float)
+    assert zone.contains(pts).tolist() == [True, True, False, True, False, False]
+    for bad in ([(0, 0), (1, 1)], [(0, 0), (1, 1), (2, 2)], [(0, 0), (1, float("nan")), (2, 0)]):
+        with pytest.raises(ValueError, match="zone"):
+            ZoneCounter(bad)

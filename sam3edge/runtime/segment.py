@@ -35,14 +35,17 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
                    masks: bool = True, overlays: bool = True, stride: int = 1, max_frames: int | None = None,
                    progress: bool = True, overwrite: bool = False, track: bool = False,
                    lines: list | None = None, topic: str | None = None, bag_out: bool = False,
-                   video_out: bool = False, fps: float | None = None, exclusive: list | None = None) -> dict:
+                   video_out: bool = False, fps: float | None = None, exclusive: list | None = None,
+                   zones: list | None = None) -> dict:
     """Segment every frame of ``source`` (anything :func:`~sam3edge.runtime.sources.open_source` takes) with the
     segmenter's concepts; returns a summary (frames, instances, fps, paths, skipped files).
 
     ``track``: identities across frames (:class:`~sam3edge.runtime.tracking.ByteTracker`, ``score_threshold`` as
     its ``high_score``): results carry ``track_id`` and only tracked instances, ``tracks.txt`` gets MOT-challenge
     lines as frames finish, the summary the unique objects per concept and, per ``lines`` entry ((x0, y0),
-    (x1, y1)), the crossings in and out per concept. ``topic``: the image topic of a ROS 2 bag input; ``bag_out``:
+    (x1, y1)), the crossings in and out per concept, per ``zones`` entry (a polygon, (x, y) points), the objects
+    inside, entries, exits and distinct objects inside per concept (:class:`~sam3edge.runtime.tracking.ZoneCounter`).
+    ``topic``: the image topic of a ROS 2 bag input; ``bag_out``:
     the results also as a ROS 2 bag in ``out_dir/results_bag`` (:class:`~sam3edge.runtime.rosbag.RosbagResultWriter`,
     stamped with each camera message's header; written as frames finish, finished also when the run stops).
     ``video_out``: an annotated ``out_dir/annotated.mp4`` (masks, labels, track ids and running counts) at ``fps``
@@ -60,7 +63,7 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
         raise NotADirectoryError(f"--out {out_dir} exists and is not a directory")
     tracking = None  # arguments first: a refusal leaves no camera or video open
     if track:
-        from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig
+        from sam3edge.runtime.tracking import ByteTracker, LineCounter, TrackCounter, TrackerConfig, ZoneCounter
 
         low = min(0.1, float(score_threshold))
         unknown = sorted({p for g in exclusive or () for p in g} - set(segmenter.concepts))
@@ -69,10 +72,11 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
                              f"({', '.join(segmenter.concepts)}): a group names concepts of this run")
         config = TrackerConfig(high_score=float(score_threshold), low_score=low,
                                birth_score=min(1.0, float(score_threshold) + 0.1), exclusive=tuple(exclusive or ()))
-        tracking = (ByteTracker(config), TrackCounter(), [LineCounter(a, b, f"line {i + 1}")
-                                                          for i, (a, b) in enumerate(lines or [])])
-    elif lines or exclusive:
-        raise ValueError("line counts and exclusive groups need tracking (track=True)")
+        regions = [LineCounter(a, b, f"line {i + 1}") for i, (a, b) in enumerate(lines or [])]
+        regions += [ZoneCounter(z, f"zone {i + 1}") for i, z in enumerate(zones or [])]
+        tracking = (ByteTracker(config), TrackCounter(), regions)
+    elif lines or exclusive or zones:
+        raise ValueError("line and zone counts and exclusive groups need tracking (track=True)")
     if video_out:
         try:
             import cv2  # noqa: F401 - checked before any work
@@ -198,8 +202,12 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
         if tracking:
             tracker, counter, crossings = tracking
             summary_tracking = {"tracker": tracker.name, "config": asdict(tracker.config),
-                                "unique": counter.counts, "lines": [dict(c.counts) for c in crossings],
-                                "line_segments": [[*c.start.tolist(), *c.end.tolist()] for c in crossings],
+                                "unique": counter.counts,
+                                "lines": [dict(c.counts) for c in crossings if c.kind == "line"],
+                                "zones": [dict(c.counts) for c in crossings if c.kind == "zone"],
+                                "line_segments": [[*c.start.tolist(), *c.end.tolist()] for c in crossings
+                                                  if c.kind == "line"],
+                                "zone_polygons": [c.points.tolist() for c in crossings if c.kind == "zone"],
                                 "mot": str(out_dir / "tracks.txt")}
         coco = {"info": {"description": "sam3edge segment", "backend": segmenter.backend_name,
                          "score_threshold": score_threshold, "complete": complete, "skipped": skipped,

@@ -26,8 +26,9 @@ Unseen tracks (occluded, missed) move with the camera: when most tracks seen in 
 robot driving along a row, a pan, a conveyor), that is the scene's motion and an unseen track follows it at its
 last size, so it is found again after a long occlusion; otherwise each moves by its own velocity.
 
-Counting: :class:`TrackCounter` (unique identities per concept over the stream) and :class:`LineCounter`
-(crossings of a line segment, in and out per concept: a track's box centre changing sides across the segment).
+Counting: :class:`TrackCounter` (unique identities per concept over the stream), :class:`LineCounter`
+(crossings of a line segment, in and out per concept: a track's box centre changing sides across the segment) and
+:class:`ZoneCounter` (a polygon: objects inside now, entries, exits and distinct objects seen inside, per concept).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 
 from sam3edge.runtime.instances import Instances
 
-__all__ = ["TRACKERS", "ByteTracker", "LineCounter", "TrackCounter", "TrackerConfig", "create_tracker"]
+__all__ = ["TRACKERS", "ByteTracker", "LineCounter", "TrackCounter", "TrackerConfig", "ZoneCounter", "create_tracker"]
 
 
 @dataclass(frozen=True)
@@ -492,6 +493,8 @@ class LineCounter:
     to the other, through the segment, counts once per crossing: "in" from the left of start -> end to its
     right (image coordinates, y down), "out" the other way. ``counts``: {phrase: {"in": n, "out": m}}."""
 
+    kind = "line"
+
     def __init__(self, start: tuple[float, float], end: tuple[float, float], name: str = "line"):
         self.start, self.end = np.asarray(start, np.float64), np.asarray(end, np.float64)
         if self.start.shape != (2,) or self.end.shape != (2,) or not np.isfinite([*self.start, *self.end]).all():
@@ -550,3 +553,73 @@ class LineCounter:
         self._rows = _Rows()
         self._rows(ids[keep])  # rows 0, 1, ... in the order kept
         self._centre, self._side, self._seen = (a[rows[keep]] for a in (self._centre, self._side, self._seen))
+
+
+class ZoneCounter:
+    """Objects in the polygon ``points`` ((x, y) pixels, 3 or more, any shape; a track is inside when its box centre
+    is, by the even-odd rule). ``counts``: {phrase: {"inside": tracks inside in the last frame, "entered": moves from
+    outside to inside, "exited": the other way, "unique": identities seen inside at least once}}. A track first seen
+    inside is inside and unique, not an entry (it may have been born there)."""
+
+    kind = "zone"
+
+    def __init__(self, points, name: str = "zone"):
+        pts = np.asarray(points, np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+            raise ValueError(f"ZoneCounter {name!r}: a zone needs 3 or more finite (x, y) points, got {points!r}")
+        x, y = pts[:, 0], pts[:, 1]
+        if abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) < 1e-9:
+            raise ValueError(f"ZoneCounter {name!r}: the points {pts.tolist()} enclose no area")
+        self.points, self.name = pts, name
+        self._rows = _Rows()
+        self._state = np.zeros(0, np.int8)  # per track: 0 never seen, 1 outside, 2 inside
+        self._ever = np.zeros(0, bool)  # seen inside at least once
+        self._seen = np.zeros(0, np.int64)
+        self._frame = 0
+        self._lock = threading.Lock()
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """bool [N]: which points [N, 2] lie inside (even-odd rule; points on an edge may fall either way)."""
+        px, py = xy[:, 0:1], xy[:, 1:2]
+        x1, y1 = self.points[:, 0], self.points[:, 1]
+        x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+        spans = (y1 > py) != (y2 > py)  # [N, edges]: the edge spans the point's row
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
+        return (spans & (px < at)).sum(1) % 2 == 1
+
+    def update(self, tracked: Instances) -> None:
+        if tracked.track_ids is None:
+            raise ValueError("ZoneCounter.update needs tracked Instances (track_ids set by a tracker)")
+        with self._lock:
+            self._update(tracked)
+
+    def _update(self, tracked: Instances) -> None:
+        self._frame += 1
+        inside = self.contains((tracked.boxes[:, :2] + tracked.boxes[:, 2:]).astype(np.float64) / 2.0)
+        rows = self._rows(tracked.track_ids)
+        if len(self._rows) > len(self._state):
+            extra = max(len(self._rows), 2 * len(self._state)) - len(self._state)
+            self._state = np.concatenate([self._state, np.zeros(extra, np.int8)])
+            self._ever = np.concatenate([self._ever, np.zeros(extra, bool)])
+            self._seen = np.concatenate([self._seen, np.zeros(extra, np.int64)])
+        before = self._state[rows]
+        first_inside = inside & ~self._ever[rows]
+        for c in self.counts.values():
+            c["inside"] = 0
+        for key, hits in (("entered", inside & (before == 1)), ("exited", ~inside & (before == 2)),
+                          ("unique", first_inside), ("inside", inside)):
+            for i in np.flatnonzero(hits).tolist():
+                entry = self.counts.setdefault(tracked.phrases[i], {"inside": 0, "entered": 0, "exited": 0,
+                                                                    "unique": 0})
+                entry[key] += 1
+        self._state[rows] = np.where(inside, 2, 1)
+        self._ever[rows] |= inside
+        self._seen[rows] = self._frame
+        if self._frame % 256 == 0:  # flat memory on endless streams: forget tracks unseen for 1000 frames
+            ids, old = self._rows.arrays()
+            keep = self._seen[old] >= self._frame - 1000
+            self._rows = _Rows()
+            self._rows(ids[keep])
+            self._state, self._ever, self._seen = (a[old[keep]] for a in (self._state, self._ever, self._seen))
