@@ -35,6 +35,15 @@ from benchmarks.bench_students import _median_ms as _timed  # noqa: E402
 from sam3edge.atomic import atomic_write_text  # noqa: E402
 
 
+def _stages(seg, frame, runs: int = 3) -> dict[str, float]:
+    """Median ms of each of the segmenter's stages (preprocess, image encoder, decoder, postprocess) over ``runs``."""
+    seen = []
+    for _ in range(runs):
+        seg.segment(frame)
+        seen.append(dict(seg.timings))
+    return {k: round(float(np.median([t[k] for t in seen])), 1) for k in seen[0] if k != "text"}
+
+
 def _median_ms(fn, runs: int, warmup: int = 1) -> float:
     return _timed(fn, runs, warmup)[0]
 
@@ -165,6 +174,7 @@ def main(argv=None) -> int:
                 seg.set_concepts([f"concept {i}" for i in range(n)])
                 row["ms"][n] = round(_median_ms(lambda s=seg: s.segment(frame), runs, warmup=1 if only else 2), 1)
                 row["instances"][n] = len(seg.segment(frame))
+                row.setdefault("stages_ms", {})[n] = _stages(seg, frame)
                 if n in teacher:
                     row["vs_teacher"][n] = round(teacher[n] / row["ms"][n], 1)
             rows.append(row)
@@ -250,6 +260,18 @@ def _write(result: dict, stem: Path) -> None:
         cells = [f"{ms[n]:.1f} ({gf[n]:.1f}" + (f", {vs[n]:.0f}x)" if n in vs else ")") for n in COUNTS]
         md.append(f"| {r['student']} | {r['heads']} | {r['target']} | {r['precision']} | {r['input_size']} | "
                   + " | ".join(cells) + " |")
+    staged = [r for r in result["rows"] if r.get("stages_ms")]
+    if staged:
+        md += ["", "Where a frame's time goes (median ms per stage: preprocess / image encoder / decoder / "
+               "postprocess; "
+               "random weights keep no instance above 0.5, so postprocess pastes no mask):", "",
+               "| student | target | precision | " + " | ".join(f"@{n}" for n in COUNTS) + " |",
+               "|---|---|---|" + "---|" * len(COUNTS)]
+        for r in staged:
+            st = {int(k): v for k, v in r["stages_ms"].items()}
+            md.append(f"| {r['student']} | {r['target']} | {r['precision']} | " + " | ".join(
+                " / ".join(f"{st[n][k]:.1f}" for k in ("preprocess", "image_encoder", "decoder", "postprocess"))
+                if n in st else "-" for n in COUNTS) + " |")
     speed = result.get("matmul_gflops")
     if speed:
         md += ["", "This machine's fp32 matmul rate (torch, 1024^3, same threads) at the start / end of the run: "

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from sam3edge.runtime.instances import Instances
-from sam3edge.runtime.tracking import (ByteTracker, LineCounter, TrackCounter, TrackerConfig, ZoneCounter, box_iou,
-                                     create_tracker)
+from sam3edge.runtime.tracking import (
+    ByteTracker,
+    LineCounter,
+    TrackCounter,
+    TrackerConfig,
+    ZoneCounter,
+    box_iou,
+    create_tracker,
+)
 
 
 def _frame(dets: list[tuple[str, float, list[float]]], size=(240, 320)) -> Instances:
