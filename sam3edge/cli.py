@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from sam3edge.models.bundled import resolve_model
+from sam3edge.models.student_spec import TEXT_MODES
 
 
 def _cmd_data_orchard(args) -> int:
@@ -327,10 +328,12 @@ def _cmd_distill(args) -> int:
         raise ValueError("--concepts is required with an image folder: pass 'ripe apple,leaf' or a file")
     stages = [int(s) for s in str(args.stages).split(",") if s.strip()]
     overrides = {"input_size": args.input_size} if args.input_size else {}
+    if args.text:
+        overrides["text_mode"] = args.text
     cfg = DistillConfig(teacher=resolve_model(args.teacher), images=str(args.images), concepts=concepts,
                         student=args.student, out=str(args.out), stages=stages, steps=args.steps,
                         stage1_steps=args.stage1_steps, batch=args.batch, pairs=args.pairs, lr=args.lr,
-                        stage1_lr=args.stage1_lr,
+                        stage1_lr=args.stage1_lr, text_steps=args.text_steps, text_corpus=args.text_corpus,
                         amp=True if args.amp else None, seed=args.seed, init_heads=not args.no_init_heads,
                         init_layers=args.init_layers, init_queries=args.init_queries,
                         holdout=args.holdout, threads=args.threads, student_overrides=overrides,
@@ -409,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pairs", type=int, default=4, help="phrases per image per step")
     d.add_argument("--lr", type=float, default=4e-4, help="stage-2 learning rate")
     d.add_argument("--stage1-lr", type=float, default=1e-3, help="stage-1 learning rate")
+    d.add_argument("--text", choices=list(TEXT_MODES),
+                   help="the student's text path: cache (the teacher's features of the run's phrases only), "
+                        "encoder (its own text encoder), both (cache for known phrases, an encoder distilled on a "
+                        "broad phrase corpus for any other); default: the registry entry's")
+    d.add_argument("--text-steps", type=int, default=None,
+                   help="text-encoder distillation steps (default: the stage-1 steps)")
+    d.add_argument("--text-corpus", type=int, default=12000,
+                   help="phrases of the corpus a text encoder is distilled on (5 %% held out for the report)")
     d.add_argument("--input-size", type=int, default=0, help="student input size (default: its registry entry)")
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of images kept out for the report")
     d.add_argument("--amp", action="store_true", help="bf16 autocast (default: on for CUDA)")

@@ -16,7 +16,8 @@ class DistillConfig:
     stages: list[int] = field(default_factory=lambda: [1, 2])
     steps: int = 1000  # stage 2 steps
     stage1_steps: int | None = None  # default: steps // 2
-    text_steps: int | None = None  # encoder-mode students: default stage1 steps
+    text_steps: int | None = None  # students with a text encoder: default stage1 steps
+    text_corpus: int = 12000  # phrases of the broad corpus their encoder is distilled on (5 % held out)
     batch: int = 4  # images per step
     pairs: int = 4  # phrases per image per step
     lr: float = 4e-4
@@ -50,6 +51,10 @@ class DistillConfig:
                 raise ValueError(f"distill: {name} must be a number in [0, 1{bound}, got {value!r}")
 
         count("steps", self.steps, 0)
+        count("text_corpus", self.text_corpus, 100)
+        if self.text_corpus > 1_000_000:
+            raise ValueError(f"distill: text_corpus={self.text_corpus} phrases is more than the corpus builder makes "
+                             "(at most 1000000)")
         for name in ("stage1_steps", "text_steps"):
             if getattr(self, name) is not None:
                 count(name, getattr(self, name), 1)

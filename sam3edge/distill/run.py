@@ -56,9 +56,6 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     from sam3edge.distill.feature_loss import (
         FeatureCriterion,
         ImageEncoderStage,
-        TextBatches,
-        TextCriterion,
-        TextEncoderStage,
         regressed_levels,
     )
     from sam3edge.distill.losses import SetCriterion
@@ -121,7 +118,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
         torch.distributed.barrier()
     cache = TeacherCache(out / "cache")
     text, text_mask = cache.text()
-    if student.text_mode == "cache":
+    if student.text_mode != "encoder":  # cache and both: the heads train on the teacher's features
         student.set_concepts(ConceptCache(cache.spec.phrases, text.float().numpy(), text_mask.numpy(),
                                           source=cfg.teacher))
     report: dict = {"teacher": cfg.teacher, "student": cfg.student, "images": len(cache),
@@ -151,19 +148,20 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
         trainer.fit(resume=resume)
         report["stage1_final"] = _last_row(out / "stage1" / "log.csv")
         report["stage1_levels"] = regressed_levels(student)  # FPN levels regressed onto the teacher's
-        if student.text_mode == "encoder":
-            st = TrainConfig(steps=cfg.text_steps or cfg.stage1, lr=cfg.stage1_lr, warmup=10, log_every=10,
-                             ckpt_every=max(10, cfg.stage1 // 5), seed=cfg.seed, amp=cfg.amp)
-            tb = TextBatches(cache.spec.phrases, text.float(), text_mask, student.tokenizer, seed=cfg.seed)
-            Trainer(TextEncoderStage(student), TextCriterion(), tb, st, out / "stage1_text", device=device,
-                    progress=progress).fit(resume=resume)
+        if student.has_text_encoder:  # on a broad phrase corpus around the run's concepts, not only on them
+            from sam3edge.distill.text_corpus import distill_text_encoder
+
+            report["text"] = distill_text_encoder(
+                student, teacher, list(cache.spec.phrases), out, steps=cfg.text_steps or cfg.stage1,
+                lr=cfg.stage1_lr, corpus_size=cfg.text_corpus, seed=cfg.seed, amp=cfg.amp, device=device,
+                resume=resume, progress=progress)
             report["text_final"] = _last_row(out / "stage1_text" / "log.csv")
 
     if 2 in cfg.stages:
         s2 = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=max(1, min(200, cfg.steps // 10)), log_every=10,
                          ckpt_every=max(10, cfg.steps // 10), seed=cfg.seed, amp=cfg.amp,
                          lr_mult={"student.heads.": cfg.heads_lr_mult} if cfg.heads_lr_mult != 1.0 else {})
-        tokenizer = student.tokenizer if student.text_mode == "encoder" else _NoTokens()
+        tokenizer = student.tokenizer if student.text_mode == "encoder" else _NoTokens()  # both: heads on the cache
         batches = CacheBatches(cache, tokenizer, size, size // 4, seed=cfg.seed, images_per_batch=cfg.batch,
                                pairs_per_image=cfg.pairs, target_min_score=cfg.target_min_score,
                                ground_truth=gt, gt_rate=cfg.gt_rate, indices=train_idx)
@@ -189,7 +187,7 @@ def _check_widths(teacher, student, cfg: DistillConfig) -> None:
         raise ValueError(f"stage 1 regresses the student's features onto the teacher's, but teacher {cfg.teacher} has "
                          f"{fpn}-wide FPN features and student {cfg.student!r} a {width}-wide neck; pick a student "
                          f"built for this teacher (`sam3edge students`) or run --stages 2")
-    if student.text_mode == "cache" and text != width:
+    if student.text_mode != "encoder" and text != width:
         raise ValueError(f"student {cfg.student!r} looks phrases up in the teacher's text embeddings, which are {text} "
                          f"wide for teacher {cfg.teacher}, but its heads are {width} wide; pick a student built for "
                          "this teacher (`sam3edge students`)")

@@ -124,7 +124,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     from sam3edge.runtime.cpu import cpu_info
 
     student = load_student(student_dir).eval()
-    if student.concepts is None and student.text_mode == "encoder":
+    if student.concepts is None and student.has_text_encoder:
         # a student with its own text encoder: the bundle carries the encoder graph, and a cache of its phrases
         # (``concepts``, else the run's) encoded by that encoder, for the runtime's fast path
         phrases = list(concepts or _run_concepts(Path(source)))

@@ -78,7 +78,7 @@ class DecoderGraph(nn.Module):
 class TextEncoderGraph(nn.Module):
     def __init__(self, student):
         super().__init__()
-        if student.text_mode != "encoder":
+        if not student.has_text_encoder:
             raise ValueError(f"student {student.spec.name!r} has no text encoder (text mode "
                              f"{student.text_mode!r}); its bundle carries a concept cache instead")
         self.encoder = student.text_encoder

@@ -60,7 +60,7 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
                           output_names=list(IMAGE_OUTPUTS), verbose=False).save(str(paths[IMAGE_GRAPH]))
         dyn = {"feat0": None, "feat1": None, "feat2": None, "text": {0: prompts}, "text_mask": {0: prompts}}
         _export_decoder(decoder, (*levels, text.float(), mask.bool()), dyn, paths[DECODER_GRAPH], fused)
-        if student.text_mode == "encoder":
+        if student.has_text_encoder:
             paths[TEXT_GRAPH] = out_dir / "text_encoder.onnx"
             ids, attn = text_encoder_inputs(["a ripe apple", "leaf"])
             torch.onnx.export(TextEncoderGraph(student).eval(), (torch.from_numpy(ids), torch.from_numpy(attn)),

@@ -108,7 +108,7 @@ def export_spec(student, text_length: int | None = None) -> ExportSpec:
                    TensorSpec("masks", "float32", ("prompts", k, s // 4, s // 4)),
                    TensorSpec("indices", "int64", ("prompts", k)))),
     ]
-    if student.text_mode == "encoder":
+    if student.has_text_encoder:
         n = CONTEXT_LENGTH
         graphs.append(GraphSpec(
             TEXT_GRAPH,

@@ -30,7 +30,7 @@ def torch_runner(student) -> Callable:
         out = decoder(*levels, torch.from_numpy(text).float(), torch.from_numpy(mask).bool())
         return tuple(o.numpy() for o in out)
 
-    if student.text_mode == "encoder":
+    if student.has_text_encoder:
         text_graph = TextEncoderGraph(student).eval()
 
         @torch.no_grad()

@@ -5,10 +5,12 @@
 presence, and the features the heads consumed), so eval, distillation and export treat both
 alike. ``forward_pairs(PairBatch)`` is the training view (every decoder layer, gradients on).
 
-Text has two modes (``StudentSpec.text_mode``): "cache" looks phrases up in a
+Text has three modes (``StudentSpec.text_mode``): "cache" looks phrases up in a
 :class:`~sam3edge.runtime.concepts.ConceptCache` of teacher features (no text encoder at all, the
 robot case); "encoder" tokenises with the CLIP tokenizer and runs a small
-:class:`~sam3edge.models.text_encoder.StudentTextEncoder`.
+:class:`~sam3edge.models.text_encoder.StudentTextEncoder`; "both" keeps the cache (the heads train on the
+teacher's features, known phrases are looked up) and has an encoder for every other phrase, distilled on a
+broad phrase corpus (:mod:`sam3edge.distill.text_corpus`).
 
 Saving and loading (``save_student`` / ``load_student``) and starting the heads from a teacher
 (``init_heads_from_teacher``) live in :mod:`sam3edge.models.student_io`.
@@ -45,7 +47,7 @@ class Sam3Student(nn.Module):
         self.heads = build_heads(spec.heads)
         te = spec.text_encoder
         self.text_encoder = (StudentTextEncoder(width, width=te.width, layers=te.layers, heads=te.heads,
-                                                mlp_ratio=te.mlp_ratio) if spec.text_mode == "encoder" else None)
+                                                mlp_ratio=te.mlp_ratio) if spec.text_mode != "cache" else None)
         self.concepts = None
         if concepts is not None:
             self.set_concepts(concepts)
@@ -55,6 +57,11 @@ class Sam3Student(nn.Module):
     @property
     def text_mode(self) -> str:
         return self.spec.text_mode
+
+    @property
+    def has_text_encoder(self) -> bool:
+        """Whether the student carries a text encoder (text modes "encoder" and "both")."""
+        return self.text_encoder is not None
 
     @property
     def image_size(self) -> int:
@@ -124,6 +131,8 @@ class Sam3Student(nn.Module):
             raise ValueError("no phrases given: pass at least one noun phrase, e.g. ['ripe apple']")
         if self.text_mode == "encoder":
             return self.text_encoder(*self.tokenize(phrases))
+        if self.text_mode == "both" and (self.concepts is None or any(p not in self.concepts for p in phrases)):
+            return self._encode_mixed(list(phrases))
         if self.concepts is None:
             raise ValueError(f"student {self.spec.name!r} is in text mode 'cache' but has no concept cache: pass "
                              "concepts=ConceptCache.from_teacher(teacher, phrases) (or set_concepts), or create it "
@@ -131,6 +140,20 @@ class Sam3Student(nn.Module):
         feats, mask = self.concepts.lookup(list(phrases))
         return (torch.from_numpy(feats).to(self.device, self.dtype),
                 torch.from_numpy(mask).to(self.device))
+
+    def _encode_mixed(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text mode "both": cached phrases from the cache, the others through the encoder, in order."""
+        feats, mask = self.text_encoder(*self.tokenize(phrases))
+        known = [i for i, p in enumerate(phrases) if self.concepts is not None and p in self.concepts]
+        if known:
+            f, m = self.concepts.lookup([phrases[i] for i in known])
+            n = min(f.shape[1], feats.shape[1])
+            feats, mask = feats.clone(), mask.clone()
+            feats[known] = 0
+            mask[known] = False
+            feats[known, :n] = torch.from_numpy(f[:, :n]).to(feats)
+            mask[known, :n] = torch.from_numpy(m[:, :n]).to(mask)
+        return feats, mask
 
     # ---- the teacher's call ---------------------------------------------------------------------
     @torch.no_grad()

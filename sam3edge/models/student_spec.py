@@ -16,7 +16,7 @@ from sam3edge.models.heads_config import HeadsConfig
 from sam3edge.runtime.names import PRECISIONS
 
 INPUT_MULTIPLE = 32  # the image encoder's coarsest stride (sam3edge.models.image_encoder)
-TEXT_MODES = ("cache", "encoder")
+TEXT_MODES = ("cache", "encoder", "both")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pretraining normalisation of every timm backbone registered here
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

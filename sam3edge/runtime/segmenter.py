@@ -159,7 +159,8 @@ class Segmenter:
                              f"{' ...' if len(self.bundle.concepts) > 50 else ''}. Export one that has them from "
                              "the distillation run: sam3edge export RUN --concepts 'a,b,...' --out NEW.sam3edge "
                              "(the run's teacher encodes phrases the student's cache lacks; --teacher DIR names "
-                             "it), or use a bundle with a text encoder")
+                             "it); for any phrase on the device, distil with a text encoder (sam3edge distill ... "
+                             "--text both) and export that run")
         length, width = self.bundle.text_length, cache.features.shape[-1]
         text = np.zeros((len(phrases), length, width), np.float32)
         mask = np.zeros((len(phrases), length), bool)
