@@ -368,3 +368,12 @@ def test_a_zone_counts_objects_inside_entries_exits_and_distinct_objects_per_con
     for bad in ([(0, 0), (1, 1)], [(0, 0), (1, 1), (2, 2)], [(0, 0), (1, float("nan")), (2, 0)]):
         with pytest.raises(ValueError, match="zone"):
             ZoneCounter(bad)
+
+
+def test_a_counted_identity_with_scores_of_zero_goes_to_the_phrase_it_had_most_often():
+    counter = TrackCounter(min_frames=1)
+    for phrase in ("a", "b", "b", "b"):
+        inst = _frame([(phrase, 0.0, [0, 0, 10, 10])])
+        inst.track_ids = np.asarray([7])
+        counter.update(inst)
+    assert counter.label(7) == "b" and counter.counts == {"a": 0, "b": 1}

@@ -435,7 +435,9 @@ class TrackCounter:
                 self._votes = grown
                 self._frames = np.concatenate([self._frames, np.zeros(len(grown) - len(self._frames), np.int64)])
             np.add.at(self._frames, rows, 1)
-            np.add.at(self._votes, (rows, cols), tracked.scores)
+            # a frame's vote is its score, plus a sliver so that scores of 0 still count frames (never a tie to
+            # whichever phrase came first)
+            np.add.at(self._votes, (rows, cols), tracked.scores.astype(np.float64) + 1e-6)
 
     def _label_columns(self) -> np.ndarray:
         return self._votes[:len(self._rows)].argmax(1) if self._votes.size else np.zeros(0, np.int64)
