@@ -210,13 +210,14 @@ def test_killing_a_running_segment_keeps_every_finished_frame(toy_bundles, tmp_p
     assert proc.poll() is None, f"the run ended before it was stopped: {proc.communicate()}"
     proc.send_signal(getattr(signal, how))
     _, err = proc.communicate(timeout=60)
+    context = f"{how}: exit {proc.returncode}; stderr ends {err[-1500:]!r}"  # a failure here says how the run ended
     records = [json.loads(x) for x in lines.read_text().splitlines()]
-    assert len(records) >= 5 and [r["image"]["frame_index"] for r in records] == list(range(len(records)))
-    assert all(r["ms"] > 0 and isinstance(r["annotations"], list) for r in records)
+    assert len(records) >= 5 and [r["image"]["frame_index"] for r in records] == list(range(len(records))), context
+    assert all(r["ms"] > 0 and isinstance(r["annotations"], list) for r in records), context
     if how == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL
         return
-    assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[how], err
+    assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[how], context
     assert ("terminated" if how == "SIGTERM" else "interrupted") in err
     coco = json.loads((out / "predictions.json").read_text())
     assert coco["info"]["complete"] is False
