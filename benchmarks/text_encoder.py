@@ -50,28 +50,14 @@ def _with_encoder(student_dir: Path, teacher):
     return student.eval(), table
 
 
-def _encoder_ms(text_encoder_module, threads: int, work: Path, phrases: list[str], runs: int = 50) -> float:
-    """Median ms per phrase of the text encoder exported to ONNX, ONNX Runtime, batch 1."""
+def _encoder_ms(student, threads: int, work: Path, phrases: list[str], runs: int = 50) -> float:
+    """Median ms per phrase of the student's text encoder graph as export writes it, ONNX Runtime, batch 1."""
     import onnxruntime as ort
-    import torch
 
-    from sam3edge.export.onnx import text_encoder_inputs
+    from sam3edge.export.onnx import export_text_encoder, text_encoder_inputs
 
-    class Graph(torch.nn.Module):
-        def __init__(self, enc):
-            super().__init__()
-            self.enc = enc
-
-        def forward(self, ids, attn):
-            return self.enc(ids, attn)
-
-    ids, attn = text_encoder_inputs(phrases[:2])
-    path = work / "text_encoder.onnx"
     work.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(Graph(text_encoder_module).eval(), (torch.from_numpy(ids), torch.from_numpy(attn)), dynamo=True,
-                      input_names=["input_ids", "attention_mask"], output_names=["text", "text_mask"],
-                      dynamic_shapes={"ids": {0: torch.export.Dim("p")}, "attn": {0: torch.export.Dim("p")}},
-                      verbose=False).save(str(path))
+    path = export_text_encoder(student, work / "text_encoder.onnx")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -150,9 +136,9 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
 
     held = json.loads((args.work / "text_corpus" / "split.json").read_text())["heldout"]
-    latency = {"this student": _encoder_ms(student.text_encoder, args.threads, args.work / "onnx_own", held)}
+    latency = {"this student": _encoder_ms(student, args.threads, args.work / "onnx_own", held)}
     edge = create_student("edge-s", text_mode="both").eval()
-    latency["edge-s (random weights)"] = _encoder_ms(edge.text_encoder, args.threads, args.work / "onnx_edge", held)
+    latency["edge-s (random weights)"] = _encoder_ms(edge, args.threads, args.work / "onnx_edge", held)
     sizes = {"this student": student.spec.text_encoder, "edge-s (random weights)": edge.spec.text_encoder}
     result = {"command": "python benchmarks/text_encoder.py " + " ".join(argv or sys.argv[1:]),
               "student": str(args.student), "student_name": student.spec.name, "teacher": args.teacher,

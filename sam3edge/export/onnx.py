@@ -60,15 +60,24 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
                           output_names=list(IMAGE_OUTPUTS), verbose=False).save(str(paths[IMAGE_GRAPH]))
         dyn = {"feat0": None, "feat1": None, "feat2": None, "text": {0: prompts}, "text_mask": {0: prompts}}
         _export_decoder(decoder, (*levels, text.float(), mask.bool()), dyn, paths[DECODER_GRAPH], fused)
-        if student.has_text_encoder:
-            paths[TEXT_GRAPH] = out_dir / "text_encoder.onnx"
-            ids, attn = text_encoder_inputs(["a ripe apple", "leaf"])
-            torch.onnx.export(TextEncoderGraph(student).eval(), (torch.from_numpy(ids), torch.from_numpy(attn)),
-                              dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
-                              output_names=["text", "text_mask"],
-                              dynamic_shapes={"input_ids": {0: prompts}, "attention_mask": {0: prompts}},
-                              verbose=False).save(str(paths[TEXT_GRAPH]))
+    if student.has_text_encoder:
+        paths[TEXT_GRAPH] = export_text_encoder(student, out_dir / "text_encoder.onnx")
     return paths
+
+
+def export_text_encoder(student, path: Path) -> Path:
+    """Write the student's text encoder graph (input_ids, attention_mask -> text, text_mask; any number of
+    phrases) in fp32 ONNX at ``path``."""
+    ids, attn = text_encoder_inputs(["a ripe apple", "leaf"])
+    prompts = torch.export.Dim("prompts", min=1, max=1024)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TextEncoderGraph(student).eval(), (torch.from_numpy(ids), torch.from_numpy(attn)),
+                          dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
+                          output_names=["text", "text_mask"],
+                          dynamic_shapes={"input_ids": {0: prompts}, "attention_mask": {0: prompts}},
+                          verbose=False).save(str(path))
+    return path
 
 
 def _export_decoder(decoder, args: tuple, dynamic_shapes: dict, path: Path, fused: bool) -> None:
