@@ -143,16 +143,19 @@ class Sam3Student(nn.Module):
 
     def _encode_mixed(self, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text mode "both": cached phrases from the cache, the others through the encoder, in order."""
-        feats, mask = self.text_encoder(*self.tokenize(phrases))
-        known = [i for i, p in enumerate(phrases) if self.concepts is not None and p in self.concepts]
-        if known:
-            f, m = self.concepts.lookup([phrases[i] for i in known])
-            n = min(f.shape[1], feats.shape[1])
-            feats, mask = feats.clone(), mask.clone()
-            feats[known] = 0
-            mask[known] = False
-            feats[known, :n] = torch.from_numpy(f[:, :n]).to(feats)
-            mask[known, :n] = torch.from_numpy(m[:, :n]).to(mask)
+        cached = [self.concepts is not None and p in self.concepts for p in phrases]
+        known = [i for i, c in enumerate(cached) if c]
+        new = [i for i, c in enumerate(cached) if not c]
+        enc, enc_mask = self.text_encoder(*self.tokenize([phrases[i] for i in new]))  # only what the cache lacks
+        if not known:
+            return enc, enc_mask
+        feats = enc.new_zeros((len(phrases), *enc.shape[1:]))
+        mask = enc_mask.new_zeros((len(phrases), enc_mask.shape[1]))
+        feats[new], mask[new] = enc, enc_mask
+        f, m = self.concepts.lookup([phrases[i] for i in known])
+        n = min(f.shape[1], feats.shape[1])
+        feats[known, :n] = torch.from_numpy(f[:, :n]).to(feats)
+        mask[known, :n] = torch.from_numpy(m[:, :n]).to(mask)
         return feats, mask
 
     # ---- the teacher's call ---------------------------------------------------------------------
