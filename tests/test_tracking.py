@@ -192,7 +192,8 @@ def test_greedy_assignment_without_scipy_gives_the_hungarian_pairs_on_separated_
     greedy = [tracker.update(f).track_ids.tolist() for f in frames]
     assert greedy == hungarian and len({i for ids in hungarian for i in ids}) == 6
     # competing candidates: the solver (or greedy) takes the better pair, never two tracks for one box
-    rows, cols = tracking._assign(np.array([[0.9, 0.3], [0.8, 0.0]]), 0.2)
+    iou = np.array([[0.9, 0.3], [0.8, 0.0]])
+    rows, cols = tracking._match(*np.nonzero(iou >= 0.2), iou[iou >= 0.2])  # the candidate pairs at IoU >= 0.2
     assert sorted(zip(rows.tolist(), cols.tolist())) in ([(0, 0)], [(0, 1), (1, 0)])
 
 
@@ -321,7 +322,7 @@ def test_a_line_counter_forgets_tracks_unseen_for_1000_frames_and_keeps_counting
         inst = _frame([("apple", 0.9, [50, 40, 60, 50])])
         inst.track_ids = np.asarray([t])
         line.update(inst)
-    assert len(line._rows) <= 1000 + 256
+    assert len(line._tracks) <= 1000 + 256
     for x in (80, 120):  # an old identity crosses afterwards: still counted
         inst = _frame([("apple", 0.9, [x - 5, 40, x + 5, 50])])
         inst.track_ids = np.asarray([2999])

@@ -72,9 +72,9 @@ def segment_source(segmenter, source, out_dir: str | Path, score_threshold: floa
                              f"({', '.join(segmenter.concepts)}): a group names concepts of this run")
         config = TrackerConfig(high_score=float(score_threshold), low_score=low,
                                birth_score=min(1.0, float(score_threshold) + 0.1), exclusive=tuple(exclusive or ()))
-        regions = [LineCounter(a, b, f"line {i + 1}") for i, (a, b) in enumerate(lines or [])]
-        regions += [ZoneCounter(z, f"zone {i + 1}") for i, z in enumerate(zones or [])]
-        tracking = (ByteTracker(config), TrackCounter(), regions)
+        tracking = (ByteTracker(config), TrackCounter(),
+                    [LineCounter(a, b, f"line {i + 1}") for i, (a, b) in enumerate(lines or [])],
+                    [ZoneCounter(z, f"zone {i + 1}") for i, z in enumerate(zones or [])])
     elif lines or exclusive or zones:
         raise ValueError("line and zone counts and exclusive groups need tracking (track=True)")
     if video_out:
@@ -144,11 +144,11 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
             for r in iter_stream(segmenter, frames, score_threshold=floor, top_k=top_k, masks=masks):
                 frame, inst = r.frame, r.instances
                 if tracking:
-                    tracker, counter, crossings = tracking
+                    tracker, counter, line_counters, zone_counters = tracking
                     inst = tracker.update(inst)
                     counter.update(inst)
-                    for line in crossings:
-                        line.update(inst)
+                    for region in (*line_counters, *zone_counters):
+                        region.update(inst)
                 name = _safe_name(frame.name, frame.index)
                 while name in used:  # two files with one stem in different sub-folders
                     name += "_"
@@ -200,14 +200,13 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
         skipped = list(getattr(frames, "skipped", []))
         summary_tracking = None
         if tracking:
-            tracker, counter, crossings = tracking
+            tracker, counter, line_counters, zone_counters = tracking
             summary_tracking = {"tracker": tracker.name, "config": asdict(tracker.config),
                                 "unique": counter.counts,
-                                "lines": [dict(c.counts) for c in crossings if c.kind == "line"],
-                                "zones": [dict(c.counts) for c in crossings if c.kind == "zone"],
-                                "line_segments": [[*c.start.tolist(), *c.end.tolist()] for c in crossings
-                                                  if c.kind == "line"],
-                                "zone_polygons": [c.points.tolist() for c in crossings if c.kind == "zone"],
+                                "lines": [dict(c.counts) for c in line_counters],
+                                "zones": [dict(c.counts) for c in zone_counters],
+                                "line_segments": [[*c.start.tolist(), *c.end.tolist()] for c in line_counters],
+                                "zone_polygons": [c.points.tolist() for c in zone_counters],
                                 "mot": str(out_dir / "tracks.txt")}
         coco = {"info": {"description": "sam3edge segment", "backend": segmenter.backend_name,
                          "score_threshold": score_threshold, "complete": complete, "skipped": skipped,

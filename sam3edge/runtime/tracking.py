@@ -179,12 +179,6 @@ def _compete(rows: np.ndarray, cols: np.ndarray, weight: np.ndarray) -> tuple[np
     return r[i[keep]], c[j[keep]]
 
 
-def _assign(iou: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the one-to-one pairs of a dense IoU matrix maximising total IoU, each >= ``least``."""
-    rows, cols = np.nonzero(iou >= least)
-    return _match(rows, cols, iou[rows, cols])
-
-
 def _same_code_pairs(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i, j) with ``a[i] == b[j]``, grouped by code; with ``b`` None, the pairs i < j of ``a`` itself.
     Sorting by code and expanding each group's block costs O(pairs), not O(len(a) * len(b))."""
@@ -490,12 +484,41 @@ class _Rows:
         return self.lookup(self._row, track_ids.tolist())
 
 
+class _TrackTable:
+    """Per-identity arrays of a counter (``columns``: name -> (dtype, shape of one row)), one row per identity,
+    zeroed for a new one; ``seen`` holds the frame each row was last updated. ``forget_before(frame)`` drops the
+    identities not seen since (flat memory on endless streams)."""
+
+    def __init__(self, **columns: tuple):
+        self._columns = {"seen": (np.int64, ()), **columns}
+        self._rows = _Rows()
+        self.arrays = {k: np.zeros((0, *shape), dtype) for k, (dtype, shape) in self._columns.items()}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows(self, track_ids: np.ndarray) -> np.ndarray:
+        """The rows of ``track_ids``, new identities added (the arrays grow by doubling)."""
+        rows = self._rows(track_ids)
+        have = len(self.arrays["seen"])
+        if len(self._rows) > have:
+            extra = max(len(self._rows), 2 * have) - have
+            self.arrays = {k: np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)])
+                           for k, a in self.arrays.items()}
+        return rows
+
+    def forget_before(self, frame: int) -> None:
+        ids, rows = self._rows.arrays()
+        kept = self.arrays["seen"][rows] >= frame
+        self._rows = _Rows()
+        self._rows(ids[kept])  # rows 0, 1, ... in the order kept
+        self.arrays = {k: a[rows[kept]] for k, a in self.arrays.items()}
+
+
 class LineCounter:
     """Crossings of the segment ``start`` -> ``end`` (pixels, x y): a track whose box centre moves from one side
     to the other, through the segment, counts once per crossing: "in" from the left of start -> end to its
     right (image coordinates, y down), "out" the other way. ``counts``: {phrase: {"in": n, "out": m}}."""
-
-    kind = "line"
 
     def __init__(self, start: tuple[float, float], end: tuple[float, float], name: str = "line"):
         self.start, self.end = np.asarray(start, np.float64), np.asarray(end, np.float64)
@@ -504,10 +527,8 @@ class LineCounter:
         if np.allclose(self.start, self.end):
             raise ValueError(f"LineCounter {name!r}: start and end are the same point {tuple(self.start)}")
         self.name = name
-        self._rows = _Rows()  # track id -> row of the arrays below
-        self._centre = np.zeros((0, 2))  # per track: last box centre off the line,
-        self._side = np.zeros(0)  # its side (+1 / -1; 0: not seen off the line yet),
-        self._seen = np.zeros(0, np.int64)  # and the frame it was seen there
+        # per track: last box centre off the line, its side (+1 / -1; 0: not seen off the line yet), frame seen there
+        self._tracks = _TrackTable(centre=(np.float64, (2,)), side=(np.float64, ()))
         self._frame = 0
         self._lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
@@ -532,29 +553,18 @@ class LineCounter:
         d = self.end - self.start
         sides = np.sign(d[0] * (centres[:, 1] - self.start[1]) - d[1] * (centres[:, 0] - self.start[0]))
         self._frame += 1
-        rows = self._rows(tracked.track_ids)
-        if len(self._rows) > len(self._side):  # room for new tracks, doubling
-            extra = max(len(self._rows), 2 * len(self._side)) - len(self._side)
-            self._centre = np.concatenate([self._centre, np.zeros((extra, 2))])
-            self._side = np.concatenate([self._side, np.zeros(extra)])
-            self._seen = np.concatenate([self._seen, np.zeros(extra, np.int64)])
+        rows = self._tracks.rows(tracked.track_ids)
+        t = self._tracks.arrays
         off = np.flatnonzero(sides != 0)  # on the line: the crossing completes when it leaves on one side
         r, side = rows[off], sides[off]
-        before = self._side[r]
+        before = t["side"][r]
         for k in np.flatnonzero((before != 0) & (before != side)).tolist():
-            if self._through_segment(self._centre[r[k]], centres[off[k]]):
+            if self._through_segment(t["centre"][r[k]], centres[off[k]]):
                 entry = self.counts.setdefault(tracked.phrases[off[k]], {"in": 0, "out": 0})
                 entry["in" if side[k] > 0 else "out"] += 1
-        self._centre[r], self._side[r], self._seen[r] = centres[off], side, self._frame
+        t["centre"][r], t["side"][r], t["seen"][r] = centres[off], side, self._frame
         if self._frame % 256 == 0:  # flat memory on endless streams: forget tracks unseen for 1000 frames
-            self._forget(self._frame - 1000)
-
-    def _forget(self, before_frame: int) -> None:
-        ids, rows = self._rows.arrays()
-        keep = self._seen[rows] >= before_frame
-        self._rows = _Rows()
-        self._rows(ids[keep])  # rows 0, 1, ... in the order kept
-        self._centre, self._side, self._seen = (a[rows[keep]] for a in (self._centre, self._side, self._seen))
+            self._tracks.forget_before(self._frame - 1000)
 
 
 class ZoneCounter:
@@ -562,8 +572,6 @@ class ZoneCounter:
     is, by the even-odd rule). ``counts``: {phrase: {"inside": tracks inside in the last frame, "entered": moves from
     outside to inside, "exited": the other way, "unique": identities seen inside at least once}}. A track first seen
     inside is inside and unique, not an entry (it may have been born there)."""
-
-    kind = "zone"
 
     def __init__(self, points, name: str = "zone"):
         pts = np.asarray(points, np.float64)
@@ -573,10 +581,8 @@ class ZoneCounter:
         if abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) < 1e-9:
             raise ValueError(f"ZoneCounter {name!r}: the points {pts.tolist()} enclose no area")
         self.points, self.name = pts, name
-        self._rows = _Rows()
-        self._state = np.zeros(0, np.int8)  # per track: 0 never seen, 1 outside, 2 inside
-        self._ever = np.zeros(0, bool)  # seen inside at least once
-        self._seen = np.zeros(0, np.int64)
+        # per track: 0 never seen, 1 outside, 2 inside; seen inside at least once; the frame it was last seen
+        self._tracks = _TrackTable(state=(np.int8, ()), ever=(bool, ()))
         self._frame = 0
         self._lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
@@ -600,14 +606,10 @@ class ZoneCounter:
     def _update(self, tracked: Instances) -> None:
         self._frame += 1
         inside = self.contains((tracked.boxes[:, :2] + tracked.boxes[:, 2:]).astype(np.float64) / 2.0)
-        rows = self._rows(tracked.track_ids)
-        if len(self._rows) > len(self._state):
-            extra = max(len(self._rows), 2 * len(self._state)) - len(self._state)
-            self._state = np.concatenate([self._state, np.zeros(extra, np.int8)])
-            self._ever = np.concatenate([self._ever, np.zeros(extra, bool)])
-            self._seen = np.concatenate([self._seen, np.zeros(extra, np.int64)])
-        before = self._state[rows]
-        first_inside = inside & ~self._ever[rows]
+        rows = self._tracks.rows(tracked.track_ids)
+        t = self._tracks.arrays
+        before = t["state"][rows]
+        first_inside = inside & ~t["ever"][rows]
         for c in self.counts.values():
             c["inside"] = 0
         for key, hits in (("entered", inside & (before == 1)), ("exited", ~inside & (before == 2)),
@@ -616,12 +618,8 @@ class ZoneCounter:
                 entry = self.counts.setdefault(tracked.phrases[i], {"inside": 0, "entered": 0, "exited": 0,
                                                                     "unique": 0})
                 entry[key] += 1
-        self._state[rows] = np.where(inside, 2, 1)
-        self._ever[rows] |= inside
-        self._seen[rows] = self._frame
+        t["state"][rows] = np.where(inside, 2, 1)
+        t["ever"][rows] |= inside
+        t["seen"][rows] = self._frame
         if self._frame % 256 == 0:  # flat memory on endless streams: forget tracks unseen for 1000 frames
-            ids, old = self._rows.arrays()
-            keep = self._seen[old] >= self._frame - 1000
-            self._rows = _Rows()
-            self._rows(ids[keep])
-            self._state, self._ever, self._seen = (a[old[keep]] for a in (self._state, self._ever, self._seen))
+            self._tracks.forget_before(self._frame - 1000)
