@@ -38,7 +38,7 @@ def test_default_size_sam3_teacher_distills_into_edge_s(tmp_path):
     out = tmp_path / "run"
     cfg = DistillConfig(teacher=str(teacher_dir), images=str(images), concepts=["ripe apple", "leaf"],
                         student="edge-s", out=str(out), steps=2, stage1_steps=2, batch=1, pairs=2, holdout=0.5,
-                        init_queries="used")
+                        init_queries="used", text_steps=2, text_corpus=100)
     report = distill(cfg, progress=False)
 
     cache = TeacherCache(out / "cache")
@@ -56,8 +56,10 @@ def test_default_size_sam3_teacher_distills_into_edge_s(tmp_path):
     for stage in ("stage1_final", "stage2_final"):
         assert np.isfinite(report[stage]["total"]), stage
     assert report["eval"]["vs_teacher"]["pairs"] == 2
+    # edge-s's default text mode is "both": its own text encoder, distilled on a (here tiny) phrase corpus
+    assert report["text"]["corpus"] == 100 and report["text"]["train"] + report["text"]["heldout"] == 100
     student = load_student(out / "student")
-    assert student.image_size == 512
+    assert student.image_size == 512 and student.text_mode == "both" and student.has_text_encoder
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"cache_bytes_per_image": report["cache_bytes_per_image"], "peak_rss_gb": round(peak_gb, 2)}))
     assert peak_gb < 16  # a 2 x 840 M fp32 model (build + load) plus activations fits a 16 GB laptop

@@ -101,7 +101,7 @@ def _edge_s() -> StudentSpec:
     return StudentSpec(
         name="edge-s", backbone="mobilenetv4_conv_small", input_size=512,
         heads=_sam3_heads(geometry_layers=1, encoder_layers=1, decoder_layers=3, num_queries=50),
-        text_encoder=TextEncoderConfig(width=256, layers=3, heads=4), text_mode="cache",
+        text_encoder=TextEncoderConfig(width=256, layers=3, heads=4), text_mode="both",
         export=ExportDefaults(precision="int8", top_k=20), teacher="facebook/sam3",
         description="all-conv MobileNetV4 (int8-friendly) + 1+3-layer SAM3 heads, 50 queries, 512 px")
 
@@ -111,7 +111,7 @@ def _edge_m() -> StudentSpec:
     return StudentSpec(
         name="edge-m", backbone="efficientvit_b1", input_size=640,
         heads=_sam3_heads(geometry_layers=1, encoder_layers=2, decoder_layers=4, num_queries=100),
-        text_encoder=TextEncoderConfig(width=384, layers=4, heads=6), text_mode="cache",
+        text_encoder=TextEncoderConfig(width=384, layers=4, heads=6), text_mode="both",
         export=ExportDefaults(precision="fp16", top_k=20), teacher="facebook/sam3",
         description="EfficientViT-B1 + 2+4-layer SAM3 heads, 100 queries, 640 px")
 
@@ -121,7 +121,7 @@ def _edge_l() -> StudentSpec:
     return StudentSpec(
         name="edge-l", backbone="repvit_m1_1", input_size=768,
         heads=_sam3_heads(geometry_layers=1, encoder_layers=3, decoder_layers=4, num_queries=150),
-        text_encoder=TextEncoderConfig(width=512, layers=6, heads=8), text_mode="cache",
+        text_encoder=TextEncoderConfig(width=512, layers=6, heads=8), text_mode="both",
         export=ExportDefaults(precision="fp16", top_k=30), teacher="facebook/sam3",
         description="RepViT-M1.1 + 3+4-layer SAM3 heads, 150 queries, 768 px")
 
