@@ -97,6 +97,38 @@ def _load_segmenter(args):
     return seg
 
 
+def _exemplar_args(args) -> list:
+    """--box values -> exemplars, refused before the bundle loads: they are boxes on one image."""
+    if not args.box:
+        return []
+    from sam3edge.runtime.exemplars import MAX_EXEMPLARS, VISUAL, parse_box
+    from sam3edge.runtime.sources import image_suffixes
+
+    boxes = [parse_box(b) for b in args.box]
+    if len(boxes) > MAX_EXEMPLARS:
+        raise ValueError(f"{len(boxes)} --box exemplars; at most {MAX_EXEMPLARS}")
+    path = Path(args.input)
+    if not (path.is_file() and path.suffix.lower() in image_suffixes()):
+        raise ValueError(f"--box draws exemplars on one image, and {args.input} is not an image file (a folder, "
+                         "video, camera or stream has many frames): segment one image with --box")
+    if not args.concept:
+        args.concept = [VISUAL]  # boxes alone: SAM3's visual-only prompt
+    return boxes
+
+
+class _WithExemplars:
+    """A Segmenter whose ``infer`` adds the same exemplar boxes to every call (``segment --box``, one image)."""
+
+    def __init__(self, segmenter, exemplars: list):
+        self._segmenter, self._exemplars = segmenter, exemplars
+
+    def infer(self, prepared):
+        return self._segmenter.infer(prepared, self._exemplars)
+
+    def __getattr__(self, name):
+        return getattr(self._segmenter, name)
+
+
 def _parse_line(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     import math
 
@@ -147,7 +179,10 @@ def _cmd_segment(args) -> int:
     zones = [_parse_zone(x) for x in args.zone or []]
     if zones and not args.track:
         raise ValueError("--zone counts tracked objects: add --track")
+    exemplars = _exemplar_args(args)
     seg = _load_segmenter(args)
+    if exemplars:
+        seg = _WithExemplars(seg, exemplars)
     summary = segment_source(seg, args.input, args.out, score_threshold=args.threshold, top_k=args.top_k,
                              masks=not args.no_masks, overlays=not args.no_overlays, stride=args.stride,
                              max_frames=args.max_frames, progress=not args.quiet, overwrite=args.overwrite,
@@ -466,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("bundle", help="a NAME.sam3edge bundle directory (sam3edge export)")
     sg.add_argument("input", help="image, folder, video file, camera index (0) or stream URL")
     sg.add_argument("--concept", action="append", help="a concept phrase (repeat for more; default: the bundle's)")
+    sg.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1[:neg]",
+                    help="an exemplar box on the input image, in its pixels: more like this (or, with :neg, not "
+                         "like this); repeat for more (at most 16). With no --concept the prompt is the boxes alone "
+                         "(SAM3's 'visual'). One image input only; onnx and openvino bundles")
     sg.add_argument("--out", required=True, type=Path, help="output directory")
     _runtime_args(sg)
     sg.add_argument("--threshold", type=float, default=0.5, help="score threshold (default 0.5)")

@@ -28,7 +28,7 @@ from sam3edge.atomic import atomic_directory, written_by_us
 from sam3edge.export.targets import EXPORT_TARGETS
 from sam3edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, check_manifest
 from sam3edge.runtime.concepts import sha256_file
-from sam3edge.runtime.names import TEXT_GRAPH
+from sam3edge.runtime.names import EXEMPLAR_GRAPH, TEXT_GRAPH
 
 
 def resolve_student_dir(source: str | Path) -> Path:
@@ -151,7 +151,7 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
     verify = images[-n_verify:] if len(images) > n_verify else images
     calibrate = images[:-n_verify] if len(images) > n_verify else images
     text, mask = cache.features.astype(np.float32), cache.mask.astype(bool)
-    spec = export_spec(student, text_length=text.shape[1])
+    spec = export_spec(student, text_length=text.shape[1], exemplars=EXPORT_TARGETS[target].exemplars)
 
     t0 = time.time()
     bar = tqdm(total=3, desc=f"export {target} {precision}", disable=not progress, unit="step")
@@ -167,6 +167,12 @@ def export_bundle(source: str | Path, out: str | Path, target: str | None = None
             report = compare(reference, candidate, verify, text, mask)
             if TEXT_GRAPH in paths:
                 report[TEXT_GRAPH] = compare_text(reference, candidate, list(cache.phrases))
+            if getattr(candidate, "exemplars", False):  # every concept with exemplar boxes (one with padding only)
+                from sam3edge.export.onnx import exemplar_example
+
+                boxes, labels = exemplar_example(len(text))
+                report[EXEMPLAR_GRAPH] = compare(reference, candidate, verify, text, mask, boxes=boxes,
+                                                 labels=labels)
             report["ran"], report["runner"] = True, runner_name
             if precision == "int8" and target == "onnx":
                 report["integer_kernels"] = integer_kernel_check(paths, verify[:2], text, mask)

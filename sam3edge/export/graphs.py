@@ -17,6 +17,12 @@ static graph:
   [1, E, S/16, S/16] (exemplar prompts' ROI features; E = ``HeadsConfig.in_width``), ``feat2`` the fusion grid
   [1, C, g, g] and ``text`` [P, L, E]; the
   decoder graph runs only the per-concept part (:class:`~sam3edge.models.heads.fast.FastHeads`).
+* :class:`ExemplarGraph` - ``feat2`` (the features exemplar boxes are pooled from: the coarsest level, or the fast
+  heads' grid), ``boxes`` [P, K, 4] float (normalised xyxy of the input frame) and ``box_labels`` [P, K] int64
+  (1 positive, 0 negative, -10 padding) -> ``tokens`` [P, K + 1, C] and ``tokens_mask`` [P, K + 1] bool: SAM3's
+  geometry tokens in the text tokens' space. The runtime appends them to a concept's text tokens along the decoder's
+  ``text`` axis (dynamic in bundles that carry this graph); a row of padding only is all False, so it changes
+  nothing. P and K are dynamic.
 * :class:`TextEncoderGraph` - ``input_ids`` int64 [P, 32] and ``attention_mask`` int64 [P, 32] ->
   ``text`` [P, L, C] and ``text_mask`` [P, L] bool (students with their own text encoder).
 """
@@ -26,9 +32,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sam3edge.runtime.exemplars import PADDING_LABEL  # SAM3's label of a padded exemplar slot
+
 IMAGE_OUTPUTS = ("feat0", "feat1", "feat2")
 DECODER_INPUTS = (*IMAGE_OUTPUTS, "text", "text_mask")
 DECODER_OUTPUTS = ("scores", "boxes", "presence", "masks", "indices")
+EXEMPLAR_INPUTS = ("feat2", "boxes", "box_labels")
+EXEMPLAR_OUTPUTS = ("tokens", "tokens_mask")
 
 
 def is_fast(student) -> bool:
@@ -73,6 +83,28 @@ class DecoderGraph(nn.Module):
         pos = [b.expand(p, -1, -1, -1) for b in (self.pos0, self.pos1, self.pos2)]
         top = self.heads.forward_topk(levels, pos, text, text_mask, k=self.k)
         return top.scores, top.boxes, top.presence[:, 0], top.mask_logits, top.indices
+
+
+class ExemplarGraph(nn.Module):
+    """Exemplar boxes on one frame -> prompt tokens in the text tokens' space (see the module docstring)."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.heads = student.heads
+        size = student.image_size
+        with torch.no_grad():
+            pos = student.image_encoder(torch.zeros(1, 3, size, size)).pos[-1]
+        if is_fast(student):
+            pos = student.heads.grid_position(pos)
+        self.register_buffer("pos", pos.detach().clone(), persistent=False)
+
+    def forward(self, feat2, boxes, box_labels):
+        x0, y0, x1, y1 = boxes.unbind(-1)
+        cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+        tokens, mask = self.heads.exemplar_tokens(feat2, self.pos, cxcywh, box_labels)
+        # SAM3 gives a row of padding a valid CLS token; here such a row (a concept without boxes among others
+        # with some) must be a no-op, so all its tokens are masked.
+        return tokens, mask & (box_labels != PADDING_LABEL).any(dim=1, keepdim=True)
 
 
 class TextEncoderGraph(nn.Module):

@@ -24,25 +24,30 @@ import torch
 from sam3edge.export.graphs import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
+    EXEMPLAR_INPUTS,
+    EXEMPLAR_OUTPUTS,
     IMAGE_OUTPUTS,
+    PADDING_LABEL,
     DecoderGraph,
+    ExemplarGraph,
     ImageEncoderGraph,
     TextEncoderGraph,
 )
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, MAX_EXEMPLARS, TEXT_GRAPH
 
 OPSET = 18
 
 
 def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarray, mask: np.ndarray,
-                fused: bool = False) -> dict[str, Path]:
+                fused: bool = False, exemplars: bool = False) -> dict[str, Path]:
     """Write ``image_encoder.onnx``, ``decoder.onnx`` (and ``text_encoder.onnx`` for a student with its own
     text encoder) in fp32 into ``out_dir``; returns name -> path.
 
     Every target starts from these graphs. images / text / mask: the domain's images (the first is the
     example input) and the concepts' features. ``fused``: the decoder's attentions and mask path become
     ``sam3edge``-domain nodes with ONNX function bodies (:mod:`sam3edge.ops.onnx`) instead of their plain
-    decomposition.
+    decomposition. ``exemplars``: also ``exemplar_encoder.onnx``, and the decoder's token axis dynamic (text tokens,
+    then any exemplar tokens).
     """
     if not images:
         raise ValueError("export needs at least one image (verification, and calibration for int8)")
@@ -59,7 +64,12 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
         torch.onnx.export(image_graph, (img,), dynamo=True, opset_version=OPSET, input_names=["image"],
                           output_names=list(IMAGE_OUTPUTS), verbose=False).save(str(paths[IMAGE_GRAPH]))
         dyn = {"feat0": None, "feat1": None, "feat2": None, "text": {0: prompts}, "text_mask": {0: prompts}}
+        if exemplars:
+            tokens = torch.export.Dim("tokens", min=1, max=text.shape[1] + MAX_EXEMPLARS + 1)
+            dyn["text"], dyn["text_mask"] = {0: prompts, 1: tokens}, {0: prompts, 1: tokens}
         _export_decoder(decoder, (*levels, text.float(), mask.bool()), dyn, paths[DECODER_GRAPH], fused)
+    if exemplars:
+        paths[EXEMPLAR_GRAPH] = export_exemplar_encoder(student, levels[2], out_dir / "exemplar_encoder.onnx")
     if student.has_text_encoder:
         paths[TEXT_GRAPH] = export_text_encoder(student, out_dir / "text_encoder.onnx")
     return paths
@@ -76,6 +86,36 @@ def export_text_encoder(student, path: Path) -> Path:
                           dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
                           output_names=["text", "text_mask"],
                           dynamic_shapes={"input_ids": {0: prompts}, "attention_mask": {0: prompts}},
+                          verbose=False).save(str(path))
+    return path
+
+
+def exemplar_example(prompts: int = 2, boxes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Example exemplar inputs: ``boxes`` float32 [prompts, boxes, 4] (normalised xyxy, spread over the frame) and
+    ``box_labels`` int64 [prompts, boxes]: positives, a negative, and in the last prompt padding only (a concept
+    without boxes, whose tokens must all be masked)."""
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0.05, 0.55, (prompts, boxes, 2))
+    xyxy = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, (prompts, boxes, 2))], -1).clip(0, 1).astype(np.float32)
+    labels = np.ones((prompts, boxes), np.int64)
+    labels[:, -1] = 0
+    labels[-1] = PADDING_LABEL
+    return xyxy, labels
+
+
+def export_exemplar_encoder(student, feat2: torch.Tensor, path: Path) -> Path:
+    """Write the exemplar encoder graph (feat2, boxes, box_labels -> tokens, tokens_mask; any number of prompts and
+    of boxes per prompt) in fp32 ONNX at ``path``."""
+    boxes, labels = exemplar_example()
+    prompts = torch.export.Dim("prompts", min=1, max=1024)
+    count = torch.export.Dim("exemplars", min=1, max=MAX_EXEMPLARS)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ExemplarGraph(student).eval(), (feat2, torch.from_numpy(boxes), torch.from_numpy(labels)),
+                          dynamo=True, opset_version=OPSET, input_names=list(EXEMPLAR_INPUTS),
+                          output_names=list(EXEMPLAR_OUTPUTS),
+                          dynamic_shapes={"feat2": None, "boxes": {0: prompts, 1: count},
+                                          "box_labels": {0: prompts, 1: count}},
                           verbose=False).save(str(path))
     return path
 
@@ -246,7 +286,7 @@ def to_int8(src: Path, dst: Path, feeds: list[dict], symmetric: bool = False, is
 
 
 def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,
-                mask: np.ndarray, fused: bool = False) -> dict[str, Path]:
+                mask: np.ndarray, fused: bool = False, exemplars: bool = True) -> dict[str, Path]:
     """All graphs of ``student`` at ``precision`` in ``out_dir`` (fp32 intermediates removed).
 
     ``fused``: the decoder carries the ``sam3edge`` fused-op nodes (onnxruntime runs their function
@@ -255,9 +295,9 @@ def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.nd
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"ONNX supports precisions fp32, fp16, int8; got {precision!r}")
     if precision == "fp32":
-        return export_fp32(student, out_dir, calib_images, text, mask, fused=fused)
+        return export_fp32(student, out_dir, calib_images, text, mask, fused=fused, exemplars=exemplars)
     work = out_dir / f".{precision}-work"
-    fp32 = export_fp32(student, work, calib_images, text, mask, fused=fused)
+    fp32 = export_fp32(student, work, calib_images, text, mask, fused=fused, exemplars=exemplars)
     out = {}
     if precision == "fp16":
         for name, path in fp32.items():
@@ -265,7 +305,10 @@ def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.nd
     else:
         feeds = calibration_feeds(fp32, calib_images, text, mask, phrases=concept_phrases(student))
         for name, path in fp32.items():
-            out[name] = to_int8(path, out_dir / path.name, feeds[name])
+            if name == EXEMPLAR_GRAPH:  # a few boxes per call: float costs nothing, and keeps its ROI geometry exact
+                out[name] = Path(shutil.copyfile(path, out_dir / path.name))
+            else:
+                out[name] = to_int8(path, out_dir / path.name, feeds[name])
     shutil.rmtree(work)
     return out
 

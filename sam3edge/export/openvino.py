@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, float_islands
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 SENSITIVE = (".*box_head.*", ".*presence_head.*", ".*dot_product_scoring.*", ".*ref_point_head.*")
 
@@ -36,7 +36,7 @@ def export_openvino(student, out_dir: Path, precision: str, calib_images: list[n
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"OpenVINO supports precisions fp32, fp16, int8; got {precision!r}")
     work = out_dir / ".onnx-work"
-    onnx_paths = export_fp32(student, work, calib_images, text, mask, fused=fused)
+    onnx_paths = export_fp32(student, work, calib_images, text, mask, fused=fused, exemplars=True)
     if fused:  # OpenVINO reads no model-local functions: the sam3edge nodes become their bodies
         from sam3edge.ops.onnx import inline, rewrite_file
 
@@ -47,7 +47,7 @@ def export_openvino(student, out_dir: Path, precision: str, calib_images: list[n
     out = {}
     for name, src in onnx_paths.items():
         model = ov.convert_model(str(src))
-        if precision == "int8":
+        if precision == "int8" and name != EXEMPLAR_GRAPH:  # a few boxes per call: the exemplar encoder stays float
             model = _quantize(model, feeds[name], float_islands(src))
         path = out_dir / f"{name}.xml"
         ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
@@ -113,15 +113,24 @@ def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None
         config["INFERENCE_PRECISION_HINT"] = precision_hint
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    from sam3edge.export.verify import with_exemplars
+
     image = core.compile_model(str(paths[IMAGE_GRAPH]), device, config)
     decoder = core.compile_model(str(paths[DECODER_GRAPH]), device, config)
+    exemplar = core.compile_model(str(paths[EXEMPLAR_GRAPH]), device, config) if EXEMPLAR_GRAPH in paths else None
 
-    def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray):
+    def exemplars(feat2, boxes, labels):
+        r = exemplar({"feat2": feat2, "boxes": boxes, "box_labels": labels})
+        return r[exemplar.output(0)], r[exemplar.output(1)]
+
+    def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray, boxes=None, labels=None):
         r = image({"image": np.ascontiguousarray(img)[None]})
         f = [r[image.output(i)] for i in range(3)]
-        d = decoder({"feat0": f[0], "feat1": f[1], "feat2": f[2], "text": text.astype(np.float32),
-                     "text_mask": mask.astype(bool)})
+        text, mask = with_exemplars(text, mask, exemplars, f[2], boxes, labels)
+        d = decoder({"feat0": f[0], "feat1": f[1], "feat2": f[2], "text": text, "text_mask": mask})
         return tuple(d[decoder.output(i)] for i in range(5))
+
+    run.exemplars = exemplar is not None
 
     if TEXT_GRAPH in paths:
         text = core.compile_model(str(paths[TEXT_GRAPH]), device, config)

@@ -1,7 +1,8 @@
 """The export spec of a student: the single source every target's settings come from.
 
 ``export_spec(student)`` describes the graphs of its bundle (see :mod:`sam3edge.export.graphs`):
-names, dtypes and shapes of every input and output (``"prompts"`` marks the dynamic prompt axis),
+names, dtypes and shapes of every input and output (``DYNAMIC_AXES`` mark the dynamic axes: prompts, prompt
+tokens, exemplar boxes),
 and the verification thresholds per precision. Targets read names and shapes from here (ONNX
 dynamic axes, TensorRT optimisation profiles, OpenVINO reshapes); the bundle's manifest stores it.
 """
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sam3edge.runtime.names import CONTEXT_LENGTH, DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
+from sam3edge.runtime.names import CONTEXT_LENGTH, DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
     dtype: str  # numpy dtype name
-    shape: tuple  # ints, or "prompts" for the dynamic prompt axis
+    shape: tuple  # ints, or one of sam3edge.runtime.names.DYNAMIC_AXES for a dynamic axis
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,10 @@ class ExportSpec:
                    thresholds=d.get("thresholds", {}), heads=d.get("heads", "sam3"))
 
 
-def export_spec(student, text_length: int | None = None) -> ExportSpec:
-    """The :class:`ExportSpec` of a :class:`~sam3edge.models.student.Sam3Student`."""
+def export_spec(student, text_length: int | None = None, exemplars: bool = False) -> ExportSpec:
+    """The :class:`ExportSpec` of a :class:`~sam3edge.models.student.Sam3Student`. ``exemplars``: the bundle carries
+    the exemplar encoder graph, and its decoder's ``text`` takes any number of tokens (text_length text tokens,
+    then exemplar tokens)."""
     s, c = student.image_size, student.spec.heads.in_width
     k = student.spec.export.top_k
     if text_length is None:
@@ -98,16 +101,24 @@ def export_spec(student, text_length: int | None = None) -> ExportSpec:
                  TensorSpec("feat2", "float32", (1, heads.hidden_size, g, g)))
     else:
         feats = tuple(TensorSpec(f"feat{i}", "float32", (1, c, s // d, s // d)) for i, d in enumerate((4, 8, 16)))
+    tokens = "tokens" if exemplars else text_length
     graphs = [
         GraphSpec(IMAGE_GRAPH, (TensorSpec("image", "uint8", (1, s, s, 3)),), feats),
         GraphSpec(DECODER_GRAPH,
-                  (*feats, TensorSpec("text", "float32", ("prompts", text_length, c)),
-                   TensorSpec("text_mask", "bool", ("prompts", text_length))),
+                  (*feats, TensorSpec("text", "float32", ("prompts", tokens, c)),
+                   TensorSpec("text_mask", "bool", ("prompts", tokens))),
                   (TensorSpec("scores", "float32", ("prompts", k)), TensorSpec("boxes", "float32", ("prompts", k, 4)),
                    TensorSpec("presence", "float32", ("prompts",)),
                    TensorSpec("masks", "float32", ("prompts", k, s // 4, s // 4)),
                    TensorSpec("indices", "int64", ("prompts", k)))),
     ]
+    if exemplars:
+        graphs.append(GraphSpec(
+            EXEMPLAR_GRAPH,
+            (feats[2], TensorSpec("boxes", "float32", ("prompts", "exemplars", 4)),
+             TensorSpec("box_labels", "int64", ("prompts", "exemplars"))),
+            (TensorSpec("tokens", "float32", ("prompts", "exemplar_tokens", c)),
+             TensorSpec("tokens_mask", "bool", ("prompts", "exemplar_tokens")))))
     if student.has_text_encoder:
         n = CONTEXT_LENGTH
         graphs.append(GraphSpec(

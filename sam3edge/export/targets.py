@@ -29,6 +29,7 @@ class Target:
     fused_ops: bool = False  # export_<name>() takes fused=True (the sam3edge fused-op nodes, sam3edge.ops)
     fused_by_default: bool = False  # what `--ops auto` means for this target
     int8_scheme: str = "u8u8"  # what its int8 graphs hold (sam3edge.runtime.int8_scheme.SCHEMES)
+    exemplars: bool = False  # its bundles carry the exemplar encoder (exemplar-box prompts; export.graphs)
     packages: tuple[str, ...] = ("torch", "onnx")  # what exporting needs installed (int8 adds int8_packages)
     int8_packages: tuple[str, ...] = ()
     extra: str = "export"  # the pip extra that installs them
@@ -62,9 +63,10 @@ EXPORT_TARGETS = {t.name: t for t in (
     # onnxruntime runs the fused nodes' function bodies and OpenVINO their inlined form, both torch-free and
     # faster than the plain graph (benchmarks/results/fused_ops_cpu_*.md); TensorRT's plugins need torch and the
     # CUDA extension on the device, so there they are opt-in; Core ML converts from PyTorch (plain only).
-    Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)", fused_ops=True, fused_by_default=True),
+    Target("onnx", ("fp32", "fp16", "int8"), "onnx", "ONNX (opset 18)", fused_ops=True, fused_by_default=True,
+           exemplars=True),
     Target("openvino", ("fp32", "fp16", "int8"), "openvino", "OpenVINO IR (.xml + .bin)", fused_ops=True,
-           fused_by_default=True, int8_scheme="u8s8-w7", packages=("torch", "onnx", "openvino"),
+           fused_by_default=True, exemplars=True, int8_scheme="u8s8-w7", packages=("torch", "onnx", "openvino"),
            int8_packages=("nncf",)),
     Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)",
            int8_scheme="w8-float-activations", packages=("torch", "coremltools"), extra="coreml"),

@@ -25,7 +25,16 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from sam3edge.runtime.concepts import ConceptCache, sha256_file
-from sam3edge.runtime.names import GRAPH_NAMES, MAX_PHRASE_CHARS, PRECISIONS, REQUIRED_GRAPHS, TARGETS, TEXT_GRAPH
+from sam3edge.runtime.names import (
+    DYNAMIC_AXES,
+    EXEMPLAR_GRAPH,
+    GRAPH_NAMES,
+    MAX_PHRASE_CHARS,
+    PRECISIONS,
+    REQUIRED_GRAPHS,
+    TARGETS,
+    TEXT_GRAPH,
+)
 
 FORMAT = "sam3edge-bundle"  # the bundle format's one definition (sam3edge.export.bundle writes it)
 FORMAT_VERSION = 1
@@ -95,14 +104,16 @@ def check_manifest(m: dict) -> None:
         if not ok:
             raise BundleError(f"{MANIFEST}: graphs[{name!r}] must have a file and lists of inputs and outputs "
                               f"(name, dtype among {', '.join(TENSOR_DTYPES)}, shape of ints >= 1 or "
-                              "'prompts' each)")
+                              f"{' / '.join(map(repr, DYNAMIC_AXES))} each)")
 
 
 def _tensor_ok(t) -> bool:
-    """A graph input / output record: {"name": str, "dtype": one of TENSOR_DTYPES, "shape": [int >= 1 | "prompts"]}."""
+    """A graph input / output record: {"name": str, "dtype": one of TENSOR_DTYPES, "shape": [int >= 1 | a dynamic
+    axis of DYNAMIC_AXES]}."""
     return (isinstance(t, dict) and isinstance(t.get("name"), str) and bool(t["name"])
             and t.get("dtype") in TENSOR_DTYPES and isinstance(t.get("shape"), list)
-            and all((isinstance(d, int) and not isinstance(d, bool) and d >= 1) or d == "prompts" for d in t["shape"]))
+            and all((isinstance(d, int) and not isinstance(d, bool) and d >= 1) or d in DYNAMIC_AXES
+                    for d in t["shape"]))
 
 
 class BundleError(ValueError):
@@ -242,6 +253,15 @@ class Bundle:
     @property
     def has_text_encoder(self) -> bool:
         return TEXT_GRAPH in self.manifest["graphs"]
+
+    @property
+    def has_exemplar_encoder(self) -> bool:
+        """Whether the bundle takes exemplar boxes: an exemplar encoder graph, and a decoder whose ``text`` takes
+        any number of prompt tokens (text + exemplar tokens)."""
+        if EXEMPLAR_GRAPH not in self.manifest["graphs"]:
+            return False
+        text = next((t for t in self.graph("decoder")["inputs"] if t["name"] == "text"), None)
+        return text is not None and text["shape"][1] == "tokens"
 
     @property
     def text_length(self) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 from sam3edge.runtime.backends import BACKEND_NAMES, Backend, create_backend
 from sam3edge.runtime.bundle import Bundle, BundleError
 from sam3edge.runtime.concepts import check_phrases
+from sam3edge.runtime.exemplars import PADDING_LABEL, VISUAL, exemplar_inputs
 from sam3edge.runtime.image import RESIZE_MODES, Resize, as_rgb_uint8
 from sam3edge.runtime.instances import Instances
 from sam3edge.runtime.int8_scheme import warn_if_kernels_differ
@@ -105,8 +106,9 @@ class Segmenter:
         tokenizer = bundle.tokenizer() if bundle.has_text_encoder else None
         seg = cls(bundle, create_backend(bundle, backend, device=device, threads=threads), resize, tokenizer)
         seg.int8_warning = warn_if_kernels_differ(bundle.manifest, seg.backend_name)
-        if bundle.concepts:
-            seg.set_concepts(bundle.concepts)
+        concepts = [c for c in bundle.concepts if c != VISUAL]  # a prompt word for boxes alone, not a concept
+        if concepts:
+            seg.set_concepts(concepts)
         seg.timings = dict.fromkeys(STAGES, 0.0)
         return seg
 
@@ -152,6 +154,11 @@ class Segmenter:
         cache = self.bundle.concept_cache()
         cached = [use_cache and p in cache for p in phrases]
         new = [p for p, c in zip(phrases, cached) if not c]
+        if VISUAL in new and not self.bundle.has_text_encoder:
+            raise ValueError(f"{VISUAL!r} (SAM3's phrase for a prompt of exemplar boxes alone) is not in the concept "
+                             f"cache of bundle {self.bundle.path}, which has no text encoder: export the run with it "
+                             f"among the concepts (sam3edge export RUN --concepts '...,{VISUAL}'), or distil with "
+                             "--text both; or give the boxes with a phrase")
         if new and not self.bundle.has_text_encoder:
             known = ", ".join(repr(c) for c in self.bundle.concepts[:50])
             raise ValueError(f"{', '.join(repr(p) for p in new)}: not among the concepts of bundle {self.bundle.path}, "
@@ -199,8 +206,15 @@ class Segmenter:
         self.timings["preprocess"] = (time.perf_counter() - t0) * 1e3
         return prepared
 
-    def infer(self, prepared: Prepared) -> RawOutputs:
-        """The image encoder on the frame, then the decoder over every concept: the graphs' raw outputs."""
+    def infer(self, prepared: Prepared, exemplars=None) -> RawOutputs:
+        """The image encoder on the frame, then the decoder over every concept: the graphs' raw outputs.
+
+        ``exemplars``: boxes in the original image's pixels, for every concept (a list) or per concept (a dict
+        phrase -> list); each ``[x0, y0, x1, y1]`` (positive), ``(box, False)`` (negative) or an
+        :class:`~sam3edge.runtime.exemplars.Exemplar` (see :func:`~sam3edge.runtime.exemplars.exemplar_inputs`).
+        Their tokens join the concept's text tokens (boxes alone: set the concept ``"visual"``, SAM3's word).
+        Their encoding counts in the ``decoder`` timing.
+        """
         if not isinstance(prepared, Prepared):
             raise ValueError(f"infer takes what prepare returns (a Prepared), got {type(prepared).__name__}")
         s = self.input_size
@@ -211,9 +225,13 @@ class Segmenter:
             raise ValueError("no concepts to segment: call set_concepts([...]) first")
         with self._calls:
             phrases, text, mask = self._prompts  # one read: the concepts this call answers
+            boxes = self._exemplar_boxes(exemplars, phrases, prepared) if exemplars is not None else None
             t0 = time.perf_counter()
             features = self._backend.features(frame)
             t1 = time.perf_counter()
+            if boxes is not None:
+                tokens, tokens_mask = self._backend.exemplars(features, *boxes)
+                text, mask = np.concatenate([text, tokens], 1), np.concatenate([mask, tokens_mask], 1)
             out = self._backend.decode(features, text, mask)
             t2 = time.perf_counter()
         self.timings.update(image_encoder=(t1 - t0) * 1e3, decoder=(t2 - t1) * 1e3, text=self._text_ms)
@@ -223,6 +241,24 @@ class Segmenter:
             raise RuntimeError(f"the decoder returned scores {raw.scores.shape} and masks {raw.masks.shape} for "
                                f"{len(phrases)} concepts; the bundle's graphs do not follow the export spec")
         return raw
+
+    def _exemplar_boxes(self, exemplars, phrases, prepared: Prepared) -> tuple[np.ndarray, np.ndarray] | None:
+        """Checked exemplars -> the exemplar encoder's boxes float32 [P, K, 4] (normalised xyxy of the input frame)
+        and box_labels int64 [P, K] (1 / 0, padding for concepts with fewer); None when no concept has any."""
+        per_concept, k = exemplar_inputs(exemplars, phrases, *prepared.image_size)
+        if k == 0:
+            return None
+        if not self.bundle.has_exemplar_encoder:
+            raise ValueError(f"bundle {self.bundle.path} ({self.bundle.target}) takes no exemplar boxes: it has no "
+                             "exemplar encoder graph (Core ML and TensorRT bundles, and bundles exported by earlier "
+                             "versions, do not); export the run to the onnx or openvino target with this version")
+        boxes = np.zeros((len(phrases), k, 4), np.float32)
+        labels = np.full((len(phrases), k), PADDING_LABEL, np.int64)
+        for i, items in enumerate(per_concept):
+            if items:
+                boxes[i, :len(items)] = prepared.resize.boxes_to_input([e.box for e in items])
+                labels[i, :len(items)] = [int(e.positive) for e in items]
+        return boxes, labels
 
     def postprocess(self, raw: RawOutputs, prepared: Prepared, score_threshold: float = 0.5,
                     top_k: int | None = None, masks: bool = True) -> Instances:
@@ -246,11 +282,12 @@ class Segmenter:
         self.timings["postprocess"] = (time.perf_counter() - t0) * 1e3
         return inst
 
-    def segment(self, image, score_threshold: float = 0.5, top_k: int | None = None, masks: bool = True
-                ) -> Instances:
-        """Every instance of the current concepts in ``image``, at its original resolution (see ``postprocess``)."""
+    def segment(self, image, score_threshold: float = 0.5, top_k: int | None = None, masks: bool = True,
+                exemplars=None) -> Instances:
+        """Every instance of the current concepts in ``image``, at its original resolution (see ``postprocess``);
+        ``exemplars``: boxes on this image that show (or, negative, do not show) what is meant (see ``infer``)."""
         prepared = self.prepare(image)
-        return self.postprocess(self.infer(prepared), prepared, score_threshold, top_k, masks)
+        return self.postprocess(self.infer(prepared, exemplars), prepared, score_threshold, top_k, masks)
 
     def stream(self, source, score_threshold: float = 0.5, top_k: int | None = None, masks: bool = True,
                queue_size: int = 4, pipelined: bool = True, stop=None):

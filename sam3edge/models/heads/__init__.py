@@ -98,14 +98,21 @@ class Sam3Heads(nn.Module):
                 raise ValueError(f"input_boxes_labels {tuple(input_boxes_labels.shape)} must be [N, K] = "
                                  f"{tuple(input_boxes.shape[:2])}")
 
+    def exemplar_tokens(self, coarse: torch.Tensor, coarse_pos: torch.Tensor, boxes: torch.Tensor,
+                        labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exemplar boxes [N, K, 4] (normalised cxcywh; labels [N, K]: 1 positive, 0 negative, -10 padding, None =
+        all positive) on the coarsest level / its position encoding [1 or N, C, H, W] -> prompt tokens
+        [N, K + 1, C] and mask [N, K + 1] (SAM3's geometry encoder), appended to the text tokens."""
+        n = boxes.shape[0]
+        if labels is None:
+            labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=boxes.device)
+        return self.geometry_encoder(boxes, labels, coarse.expand(n, -1, -1, -1), coarse_pos.expand(n, -1, -1, -1))
+
     def _decode(self, fpn_features, fpn_pos, text_features, text_mask, input_boxes, input_boxes_labels) -> _Decoded:
         self._check(fpn_features, fpn_pos, text_features, text_mask, input_boxes, input_boxes_labels)
         prompt, prompt_mask = text_features, text_mask.bool()
         if input_boxes is not None and input_boxes.shape[1] > 0:
-            labels = input_boxes_labels
-            if labels is None:
-                labels = torch.ones(input_boxes.shape[:2], dtype=torch.long, device=input_boxes.device)
-            geo, geo_mask = self.geometry_encoder(input_boxes, labels, fpn_features[-1], fpn_pos[-1])
+            geo, geo_mask = self.exemplar_tokens(fpn_features[-1], fpn_pos[-1], input_boxes, input_boxes_labels)
             prompt = torch.cat([prompt, geo], dim=1)
             prompt_mask = torch.cat([prompt_mask, geo_mask], dim=1)
         bias = padding_bias(prompt_mask, prompt.dtype)

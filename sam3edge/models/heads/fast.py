@@ -196,6 +196,9 @@ class FastHeads(nn.Module):
         # A decoder narrower than its inputs (input_dim): prompt tokens are projected on entry, once per concept.
         self.prompt_proj = nn.Linear(e, d) if e != d else None
         self.geometry_encoder = GeometryEncoder(config)
+        # Exemplar tokens live where text tokens do (in_width wide), so a graph's ``text`` input carries both and a
+        # stored visual concept is a concept-cache entry like any phrase; the decoder projects them with the text.
+        self.exemplar_proj = nn.Linear(d, e) if e != d else None
         self.detr_encoder = FastFusion(config)
         self.detr_decoder = DetrDecoder(config)
         self.dot_product_scoring = DotProductScoring(config)
@@ -222,20 +225,31 @@ class FastHeads(nn.Module):
         return F.avg_pool2d(coarse_pos, 2) if self.config.fusion_stride == 32 else coarse_pos
 
     # ---- per concept -------------------------------------------------------------------------------
+    def exemplar_tokens(self, grid: torch.Tensor, grid_pos: torch.Tensor, boxes: torch.Tensor,
+                        labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exemplar boxes [N, K, 4] (normalised cxcywh; labels [N, K]: 1 positive, 0 negative, -10 padding, None =
+        all positive) on one frame's grid / grid_pos [1 or N, C, g, g] -> prompt tokens [N, K + 1, in_width] and
+        their mask [N, K + 1]: the text tokens' space, appended to them as SAM3 appends its geometry tokens."""
+        n = boxes.shape[0]
+        if labels is None:
+            labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=boxes.device)
+        grid, grid_pos = grid.expand(n, -1, -1, -1), grid_pos.expand(n, -1, -1, -1)
+        tokens, mask = self.geometry_encoder(boxes, labels, grid, grid_pos)
+        if self.exemplar_proj is not None:
+            tokens = self.exemplar_proj(tokens)
+        return tokens, mask
+
     def decode(self, grid: torch.Tensor, grid_pos: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                input_boxes: torch.Tensor | None = None, input_boxes_labels: torch.Tensor | None = None):
         """grid, grid_pos [N or 1, C, g, g] (one frame's grid serves all N prompts); text [N, L, C], text_mask [N, L]
         -> (queries [L, N, Q, C], boxes [L, N, Q, 4] cxcywh, presence logits [L, N, 1], prompt, prompt_mask,
         fused grid [N, C, g, g], or the shared grid [1, C, g, g] with no fusion layers)."""
         prompt, prompt_mask = text, text_mask.bool()
+        if input_boxes is not None and input_boxes.shape[1] > 0:
+            geo, geo_mask = self.exemplar_tokens(grid, grid_pos, input_boxes, input_boxes_labels)
+            prompt, prompt_mask = torch.cat([prompt, geo], dim=1), torch.cat([prompt_mask, geo_mask], dim=1)
         if self.prompt_proj is not None:
             prompt = self.prompt_proj(prompt)
-        if input_boxes is not None and input_boxes.shape[1] > 0:
-            labels = input_boxes_labels
-            if labels is None:
-                labels = torch.ones(input_boxes.shape[:2], dtype=torch.long, device=input_boxes.device)
-            geo, geo_mask = self.geometry_encoder(input_boxes, labels, grid, grid_pos)
-            prompt, prompt_mask = torch.cat([prompt, geo], dim=1), torch.cat([prompt_mask, geo_mask], dim=1)
         bias = padding_bias(prompt_mask, prompt.dtype)
         h, w = grid.shape[-2:]
         tokens = grid.flatten(2).transpose(1, 2)

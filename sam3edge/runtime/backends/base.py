@@ -9,7 +9,9 @@ engine's float16 ...):
   ``(scores float32 [P, K], boxes float32 [P, K, 4], presence float32 [P], masks float32 [P, K, S/4, S/4],
   indices int64 [P, K])``;
 * ``text(input_ids int64 [P, 32], attention_mask int64 [P, 32]) -> (text float32 [P, 32, C], text_mask bool
-  [P, 32])`` where the bundle has a text encoder.
+  [P, 32])`` where the bundle has a text encoder;
+* ``exemplars(features, boxes float32 [P, K, 4], box_labels int64 [P, K]) -> (tokens float32 [P, K + 1, C],
+  tokens_mask bool [P, K + 1])`` where the bundle has an exemplar encoder (its decoder then takes L + K + 1 tokens).
 
 ``features`` / ``decode`` are the same two steps with the features in the backend's own form (numpy here;
 GPU tensors for TensorRT, so they never leave the device); the Segmenter uses those. ``prompts_changed(n)``
@@ -32,8 +34,9 @@ from sam3edge.runtime.bundle import Bundle, BundleError
 IMAGE_OUTPUTS = ("feat0", "feat1", "feat2")  # as sam3edge.export.graphs names them
 DECODER_OUTPUTS = ("scores", "boxes", "presence", "masks", "indices")
 TEXT_OUTPUTS = ("text", "text_mask")
+EXEMPLAR_OUTPUTS = ("tokens", "tokens_mask")
 _DTYPES = {"scores": np.float32, "boxes": np.float32, "presence": np.float32, "masks": np.float32,
-           "indices": np.int64, "text": np.float32, "text_mask": bool}
+           "indices": np.int64, "text": np.float32, "text_mask": bool, "tokens": np.float32, "tokens_mask": bool}
 
 
 class BackendUnavailable(RuntimeError):
@@ -100,6 +103,12 @@ class Backend:
     def text(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise BundleError(f"bundle {self.bundle.path} has no text encoder graph: it segments only its concepts "
                           f"({', '.join(self.bundle.concepts)})")
+
+    def exemplars(self, features, boxes: np.ndarray, box_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt tokens of exemplar boxes on the frame of ``features`` (see the module docstring)."""
+        raise BundleError(f"bundle {self.bundle.path} ({self.bundle.target}) has no exemplar encoder graph, so it "
+                          "takes no exemplar boxes; re-export it to the onnx or openvino target with this version "
+                          "of sam3edge")
 
     def features(self, frame: np.ndarray):
         """The image features in this backend's own form (what ``decode`` takes)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from sam3edge.runtime.backends.base import (
     DECODER_OUTPUTS,
+    EXEMPLAR_OUTPUTS,
     IMAGE_OUTPUTS,
     TEXT_OUTPUTS,
     Backend,
@@ -24,7 +25,7 @@ from sam3edge.runtime.backends.base import (
     as_spec,
     import_package,
 )
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 INSTALL_HINT = ("pip install 'sam3edge[cpu]' (onnxruntime) or 'sam3edge[gpu]' (onnxruntime-gpu: CUDA / TensorRT "
@@ -101,6 +102,14 @@ class OnnxRuntimeBackend(Backend):
         values = (feat0, feat1, feat2, np.asarray(text, np.float32), np.asarray(text_mask, bool))
         out = self._sessions[DECODER_GRAPH].run(list(DECODER_OUTPUTS), dict(zip(self._decoder_inputs, values)))
         return as_spec(DECODER_OUTPUTS, out)
+
+    def exemplars(self, features, boxes, box_labels):
+        if EXEMPLAR_GRAPH not in self._sessions:
+            return super().exemplars(features, boxes, box_labels)
+        out = self._sessions[EXEMPLAR_GRAPH].run(list(EXEMPLAR_OUTPUTS), {
+            "feat2": features[2], "boxes": np.asarray(boxes, np.float32),
+            "box_labels": np.asarray(box_labels, np.int64)})
+        return as_spec(EXEMPLAR_OUTPUTS, out)
 
     def text(self, input_ids, attention_mask):
         if TEXT_GRAPH not in self._sessions:

@@ -21,14 +21,16 @@ import numpy as np
 
 from sam3edge.runtime.backends.base import (
     DECODER_OUTPUTS,
+    EXEMPLAR_OUTPUTS,
     IMAGE_OUTPUTS,
     TEXT_OUTPUTS,
     Backend,
     BackendUnavailable,
+    BundleError,
     as_spec,
     import_package,
 )
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 INSTALL_HINT = "pip install openvino (the NPU and GPU plugins also need Intel's drivers for that device)"
 STATIC_DEVICES = ("NPU",)  # plugins that compile static shapes only
@@ -79,7 +81,7 @@ class OpenVinoBackend(Backend):
         self._compiled = {IMAGE_GRAPH: self._compile(IMAGE_GRAPH)}
         self._prompts, self._text_static = None, {}
         if not self._static:
-            for name in (DECODER_GRAPH, TEXT_GRAPH):
+            for name in (DECODER_GRAPH, TEXT_GRAPH, EXEMPLAR_GRAPH):
                 if name in self._models:
                     self._compiled[name] = self._compile(name)
 
@@ -88,7 +90,10 @@ class OpenVinoBackend(Backend):
             model = self._models[name]
             if prompts is not None:
                 model = model.clone()
-                model.reshape({i.get_any_name(): [prompts, *(d.get_length() for d in list(i.get_partial_shape())[1:])]
+                # a decoder's token axis (dynamic in bundles with an exemplar encoder) is fixed to the text tokens:
+                # static devices take no exemplar boxes
+                model.reshape({i.get_any_name(): [prompts, *(d.get_length() if d.is_static else self.bundle.text_length
+                                                             for d in list(i.get_partial_shape())[1:])]
                                for i in model.inputs if i.get_partial_shape()[0].is_dynamic})
             return self._core.compile_model(model, self.device, self._config)
 
@@ -119,6 +124,15 @@ class OpenVinoBackend(Backend):
         feeds = {"feat0": feat0, "feat1": feat1, "feat2": feat2, "text": np.asarray(text, np.float32),
                  "text_mask": np.asarray(text_mask, bool)}
         return self._run(DECODER_GRAPH, feeds, DECODER_OUTPUTS)
+
+    def exemplars(self, features, boxes, box_labels):
+        if EXEMPLAR_GRAPH not in self._models:
+            return super().exemplars(features, boxes, box_labels)
+        if self._static:
+            raise BundleError(f"OpenVINO {self.device} compiles static shapes only; exemplar boxes (any number per "
+                              "concept) run on CPU or GPU: pass device='CPU'")
+        return self._run(EXEMPLAR_GRAPH, {"feat2": features[2], "boxes": np.asarray(boxes, np.float32),
+                                          "box_labels": np.asarray(box_labels, np.int64)}, EXEMPLAR_OUTPUTS)
 
     def text(self, input_ids, attention_mask):
         if TEXT_GRAPH not in self._models:
