@@ -310,6 +310,33 @@ def _cmd_devices(args) -> int:
     return 0
 
 
+def _cmd_concepts_list(args) -> int:
+    from sam3edge.runtime.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle)
+    visual = bundle.manifest.get("visual_concepts") or {}
+    for c in bundle.concepts:
+        v = visual.get(c)
+        print(c + (f"  (visual: {len(v['boxes'])} box(es) with {v['phrase']!r} on a {v['image_size'][1]} x "
+                   f"{v['image_size'][0]} image, {v['added']})" if isinstance(v, dict) else ""))
+    return 0
+
+
+def _cmd_concepts_add(args) -> int:
+    from sam3edge.runtime.exemplars import parse_box
+
+    boxes = [parse_box(b) for b in args.box]  # refused before the bundle loads
+    if not args.image.is_file():
+        raise FileNotFoundError(f"--image {args.image} does not exist")
+    from sam3edge.runtime.visual_concept import add_visual_concept
+
+    manifest = add_visual_concept(args.bundle, args.name, args.image, boxes, phrase=args.phrase,
+                                  backend=args.backend, threads=args.threads)
+    print(f"added {args.name!r} to {args.bundle} ({len(boxes)} box(es) with {args.phrase!r}); it now has "
+          f"{len(manifest['concepts'])} concepts: segment with --concept {args.name!r}")
+    return 0
+
+
 def _cmd_students(args) -> int:
     from sam3edge.models.complexity import complexity
     from sam3edge.models.registry import get_student_spec, list_students
@@ -371,8 +398,8 @@ def _cmd_distill(args) -> int:
                         stage1_lr=args.stage1_lr, text_steps=args.text_steps, text_corpus=args.text_corpus,
                         amp=True if args.amp else None, seed=args.seed, init_heads=not args.no_init_heads,
                         init_layers=args.init_layers, init_queries=args.init_queries,
-                        holdout=args.holdout, threads=args.threads, student_overrides=overrides,
-                        backbone_weights=args.backbone_weights)
+                        holdout=args.holdout, exemplars=args.exemplars, threads=args.threads,
+                        student_overrides=overrides, backbone_weights=args.backbone_weights)
     # torch loads only once the settings are known to be good: a refusal answers in a second
     import torch
 
@@ -457,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="phrases of the corpus a text encoder is distilled on (5 %% held out for the report)")
     d.add_argument("--input-size", type=int, default=0, help="student input size (default: its registry entry)")
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of images kept out for the report")
+    d.add_argument("--exemplars", type=float, default=0.0,
+                   help="fraction of stage-2 prompts of a found concept that also carry an exemplar box (the "
+                        "teacher's best instance); the cache then holds the teacher's answers to those prompts "
+                        "(default 0: text prompts only)")
     d.add_argument("--amp", action="store_true", help="bf16 autocast (default: on for CUDA)")
     d.add_argument("--no-init-heads", action="store_true", help="do not start the heads from the teacher's")
     d.add_argument("--backbone-weights", metavar="FILE|timm",
@@ -578,6 +609,24 @@ def build_parser() -> argparse.ArgumentParser:
     dv = sub.add_parser("devices", help="list the device profiles and what this host can export and run")
     dv.add_argument("--json", action="store_true", help="print host facts and profiles as JSON")
     dv.set_defaults(func=_cmd_devices)
+
+    cn = sub.add_parser("concepts", help="a bundle's concepts: list them, or add one from exemplar boxes")
+    csub = cn.add_subparsers(dest="concepts_command", required=True)
+    cl = csub.add_parser("list", help="the bundle's concepts (visual ones with where they came from)")
+    cl.add_argument("bundle")
+    cl.set_defaults(func=_cmd_concepts_list)
+    ca = csub.add_parser("add", help="store the prompt of boxes drawn on one image as a concept: later images "
+                                     "are segmented for it without boxes")
+    ca.add_argument("bundle", help="an onnx or openvino bundle (rewritten in place, atomically)")
+    ca.add_argument("--name", required=True, help="the new concept's name (what set_concepts / --concept take)")
+    ca.add_argument("--image", required=True, type=Path, help="the image the boxes are drawn on")
+    ca.add_argument("--box", action="append", required=True, metavar="X0,Y0,X1,Y1[:neg]",
+                    help="an exemplar box in the image's pixels (repeat for more; :neg for a negative one)")
+    ca.add_argument("--phrase", default="visual",
+                    help="the phrase the boxes go with (default 'visual': SAM3's prompt of boxes alone)")
+    ca.add_argument("--backend", default="auto", help="auto, onnxruntime or openvino")
+    ca.add_argument("--threads", type=int, default=0)
+    ca.set_defaults(func=_cmd_concepts_add)
 
     st = sub.add_parser("students", help="list the registered student architectures with parameters and GFLOPs")
     st.add_argument("names", nargs="*", help="only these registry entries (default: all)")

@@ -127,6 +127,7 @@ def test_a_few_steps_lower_the_loss_and_raise_agreement(orchard_small, tmp_path)
     ("lr", 0.0, "lr must be a positive finite number"),
     ("stage1_lr", float("inf"), "stage1_lr must be a positive finite number"),
     ("threads", -1, "threads must be an integer >= 0"),
+    ("exemplars", 1.5, r"exemplars must be a number in \[0, 1\]"),
 ])
 def test_distill_settings_that_would_train_nothing_or_diverge_are_refused_before_any_work(tmp_path, field, value,
                                                                                          expected):
@@ -145,3 +146,57 @@ def test_absurd_thread_counts_are_refused_before_a_session_is_made(toy_bundles):
 
     with pytest.raises(ValueError, match="more than this host can use"):
         Segmenter.load(toy_bundles["onnx"], threads=1_000_000)
+
+
+def test_distill_with_exemplars_learns_the_teachers_answers_to_exemplar_prompts(orchard_small, tmp_path):
+    """--exemplars: the cache holds, for each phrase the teacher finds, its answer with its own best instance's box
+    as a positive exemplar (equal to asking the teacher directly); stage-2 batches carry those boxes (flipped with
+    the image) and the student trains on them; a cache without them refuses an exemplar rate."""
+    import numpy as np
+    import torch
+
+    from sam3edge.data.images import load_image
+    from sam3edge.distill.cache import TeacherCache
+    from sam3edge.distill.cache_batches import CacheBatches
+    from sam3edge.models.bundled import resolve_model
+    from sam3edge.models.teacher import Sam3Teacher
+
+    teacher_dir = resolve_model("orchard-toy")
+    out = tmp_path / "run"
+    report = distill(_cfg(teacher_dir, orchard_small, out, student="toy-fast", exemplars=0.5, steps=6,
+                          stage1_steps=4, concepts=["ripe apple", "leaf", "branch"]), progress=False)
+    assert np.isfinite(report["stage2_final"]["total"])
+    cache = TeacherCache(out / "cache")
+    assert cache.spec.extra == {"exemplars": 1}
+    teacher = Sam3Teacher.from_pretrained(teacher_dir)
+    checked = 0
+    for i in range(len(cache)):
+        item = cache.item(i)
+        for p in np.flatnonzero(item["ex_valid"].numpy()):
+            x0, y0, x1, y1 = item["ex_box"][p].tolist()
+            assert item["scores"][p, 0] >= 0.5 and [x0, y0, x1, y1] == item["boxes"][p, 0].tolist()
+            boxes = torch.tensor([[[(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]]])
+            got = teacher([load_image(cache.spec.images[i])], [cache.spec.phrases[p]], input_boxes=boxes,
+                          input_boxes_labels=torch.ones(1, 1, dtype=torch.long))
+            n = int(item["ex_count"][p])
+            top = got.scores[0, 0].float().sort(descending=True).values[:n]
+            torch.testing.assert_close(item["ex_scores"][p, :n], top, atol=2e-3, rtol=0)
+            checked += 1
+    assert checked >= 3
+
+    from sam3edge.distill.run import _NoTokens
+
+    batches = CacheBatches(cache, _NoTokens(), 128, 32, images_per_batch=2, pairs_per_image=3, exemplar_rate=1.0)
+    with_boxes = 0
+    for step in range(4):
+        b = batches[step]
+        if b.input_boxes is not None:
+            assert b.input_boxes.shape == (len(b.phrases), 1, 4)
+            assert set(b.input_boxes_labels.flatten().tolist()) <= {1, -10}
+            with_boxes += int((b.input_boxes_labels == 1).sum())
+    assert with_boxes > 0
+    plain = tmp_path / "plain"
+    distill(_cfg(teacher_dir, orchard_small, plain, student="toy-fast", steps=0, stages=[2],
+                 concepts=["ripe apple", "leaf", "branch"]), progress=False)
+    with pytest.raises(ValueError, match="built without exemplar prompts"):
+        CacheBatches(TeacherCache(plain / "cache"), None, 128, 32, exemplar_rate=0.5)

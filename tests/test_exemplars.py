@@ -189,3 +189,58 @@ def test_segment_cli_box(toy_bundles, scenes, tmp_path):
                            "reaches outside the 160 x 160 image")):
         r = subprocess.run([*cli, *args, "--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
         assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+# ---- a concept from an example -----------------------------------------------------------------------------
+def test_a_stored_visual_concept_answers_as_the_live_boxes_did(toy_bundles, scenes, tmp_path):
+    """concepts add: the prompt of boxes on one image becomes a cache entry; on that image it gives the live
+    exemplars' answer (its tokens packed, valid first), on another image it needs no boxes; the bundle still
+    verifies, and a refused call leaves it byte for byte as it was."""
+    from PIL import Image
+
+    from sam3edge.runtime import Segmenter
+    from sam3edge.runtime.bundle import Bundle
+    from sam3edge.runtime.visual_concept import add_visual_concept
+
+    bundle = tmp_path / "b.sam3edge"
+    shutil.copytree(toy_bundles["openvino"], bundle)
+    image = np.asarray(Image.open(scenes / "s2.png").convert("RGB"))
+    boxes = [[20, 30, 70, 90], ([90, 10, 150, 60], False)]
+    manifest = add_visual_concept(bundle, "my leaf", image, boxes, phrase="leaf")
+    assert manifest["concepts"][-1] == "my leaf"
+    assert manifest["visual_concepts"]["my leaf"]["positive"] == [True, False]
+    assert Bundle.open(bundle).concepts == manifest["concepts"]  # checksums and cache agree
+
+    seg = Segmenter.load(bundle, threads=2)
+    seg.set_concepts(["leaf"])
+    live = seg.infer(seg.prepare(image), boxes)
+    seg.set_concepts(["my leaf"])
+    stored = seg.infer(seg.prepare(image))
+    np.testing.assert_allclose(stored.scores, live.scores, atol=1e-5)
+    np.testing.assert_allclose(stored.boxes, live.boxes, atol=1e-5)
+    other = np.asarray(Image.open(scenes / "s3.png").convert("RGB"))
+    assert seg.segment(other, score_threshold=0.0, top_k=2).phrases == ["my leaf", "my leaf"]
+
+    before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    for kwargs, message in ((dict(name="my leaf", exemplars=boxes), "already has a concept 'my leaf'"),
+                            (dict(name="x", exemplars=[]), "at least one exemplar box"),
+                            (dict(name="x", exemplars=[[0, 0, 500, 5]]), "reaches outside the 160 x 160 image"),
+                            (dict(name="  ", exemplars=boxes), "a concept name is a non-empty phrase")):
+        with pytest.raises(ValueError, match=message):
+            add_visual_concept(bundle, image=image, phrase="leaf", **kwargs)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+def test_concepts_cli_add_and_list(toy_bundles, scenes, tmp_path):
+    bundle = tmp_path / "b.sam3edge"
+    shutil.copytree(toy_bundles["onnx"], bundle)
+    cli = [sys.executable, "-m", "sam3edge.cli", "concepts"]
+    r = subprocess.run([*cli, "add", str(bundle), "--name", "this apple", "--image", str(scenes / "s1.png"),
+                        "--box", "10,10,60,60", "--phrase", "ripe apple"], capture_output=True, text=True)
+    assert r.returncode == 0 and "added 'this apple'" in r.stdout, r.stderr
+    r = subprocess.run([*cli, "list", str(bundle)], capture_output=True, text=True)
+    assert r.returncode == 0 and "this apple  (visual: 1 box(es) with 'ripe apple' on a 160 x 160 image" in r.stdout
+    r = subprocess.run([*cli, "add", str(bundle), "--name", "y", "--image", str(scenes / "s1.png"),
+                        "--box", "10,10,60"], capture_output=True, text=True)
+    assert r.returncode != 0 and "expected x0,y0,x1,y1" in r.stderr

@@ -190,8 +190,13 @@ def _check_spec(root: Path, spec: CacheSpec) -> None:
 def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, batch_size: int = 1,
                 feature_sizes: list[int] | None = None, mask_size: int | None = None, min_score: float = 0.05,
                 max_instances: int = 20, phrase_chunk: int = 16, teacher_name: str | None = None,
-                rank: int | None = None, world: int | None = None, progress: bool = True) -> TeacherCache:
+                rank: int | None = None, world: int | None = None, progress: bool = True,
+                exemplars: bool = False) -> TeacherCache:
     """Run ``teacher`` (a :class:`~sam3edge.models.teacher.Sam3Teacher`) over ``images`` (paths) for ``phrases``.
+
+    ``exemplars``: for each phrase the teacher finds (best score >= 0.5), also its answer with that best instance's
+    box as a positive exemplar (keys ``ex_*``; ``ex_box`` normalised xyxy, ``ex_valid``), so a student learns the
+    text + exemplar prompt from the teacher (SAM3's "1 exemplar" setting, with no ground truth needed).
 
     Writes the cache directory ``out`` (module docstring); resumes an interrupted build of the same
     inputs. ``feature_sizes``: square sizes to resample the three FPN levels to (the student's grid,
@@ -217,7 +222,8 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
                      teacher_config_sha=_config_sha(teacher), image_size=teacher.image_size,
                      images=[str(Path(p).resolve()) for p in images], phrases=phrases,
                      feature_sizes=list(feature_sizes) if feature_sizes else None, mask_size=mask_size,
-                     min_score=float(min_score), max_instances=int(max_instances))
+                     min_score=float(min_score), max_instances=int(max_instances),
+                     extra={"exemplars": 1} if exemplars else {})
     _check_spec(out, spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cache.json", json.dumps(asdict(spec), indent=1))
@@ -244,7 +250,7 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
         vision = teacher.encode_images(pixel_values)
         for b, i in enumerate(idx):
             tensors = _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score,
-                                    max_instances, phrase_chunk, run_heads, select_images)
+                                    max_instances, phrase_chunk, run_heads, select_images, exemplars)
             tensors["image_size"] = torch.tensor(sizes[b], dtype=torch.int32)
             payload = save(tensors)
             atomic_write(item_path(out, i), lambda f, data=payload: f.write(data))
@@ -256,7 +262,7 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
 
 
 def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score, max_instances, phrase_chunk,
-                  run_heads, select_images) -> dict[str, torch.Tensor]:
+                  run_heads, select_images, exemplars: bool = False) -> dict[str, torch.Tensor]:
     p = text.shape[0]
     tensors: dict[str, torch.Tensor] = {}
     for k, (feat, (_, h, w)) in enumerate(zip(vision.fpn_hidden_states[:-1], shapes)):
@@ -264,30 +270,60 @@ def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_sc
         if tuple(f.shape[-2:]) != (h, w):
             f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False, antialias=f.shape[-1] > w)
         tensors[f"feature.{k}"] = f[0].half().cpu().contiguous()
-    k_max = max_instances
-    presence = torch.zeros(p)
-    count = torch.zeros(p, dtype=torch.int32)
-    scores = torch.zeros(p, k_max)
-    boxes = torch.zeros(p, k_max, 4)
-    masks = torch.full((p, k_max, mask_size, mask_size), -20.0, dtype=torch.float16)
     device = text.device
+    answers = _Answers(p, max_instances, mask_size, min_score)
     for s in range(0, p, phrase_chunk):
         tt = torch.arange(s, min(p, s + phrase_chunk), device=device)
         ii = torch.full_like(tt, b)
-        out = run_heads(teacher.model, select_images(vision, ii), text[tt], text_mask[tt])
-        sc = out.scores.float()
-        for r, j in enumerate(tt.tolist()):
-            presence[j] = out.presence_logits[r, 0].float().sigmoid().cpu()
-            order = sc[r].argsort(descending=True)[:k_max]
-            order = order[sc[r, order] >= min_score]
-            n = int(order.numel())
-            count[j] = n
-            if n:
-                scores[j, :n] = sc[r, order].cpu()
-                boxes[j, :n] = out.boxes[r, order].float().cpu()
-                m = out.mask_logits[r, order].float()
-                if m.shape[-1] != mask_size:
-                    m = F.interpolate(m[None], size=(mask_size, mask_size), mode="bilinear", align_corners=False)[0]
-                masks[j, :n] = m.clamp(-20, 20).half().cpu()
-    tensors.update(presence=presence, count=count, scores=scores, boxes=boxes, mask_logits=masks)
+        answers.add(tt.tolist(), run_heads(teacher.model, select_images(vision, ii), text[tt], text_mask[tt]))
+    tensors.update(answers.tensors())
+    if exemplars:  # each found phrase again, with its best instance's box as a positive exemplar
+        found = [j for j in range(p) if answers.count[j] and answers.scores[j, 0] >= 0.5]
+        ex = _Answers(p, max_instances, mask_size, min_score)
+        box = torch.zeros(p, 4)
+        for s in range(0, len(found), phrase_chunk):
+            tt = torch.tensor(found[s:s + phrase_chunk], device=device)
+            ii = torch.full_like(tt, b)
+            xyxy = answers.boxes[tt.cpu(), 0]
+            box[tt.cpu()] = xyxy
+            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)[:, None]
+            labels = torch.ones(len(tt), 1, dtype=torch.long, device=device)
+            ex.add(tt.tolist(), run_heads(teacher.model, select_images(vision, ii), text[tt], text_mask[tt],
+                                          cxcywh.to(device, text.dtype), labels))
+        valid = torch.zeros(p, dtype=torch.uint8)
+        valid[found] = 1
+        tensors.update({f"ex_{k}": v for k, v in ex.tensors().items()}, ex_box=box, ex_valid=valid)
     return tensors
+
+
+class _Answers:
+    """The teacher's kept instances of P phrases, filled chunk by chunk (best first, at most ``k_max``)."""
+
+    def __init__(self, p: int, k_max: int, mask_size: int, min_score: float):
+        self.k_max, self.mask_size, self.min_score = k_max, mask_size, min_score
+        self.presence = torch.zeros(p)
+        self.count = torch.zeros(p, dtype=torch.int32)
+        self.scores = torch.zeros(p, k_max)
+        self.boxes = torch.zeros(p, k_max, 4)
+        self.masks = torch.full((p, k_max, mask_size, mask_size), -20.0, dtype=torch.float16)
+
+    def add(self, rows: list[int], out) -> None:
+        sc = out.scores.float()
+        for r, j in enumerate(rows):
+            self.presence[j] = out.presence_logits[r, 0].float().sigmoid().cpu()
+            order = sc[r].argsort(descending=True)[:self.k_max]
+            order = order[sc[r, order] >= self.min_score]
+            n = int(order.numel())
+            self.count[j] = n
+            if n:
+                self.scores[j, :n] = sc[r, order].cpu()
+                self.boxes[j, :n] = out.boxes[r, order].float().cpu()
+                m = out.mask_logits[r, order].float()
+                if m.shape[-1] != self.mask_size:
+                    m = F.interpolate(m[None], size=(self.mask_size, self.mask_size), mode="bilinear",
+                                      align_corners=False)[0]
+                self.masks[j, :n] = m.clamp(-20, 20).half().cpu()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(presence=self.presence, count=self.count, scores=self.scores, boxes=self.boxes,
+                    mask_logits=self.masks)

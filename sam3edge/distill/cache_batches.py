@@ -29,6 +29,7 @@ from sam3edge.distill.targets import PairBatch, PairTarget, masks_to_target
 from sam3edge.models.teacher import sam3_pixel_values
 
 PAIR_KEYS = ("presence", "count", "scores", "boxes", "mask_logits")  # what stage 2 reads of an item
+EXEMPLAR_KEYS = tuple(f"ex_{k}" for k in PAIR_KEYS) + ("ex_box", "ex_valid")  # and of a cache with exemplars
 
 
 @dataclass
@@ -48,8 +49,15 @@ class CacheBatches:
     def __init__(self, cache: TeacherCache, tokenizer, image_size: int, mask_size: int, seed: int = 0,
                  images_per_batch: int = 4, pairs_per_image: int = 4, target_min_score: float = 0.3,
                  flip: bool = True, with_features: bool = False, feature_sizes: list[int] | None = None,
-                 ground_truth: dict | None = None, gt_rate: float = 0.5, indices: list[int] | None = None):
+                 ground_truth: dict | None = None, gt_rate: float = 0.5, indices: list[int] | None = None,
+                 exemplar_rate: float = 0.0):
         self.cache, self.tokenizer = cache, tokenizer
+        # a found phrase is asked with the teacher's best instance box as a positive exemplar this often (its
+        # target: the teacher's answer to that prompt); needs a cache built with exemplars
+        self.exemplar_rate = float(exemplar_rate)
+        if self.exemplar_rate and not cache.spec.extra.get("exemplars"):
+            raise ValueError(f"teacher cache {cache.root} was built without exemplar prompts; rebuild it with "
+                             "exemplars (distill --exemplars) or train with exemplar_rate 0")
         self.size, self.mask_size, self.seed = image_size, mask_size, seed
         self.b, self.p, self.min_score = images_per_batch, pairs_per_image, target_min_score
         self.flip, self.with_features, self.feature_sizes = flip and not with_features, with_features, feature_sizes
@@ -74,9 +82,11 @@ class CacheBatches:
         if self.with_features:
             return self._feature_batch(idx)
         rng = np.random.default_rng([self.seed, 1_000_003, step])
-        images, phrases, targets, pair_image = [], [], [], []
+        ex_rng = np.random.default_rng([self.seed, 2_000_003, step])  # its own stream: text batches stay the same
+        images, phrases, targets, pair_image, boxes = [], [], [], [], []
+        keys = PAIR_KEYS + (EXEMPLAR_KEYS if self.exemplar_rate else ())
         for j, i in enumerate(idx):
-            item = self.cache.item(i, PAIR_KEYS)  # stage 2 never reads the (large) feature maps
+            item = self.cache.item(i, keys)  # stage 2 never reads the (large) feature maps
             image = self._image(i)
             flip = self.flip and rng.random() < 0.5
             if flip:
@@ -85,7 +95,14 @@ class CacheBatches:
             for p in self._choose_phrases(item, rng):
                 phrase = self.cache.spec.phrases[p]
                 gt = self.gt.get(self.cache.spec.images[i], {}).get(phrase)
-                if gt is not None and rng.random() < self.gt_rate:
+                box = None
+                if self.exemplar_rate and int(item["ex_valid"][p]) and ex_rng.random() < self.exemplar_rate:
+                    t = self._teacher_target(item, p, flip, prefix="ex_")
+                    x0, y0, x1, y1 = item["ex_box"][p].tolist()
+                    if flip:
+                        x0, x1 = 1.0 - x1, 1.0 - x0
+                    box = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+                elif gt is not None and rng.random() < self.gt_rate:
                     t = masks_to_target(torch.from_numpy(np.asarray(gt)), (self.mask_size, self.mask_size))
                     t = _flip_target(t) if flip else t
                 else:
@@ -93,9 +110,15 @@ class CacheBatches:
                 targets.append(t)
                 phrases.append(phrase)
                 pair_image.append(j)
+                boxes.append(box)
         x = sam3_pixel_values(torch.stack(images))
         ids, mask = self.tokenizer.encode(phrases)
-        return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases)
+        input_boxes = labels = None
+        if any(b is not None for b in boxes):  # one exemplar slot; pairs without one are padding (text only)
+            input_boxes = torch.tensor([b or [0.0] * 4 for b in boxes], dtype=torch.float32)[:, None]
+            labels = torch.tensor([[1 if b is not None else -10] for b in boxes])
+        return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases,
+                         input_boxes, labels)
 
     def _choose_phrases(self, item: dict, rng: np.random.Generator) -> list[int]:
         present = item["presence"].numpy() > 0.5
@@ -106,17 +129,17 @@ class CacheBatches:
         chosen = list(pos[: self.p - n_neg]) + list(neg[:n_neg])
         return [int(c) for c in chosen[: self.p]]
 
-    def _teacher_target(self, item: dict, p: int, flip: bool) -> PairTarget:
-        n = int(item["count"][p])
-        scores = item["scores"][p, :n]
+    def _teacher_target(self, item: dict, p: int, flip: bool, prefix: str = "") -> PairTarget:
+        n = int(item[prefix + "count"][p])
+        scores = item[prefix + "scores"][p, :n]
         keep = scores >= self.min_score
-        boxes = item["boxes"][p, :n][keep].float()
-        logits = item["mask_logits"][p, :n][keep].float()
+        boxes = item[prefix + "boxes"][p, :n][keep].float()
+        logits = item[prefix + "mask_logits"][p, :n][keep].float()
         if logits.shape[0] and logits.shape[-1] != self.mask_size:
             logits = F.interpolate(logits[None], size=(self.mask_size, self.mask_size), mode="bilinear",
                                    align_corners=False)[0]
         masks = logits.sigmoid() if logits.shape[0] else torch.zeros(0, self.mask_size, self.mask_size)
-        t = PairTarget(boxes, masks, scores[keep].float(), float(item["presence"][p]), teacher=True)
+        t = PairTarget(boxes, masks, scores[keep].float(), float(item[prefix + "presence"][p]), teacher=True)
         return _flip_target(t) if flip else t
 
     def _feature_batch(self, idx: list[int]) -> FeatureBatch:

@@ -30,6 +30,9 @@ class DistillConfig:
     init_layers: str = "first"  # which teacher layers the student's start from: first | last | spread
     init_queries: str = "first"  # which teacher query slots: first | used (most used on the training images)
     holdout: float = 0.1  # fraction of images kept out of training for the report
+    # fraction of a found phrase's stage-2 prompts that carry the teacher's best instance box as a positive
+    # exemplar (the cache then holds the teacher's answers to those prompts too); 0: text prompts only
+    exemplars: float = 0.0
     gt_rate: float = 0.5
     cache_batch: int = 1
     target_min_score: float = 0.3
@@ -65,6 +68,7 @@ class DistillConfig:
             raise ValueError(f"distill: threads={self.threads} is more than any CPU here has; use 0 (all cores) "
                              "or a core count")
         count("seed", self.seed, 0)
+        fraction("exemplars", self.exemplars)
         for name in ("lr", "stage1_lr", "heads_lr_mult"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1e3:

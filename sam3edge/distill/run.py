@@ -113,7 +113,8 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     size = student.image_size
     grid = [size // 4, size // 8, size // 16]
     cache = build_cache(teacher, files, cfg.concepts, out / "cache", batch_size=cfg.cache_batch,
-                        feature_sizes=grid, mask_size=size // 4, teacher_name=cfg.teacher, progress=progress)
+                        feature_sizes=grid, mask_size=size // 4, teacher_name=cfg.teacher, progress=progress,
+                        exemplars=cfg.exemplars > 0)
     if world > 1:
         torch.distributed.barrier()
     cache = TeacherCache(out / "cache")
@@ -164,7 +165,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
         tokenizer = student.tokenizer if student.text_mode == "encoder" else _NoTokens()  # both: heads on the cache
         batches = CacheBatches(cache, tokenizer, size, size // 4, seed=cfg.seed, images_per_batch=cfg.batch,
                                pairs_per_image=cfg.pairs, target_min_score=cfg.target_min_score,
-                               ground_truth=gt, gt_rate=cfg.gt_rate, indices=train_idx)
+                               ground_truth=gt, gt_rate=cfg.gt_rate, indices=train_idx, exemplar_rate=cfg.exemplars)
         trainer = Trainer(StudentPairStage(student), SetCriterion(), batches, s2, out / "stage2", device=device,
                           progress=progress)
         trainer.fit(resume=resume)

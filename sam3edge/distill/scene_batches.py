@@ -21,18 +21,63 @@ class OrchardBatches:
     Each image asks ``pairs_per_image`` phrases: positives first (concepts with instances, by a
     synonym ``synonym_rate`` of the time), then hard negatives (absent concepts, distractors), with at
     least ``min_negatives`` negatives so presence learns both answers.
+
+    ``prompt_mix`` = (text, text + exemplars, exemplars alone) probabilities, SAM3's prompt mix: a pair
+    with exemplars gets 1-2 positive boxes (instances of its own target) and, half the time, a negative one
+    (an instance that is not); boxes alone ask the phrase ``"visual"`` and only for concepts of one
+    category (a box on a ripe apple does not say "apples"); a concept absent from the image can get a
+    negative box only. Exemplar draws use their own random stream: the scenes and phrases of a batch are
+    those of ``prompt_mix=(1, 0, 0)``.
     """
 
     def __init__(self, tokenizer, seed: int = 0, images_per_batch: int = 4, pairs_per_image: int = 4,
                  image_size: int = 224, mask_size: tuple[int, int] = (64, 64), synonym_rate: float = 0.3,
-                 min_negatives: int = 1, flip: bool = True):
+                 min_negatives: int = 1, flip: bool = True, prompt_mix: tuple[float, float, float] = (1, 0, 0)):
         self.tokenizer = tokenizer
         self.seed, self.b, self.p = seed, images_per_batch, pairs_per_image
         self.size, self.mask_size = image_size, mask_size
         self.synonym_rate, self.min_negatives, self.flip = synonym_rate, min_negatives, flip
+        mix = np.asarray(prompt_mix, float)
+        if mix.shape != (3,) or (mix < 0).any() or mix.sum() <= 0:
+            raise ValueError(f"prompt_mix must be 3 non-negative weights (text, text + exemplars, exemplars), "
+                             f"got {prompt_mix!r}")
+        self.prompt_mix = mix / mix.sum()
+        self._one_category = {p for c in ORCHARD_VOCABULARY.concepts if len(c.category_ids) == 1
+                              for p in (c.phrase, *c.synonyms)}
+
+    def _exemplars(self, rng, scene, pair, flip: bool) -> tuple[str, list, list]:
+        """(phrase to ask, boxes cxcywh, labels) of one pair under the prompt mix."""
+        mode = int(rng.choice(3, p=self.prompt_mix))
+        if mode == 0:
+            return pair.phrase, [], []
+        imap = scene.instance_map
+        own = {int(imap[m].flat[0]) - 1 for m in pair.masks if m.any()}
+        others = [k for k in range(len(scene.categories)) if k not in own and (imap == k + 1).any()]
+        h, w = imap.shape
+
+        def box(k):
+            ys, xs = np.nonzero(imap == k + 1)
+            x0, x1 = (xs.min(), xs.max() + 1)
+            if flip:
+                x0, x1 = w - x1, w - x0
+            y0, y1 = ys.min(), ys.max() + 1
+            return [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
+
+        boxes, labels = [], []
+        if own:
+            for k in rng.choice(sorted(own), size=min(len(own), int(rng.integers(1, 3))), replace=False):
+                boxes.append(box(int(k)))
+                labels.append(1)
+        if others and (not own or rng.random() < 0.5):
+            boxes.append(box(int(rng.choice(others))))
+            labels.append(0)
+        phrase = pair.phrase
+        if mode == 2 and own and pair.phrase in self._one_category:
+            phrase = "visual"
+        return phrase, boxes, labels
 
     def __getitem__(self, step: int) -> PairBatch:
-        images, phrases, targets, pair_image = [], [], [], []
+        images, phrases, targets, pair_image, exemplars = [], [], [], [], []
         for j in range(self.b):
             rng = scene_rng(self.seed, step * self.b + j)
             scene = render_scene(rng, self.size)
@@ -48,11 +93,25 @@ class OrchardBatches:
             if flip:
                 image = image[:, ::-1]
             images.append(torch.from_numpy(np.ascontiguousarray(image)))
+            ex_rng = np.random.default_rng([self.seed, step, j, 1]) if self.prompt_mix[0] < 1 else None
             for p in chosen:
                 m = torch.from_numpy(np.ascontiguousarray(p.masks[:, :, ::-1] if flip else p.masks))
                 targets.append(masks_to_target(m, self.mask_size))
-                phrases.append(p.phrase)
+                phrase, boxes, labels = (p.phrase, [], []) if ex_rng is None else \
+                    self._exemplars(ex_rng, scene, p, flip)
+                phrases.append(phrase)
+                exemplars.append((boxes, labels))
                 pair_image.append(j)
         x = sam3_pixel_values(torch.stack(images))
         ids, mask = self.tokenizer.encode(phrases)
-        return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases)
+        k = max(len(b) for b, _ in exemplars)
+        input_boxes = input_labels = None
+        if k:
+            input_boxes = torch.zeros(len(phrases), k, 4)
+            input_labels = torch.full((len(phrases), k), -10, dtype=torch.long)
+            for i, (b, lab) in enumerate(exemplars):
+                if b:
+                    input_boxes[i, :len(b)] = torch.tensor(b, dtype=torch.float32)
+                    input_labels[i, :len(b)] = torch.tensor(lab)
+        return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases,
+                         input_boxes, input_labels)

@@ -46,10 +46,16 @@ class PairBatch:
     pair_image: torch.Tensor
     targets: list[PairTarget]
     phrases: list[str] | None = None
+    # exemplar prompts (SAM3's geometry encoder): [N, K, 4] normalised cxcywh, labels [N, K] (1 positive,
+    # 0 negative, -10 padding); None: text prompts only
+    input_boxes: torch.Tensor | None = None
+    input_boxes_labels: torch.Tensor | None = None
 
     def to(self, device) -> PairBatch:
+        boxes = None if self.input_boxes is None else self.input_boxes.to(device)
+        labels = None if self.input_boxes_labels is None else self.input_boxes_labels.to(device)
         return PairBatch(self.pixel_values.to(device), self.input_ids.to(device), self.attention_mask.to(device),
-                         self.pair_image.to(device), [t.to(device) for t in self.targets], self.phrases)
+                         self.pair_image.to(device), [t.to(device) for t in self.targets], self.phrases, boxes, labels)
 
 
 def masks_to_target(masks: torch.Tensor, mask_size: tuple[int, int]) -> PairTarget:

@@ -32,8 +32,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sam3edge.runtime.exemplars import PADDING_LABEL  # SAM3's label of a padded exemplar slot
-
 IMAGE_OUTPUTS = ("feat0", "feat1", "feat2")
 DECODER_INPUTS = (*IMAGE_OUTPUTS, "text", "text_mask")
 DECODER_OUTPUTS = ("scores", "boxes", "presence", "masks", "indices")
@@ -101,10 +99,8 @@ class ExemplarGraph(nn.Module):
     def forward(self, feat2, boxes, box_labels):
         x0, y0, x1, y1 = boxes.unbind(-1)
         cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-        tokens, mask = self.heads.exemplar_tokens(feat2, self.pos, cxcywh, box_labels)
-        # SAM3 gives a row of padding a valid CLS token; here such a row (a concept without boxes among others
-        # with some) must be a no-op, so all its tokens are masked.
-        return tokens, mask & (box_labels != PADDING_LABEL).any(dim=1, keepdim=True)
+        # a row of padding only (a concept without boxes among others with some) comes out all masked: a no-op
+        return self.heads.exemplar_tokens(feat2, self.pos, cxcywh, box_labels)
 
 
 class TextEncoderGraph(nn.Module):

@@ -27,12 +27,12 @@ from sam3edge.export.graphs import (
     EXEMPLAR_INPUTS,
     EXEMPLAR_OUTPUTS,
     IMAGE_OUTPUTS,
-    PADDING_LABEL,
     DecoderGraph,
     ExemplarGraph,
     ImageEncoderGraph,
     TextEncoderGraph,
 )
+from sam3edge.runtime.exemplars import PADDING_LABEL
 from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, MAX_EXEMPLARS, TEXT_GRAPH
 
 OPSET = 18

@@ -50,8 +50,11 @@ def run_heads(model, vision: Sam3VisionEncoderOutput, text_features: torch.Tenso
         geo = model.geometry_encoder(box_embeddings=input_boxes, box_mask=labels != -10,
                                      box_labels=torch.where(labels == -10, 0, labels),
                                      img_feats=fpn, img_pos_embeds=fpn_pos)
+        # A row of padding only (a pair without boxes in a batch with some) is text only: its CLS token too is
+        # masked (SAM3 would keep it), as in the exported exemplar encoder (sam3edge.export.graphs).
+        geo_mask = geo.attention_mask.bool() & (labels != -10).any(dim=1, keepdim=True)
         prompt = torch.cat([text_features, geo.last_hidden_state], dim=1)
-        prompt_mask = torch.cat([text_mask, geo.attention_mask], dim=1)
+        prompt_mask = torch.cat([text_mask, geo_mask], dim=1)
 
     enc = model.detr_encoder(vision_features=[fpn[-1]], text_features=prompt,
                              vision_pos_embeds=[fpn_pos[-1]], text_mask=prompt_mask)
@@ -86,4 +89,5 @@ class Sam3PairModel(torch.nn.Module):
         vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
         text = self.model.get_text_features(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return run_heads(self.model, select_images(vision, batch.pair_image), text.pooler_output,
-                         batch.attention_mask)
+                         batch.attention_mask, getattr(batch, "input_boxes", None),
+                         getattr(batch, "input_boxes_labels", None))

@@ -204,7 +204,10 @@ class Sam3Student(nn.Module):
                 raise ValueError("a cache-mode student needs batch.phrases to look the text features up")
             text, text_mask = self.encode_text(batch.phrases)
         idx = batch.pair_image.to(self.device)
-        return self.heads([f[idx] for f in feats.levels], [q[idx] for q in feats.pos], text, text_mask)
+        boxes, labels = getattr(batch, "input_boxes", None), getattr(batch, "input_boxes_labels", None)
+        if boxes is not None:  # exemplar prompts of the pairs that have them (padding rows: text only)
+            boxes, labels = boxes.to(self.device, self.dtype), labels.to(self.device)
+        return self.heads([f[idx] for f in feats.levels], [q[idx] for q in feats.pos], text, text_mask, boxes, labels)
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

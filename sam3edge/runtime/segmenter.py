@@ -130,9 +130,12 @@ class Segmenter:
         return list(self._prompts[0]) if self._prompts else []
 
     # ---- concepts ---------------------------------------------------------------------------------
-    def set_concepts(self, phrases: list[str], use_cache: bool = True) -> None:
+    def set_concepts(self, phrases: list[str], use_cache: bool = True, apply: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """Segment ``phrases`` from now on: from the bundle's concept cache (case and spacing ignored), else
         through its text encoder graph. ``use_cache=False`` encodes every phrase (bundles with a text encoder).
+        Returns their prompt tokens (features float32 [P, L, C], mask bool [P, L]); ``apply=False`` only returns
+        them, the concepts segmented stay as they were.
 
         Raises ValueError for no phrases, a blank, repeated or over-long (> 300 characters) phrase, or a
         phrase a bundle without text encoder does not know (the message lists those it knows).
@@ -181,10 +184,13 @@ class Segmenter:
             idx = [i for i, c in enumerate(cached) if not c]
             text[idx], mask[idx] = _fit_length(feats, m, length)
         text_ms = (time.perf_counter() - t0) * 1e3 if new else 0.0
+        if not apply:
+            return text, mask
         with self._calls:  # a static-shape backend recompiles here: not while another thread infers
             self._backend.prompts_changed(len(phrases))
             self._prompts = (phrases, text, mask)
         self._text_ms = text_ms
+        return text, mask
 
     def encode_text(self, phrases: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Text features float32 [P, 32, C] and mask bool [P, 32] of ``phrases`` from the bundle's text encoder."""
@@ -241,6 +247,27 @@ class Segmenter:
             raise RuntimeError(f"the decoder returned scores {raw.scores.shape} and masks {raw.masks.shape} for "
                                f"{len(phrases)} concepts; the bundle's graphs do not follow the export spec")
         return raw
+
+    def exemplar_prompt(self, image, exemplars, phrase: str = VISUAL) -> tuple[np.ndarray, np.ndarray]:
+        """The prompt of ``phrase`` with ``exemplars`` (boxes on ``image``, as :meth:`infer` takes them) as one
+        concept-cache entry: features float32 [L, C] and mask bool [L], the phrase's tokens then the exemplar
+        tokens, valid ones first (the heads read prompt tokens as a set). Stored in a bundle (``sam3edge concepts
+        add``) it segments later images with no boxes. ValueError if they do not fit the decoder's L tokens."""
+        prepared = self.prepare(image)
+        text, mask = self.set_concepts([phrase], apply=False)
+        boxes = self._exemplar_boxes(exemplars, (phrase,), prepared)
+        if boxes is None:
+            raise ValueError("exemplar_prompt needs at least one exemplar box")
+        with self._calls:
+            tokens, tokens_mask = self._backend.exemplars(self._backend.features(prepared.frame), *boxes)
+        feats = np.concatenate([text[0], tokens[0]])[np.concatenate([mask[0], tokens_mask[0]])]
+        length = self.bundle.text_length
+        if len(feats) > length:
+            raise ValueError(f"{phrase!r} and {len(boxes[1][0])} exemplar boxes make {len(feats)} prompt tokens; a "
+                             f"concept of this bundle holds {length}: use fewer boxes")
+        out, out_mask = np.zeros((length, feats.shape[-1]), np.float32), np.zeros(length, bool)
+        out[:len(feats)], out_mask[:len(feats)] = feats, True
+        return out, out_mask
 
     def _exemplar_boxes(self, exemplars, phrases, prepared: Prepared) -> tuple[np.ndarray, np.ndarray] | None:
         """Checked exemplars -> the exemplar encoder's boxes float32 [P, K, 4] (normalised xyxy of the input frame)

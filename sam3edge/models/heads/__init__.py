@@ -17,6 +17,7 @@ from torch import nn
 from sam3edge.models.heads.outputs import HeadOutputs
 from sam3edge.models.heads_config import HeadsConfig
 from sam3edge.ops.mode import fused_ops_enabled
+from sam3edge.runtime.exemplars import PADDING_LABEL
 
 from .attention import padding_bias
 from .detr_decoder import DetrDecoder
@@ -106,7 +107,9 @@ class Sam3Heads(nn.Module):
         n = boxes.shape[0]
         if labels is None:
             labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=boxes.device)
-        return self.geometry_encoder(boxes, labels, coarse.expand(n, -1, -1, -1), coarse_pos.expand(n, -1, -1, -1))
+        tokens, mask = self.geometry_encoder(boxes, labels, coarse.expand(n, -1, -1, -1),
+                                             coarse_pos.expand(n, -1, -1, -1))
+        return tokens, mask & (labels != PADDING_LABEL).any(dim=1, keepdim=True)  # padding only: text only
 
     def _decode(self, fpn_features, fpn_pos, text_features, text_mask, input_boxes, input_boxes_labels) -> _Decoded:
         self._check(fpn_features, fpn_pos, text_features, text_mask, input_boxes, input_boxes_labels)

@@ -35,6 +35,7 @@ from torch import nn
 
 from sam3edge.models.heads.outputs import HeadOutputs
 from sam3edge.models.heads_config import HeadsConfig
+from sam3edge.runtime.exemplars import PADDING_LABEL
 
 from .attention import Attention, padding_bias
 from .detr_decoder import DetrDecoder
@@ -237,7 +238,7 @@ class FastHeads(nn.Module):
         tokens, mask = self.geometry_encoder(boxes, labels, grid, grid_pos)
         if self.exemplar_proj is not None:
             tokens = self.exemplar_proj(tokens)
-        return tokens, mask
+        return tokens, mask & (labels != PADDING_LABEL).any(dim=1, keepdim=True)  # padding only: text only
 
     def decode(self, grid: torch.Tensor, grid_pos: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                input_boxes: torch.Tensor | None = None, input_boxes_labels: torch.Tensor | None = None):
