@@ -181,20 +181,29 @@ def test_distill_with_exemplars_learns_the_teachers_answers_to_exemplar_prompts(
             n = int(item["ex_count"][p])
             top = got.scores[0, 0].float().sort(descending=True).values[:n]
             torch.testing.assert_close(item["ex_scores"][p, :n], top, atol=2e-3, rtol=0)
+            alone = teacher([load_image(cache.spec.images[i])], ["visual"], input_boxes=boxes,
+                            input_boxes_labels=torch.ones(1, 1, dtype=torch.long))
+            n = int(item["vis_count"][p])
+            top = alone.scores[0, 0].float().sort(descending=True).values[:n]
+            torch.testing.assert_close(item["vis_scores"][p, :n], top, atol=2e-3, rtol=0)
             checked += 1
     assert checked >= 3
+    from sam3edge.models.student_io import load_student
+
+    assert "visual" in load_student(out / "student").concepts  # boxes alone ask "visual"
 
     from sam3edge.distill.run import _NoTokens
 
     batches = CacheBatches(cache, _NoTokens(), 128, 32, images_per_batch=2, pairs_per_image=3, exemplar_rate=1.0)
-    with_boxes = 0
-    for step in range(4):
+    with_boxes = alone = 0
+    for step in range(6):
         b = batches[step]
         if b.input_boxes is not None:
             assert b.input_boxes.shape == (len(b.phrases), 1, 4)
             assert set(b.input_boxes_labels.flatten().tolist()) <= {1, -10}
             with_boxes += int((b.input_boxes_labels == 1).sum())
-    assert with_boxes > 0
+            alone += sum(p == "visual" for p in b.phrases)
+    assert with_boxes > alone > 0
     plain = tmp_path / "plain"
     distill(_cfg(teacher_dir, orchard_small, plain, student="toy-fast", steps=0, stages=[2],
                  concepts=["ripe apple", "leaf", "branch"]), progress=False)

@@ -40,6 +40,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from sam3edge.atomic import atomic_write, atomic_write_text
+from sam3edge.runtime.exemplars import VISUAL
 
 CACHE_FORMAT = 1
 
@@ -124,6 +125,15 @@ class TeacherCache:
         idx = [self._index(p) for p in (phrases if phrases is not None else self.spec.phrases)]
         return self._text["features"][idx], self._text["mask"][idx].bool()
 
+    def visual_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher text features [1, L, D] and mask [1, L] of "visual" (SAM3's phrase for boxes alone), stored by
+        a build with exemplars."""
+        if self._text is None:
+            self._text = _load(self.root / "text.safetensors")
+        if "visual_features" not in self._text:
+            raise KeyError(f"the cache {self.root} was built without exemplar prompts: no 'visual' text features")
+        return self._text["visual_features"], self._text["visual_mask"].bool()
+
     def _index(self, phrase: str) -> int:
         try:
             return self.phrase_index[phrase]
@@ -194,9 +204,10 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
                 exemplars: bool = False) -> TeacherCache:
     """Run ``teacher`` (a :class:`~sam3edge.models.teacher.Sam3Teacher`) over ``images`` (paths) for ``phrases``.
 
-    ``exemplars``: for each phrase the teacher finds (best score >= 0.5), also its answer with that best instance's
-    box as a positive exemplar (keys ``ex_*``; ``ex_box`` normalised xyxy, ``ex_valid``), so a student learns the
-    text + exemplar prompt from the teacher (SAM3's "1 exemplar" setting, with no ground truth needed).
+    ``exemplars``: for each phrase the teacher finds (best score >= 0.5), also its answers with that best instance's
+    box as a positive exemplar, with the phrase (keys ``ex_*``; ``ex_box`` normalised xyxy, ``ex_valid``) and alone
+    (phrase "visual", keys ``vis_*``; its text features in ``text.safetensors``), so a student learns both prompts
+    from the teacher (SAM3's "1 exemplar" setting and its visual prompt, with no ground truth needed).
 
     Writes the cache directory ``out`` (module docstring); resumes an interrupted build of the same
     inputs. ``feature_sizes``: square sizes to resample the three FPN levels to (the student's grid,
@@ -229,8 +240,13 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
     atomic_write_text(out / "cache.json", json.dumps(asdict(spec), indent=1))
 
     text, text_mask = teacher.encode_text(phrases)
+    visual = teacher.encode_text([VISUAL]) if exemplars else None
     if not (out / "text.safetensors").is_file():
-        payload = save({"features": text.half().cpu().contiguous(), "mask": text_mask.to(torch.uint8).cpu()})
+        tensors = {"features": text.half().cpu().contiguous(), "mask": text_mask.to(torch.uint8).cpu()}
+        if visual is not None:
+            tensors |= {"visual_features": visual[0].half().cpu().contiguous(),
+                        "visual_mask": visual[1].to(torch.uint8).cpu()}
+        payload = save(tensors)
         atomic_write(out / "text.safetensors", lambda f: f.write(payload))
 
     for stray in (out / "items").glob("*/.*.tmp"):  # what a killed build left mid-write (never a whole item)
@@ -250,7 +266,7 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
         vision = teacher.encode_images(pixel_values)
         for b, i in enumerate(idx):
             tensors = _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score,
-                                    max_instances, phrase_chunk, run_heads, select_images, exemplars)
+                                    max_instances, phrase_chunk, run_heads, select_images, visual)
             tensors["image_size"] = torch.tensor(sizes[b], dtype=torch.int32)
             payload = save(tensors)
             atomic_write(item_path(out, i), lambda f, data=payload: f.write(data))
@@ -262,7 +278,8 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
 
 
 def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score, max_instances, phrase_chunk,
-                  run_heads, select_images, exemplars: bool = False) -> dict[str, torch.Tensor]:
+                  run_heads, select_images, visual=None) -> dict[str, torch.Tensor]:
+    """One image's cache entry; ``visual``: ("visual" text features, mask) for the exemplar answers (None: none)."""
     p = text.shape[0]
     tensors: dict[str, torch.Tensor] = {}
     for k, (feat, (_, h, w)) in enumerate(zip(vision.fpn_hidden_states[:-1], shapes)):
@@ -277,9 +294,9 @@ def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_sc
         ii = torch.full_like(tt, b)
         answers.add(tt.tolist(), run_heads(teacher.model, select_images(vision, ii), text[tt], text_mask[tt]))
     tensors.update(answers.tensors())
-    if exemplars:  # each found phrase again, with its best instance's box as a positive exemplar
+    if visual is not None:  # each found phrase again with its best instance's box: with the phrase, and alone
         found = [j for j in range(p) if answers.count[j] and answers.scores[j, 0] >= 0.5]
-        ex = _Answers(p, max_instances, mask_size, min_score)
+        ex, vis = _Answers(p, max_instances, mask_size, min_score), _Answers(p, max_instances, mask_size, min_score)
         box = torch.zeros(p, 4)
         for s in range(0, len(found), phrase_chunk):
             tt = torch.tensor(found[s:s + phrase_chunk], device=device)
@@ -287,12 +304,16 @@ def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_sc
             xyxy = answers.boxes[tt.cpu(), 0]
             box[tt.cpu()] = xyxy
             cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)[:, None]
+            cxcywh = cxcywh.to(device, text.dtype)
             labels = torch.ones(len(tt), 1, dtype=torch.long, device=device)
-            ex.add(tt.tolist(), run_heads(teacher.model, select_images(vision, ii), text[tt], text_mask[tt],
-                                          cxcywh.to(device, text.dtype), labels))
+            images = select_images(vision, ii)
+            ex.add(tt.tolist(), run_heads(teacher.model, images, text[tt], text_mask[tt], cxcywh, labels))
+            vt, vm = (v.expand(len(tt), *v.shape[1:]) for v in visual)
+            vis.add(tt.tolist(), run_heads(teacher.model, images, vt, vm, cxcywh, labels))
         valid = torch.zeros(p, dtype=torch.uint8)
         valid[found] = 1
         tensors.update({f"ex_{k}": v for k, v in ex.tensors().items()}, ex_box=box, ex_valid=valid)
+        tensors.update({f"vis_{k}": v for k, v in vis.tensors().items()})
     return tensors
 
 

@@ -27,9 +27,11 @@ from sam3edge.data.images import load_image, resize_batch
 from sam3edge.distill.cache import TeacherCache
 from sam3edge.distill.targets import PairBatch, PairTarget, masks_to_target
 from sam3edge.models.teacher import sam3_pixel_values
+from sam3edge.runtime.exemplars import VISUAL
 
 PAIR_KEYS = ("presence", "count", "scores", "boxes", "mask_logits")  # what stage 2 reads of an item
-EXEMPLAR_KEYS = tuple(f"ex_{k}" for k in PAIR_KEYS) + ("ex_box", "ex_valid")  # and of a cache with exemplars
+# and of a cache with exemplars: the teacher's answers with its best box, with the phrase (ex_) and alone (vis_)
+EXEMPLAR_KEYS = tuple(f"{m}_{k}" for m in ("ex", "vis") for k in PAIR_KEYS) + ("ex_box", "ex_valid")
 
 
 @dataclass
@@ -52,8 +54,9 @@ class CacheBatches:
                  ground_truth: dict | None = None, gt_rate: float = 0.5, indices: list[int] | None = None,
                  exemplar_rate: float = 0.0):
         self.cache, self.tokenizer = cache, tokenizer
-        # a found phrase is asked with the teacher's best instance box as a positive exemplar this often (its
-        # target: the teacher's answer to that prompt); needs a cache built with exemplars
+        # a found phrase is asked with the teacher's best instance box as a positive exemplar this often, with the
+        # phrase or ("visual") alone, half and half (target: the teacher's answer to that prompt); needs a cache
+        # built with exemplars
         self.exemplar_rate = float(exemplar_rate)
         if self.exemplar_rate and not cache.spec.extra.get("exemplars"):
             raise ValueError(f"teacher cache {cache.root} was built without exemplar prompts; rebuild it with "
@@ -97,7 +100,9 @@ class CacheBatches:
                 gt = self.gt.get(self.cache.spec.images[i], {}).get(phrase)
                 box = None
                 if self.exemplar_rate and int(item["ex_valid"][p]) and ex_rng.random() < self.exemplar_rate:
-                    t = self._teacher_target(item, p, flip, prefix="ex_")
+                    alone = ex_rng.random() < 0.5  # the box alone (SAM3's visual prompt) half of the time
+                    t = self._teacher_target(item, p, flip, prefix="vis_" if alone else "ex_")
+                    phrase = VISUAL if alone else phrase
                     x0, y0, x1, y1 = item["ex_box"][p].tolist()
                     if flip:
                         x0, x1 = 1.0 - x1, 1.0 - x0

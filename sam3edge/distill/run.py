@@ -64,6 +64,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
     from sam3edge.models.student_io import init_heads_from_teacher, rank_teacher_queries, save_student
     from sam3edge.models.teacher import Sam3Teacher
     from sam3edge.runtime.concepts import ConceptCache, check_phrases
+    from sam3edge.runtime.exemplars import VISUAL
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -119,9 +120,12 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
         torch.distributed.barrier()
     cache = TeacherCache(out / "cache")
     text, text_mask = cache.text()
+    phrases = list(cache.spec.phrases)
+    if cfg.exemplars > 0 and VISUAL not in phrases:  # boxes alone ask "visual": the student's cache holds it too
+        visual, visual_mask = cache.visual_text()
+        text, text_mask, phrases = torch.cat([text, visual]), torch.cat([text_mask, visual_mask]), phrases + [VISUAL]
     if student.text_mode != "encoder":  # cache and both: the heads train on the teacher's features
-        student.set_concepts(ConceptCache(cache.spec.phrases, text.float().numpy(), text_mask.numpy(),
-                                          source=cfg.teacher))
+        student.set_concepts(ConceptCache(phrases, text.float().numpy(), text_mask.numpy(), source=cfg.teacher))
     report: dict = {"teacher": cfg.teacher, "student": cfg.student, "images": len(cache),
                     "train_images": len(train_idx), "heldout_images": len(held_idx),
                     "cache_bytes_per_image": cache.bytes_per_image(),

@@ -1,0 +1,162 @@
+"""cgF1 per prompt mode on an SA-Co style set: text, text + 1 exemplar, exemplars alone, negative exemplars,
+and a visual concept stored from one image.
+
+Any model is a ``run(image, phrase, boxes=None, labels=None) -> (masks bool [n, H, W], scores [n], boxes [n, 4])``
+(pixels of ``image``, every instance scoring >= 0.05); :func:`torch_runner` adapts a
+:class:`~sam3edge.models.teacher.Sam3Teacher` or a :class:`~sam3edge.models.student.Sam3Student`,
+:func:`segmenter_runner` a runtime :class:`~sam3edge.runtime.segmenter.Segmenter`. Modes
+(:func:`prompt_mode_figures`):
+
+* ``text``: the phrase alone (cgF1, as ``sam3edge eval``);
+* ``text+1``: the phrase and one ground-truth box of a present concept, drawn at random (SAM3's "1 exemplar"
+  setting; absent concepts keep the phrase alone);
+* ``visual`` / ``text_on_visual_pairs``: "visual" and that box, on present concepts of one category (a box on a
+  ripe apple does not say "apples"), and the phrase alone on the same pairs. These pairs are all positive, where
+  cgF1's image-level MCC is 0 by definition, so both are pmF1 (positive micro F1);
+* ``negative_exemplar``: each pair's best-scoring false positive of the text prompt (IoU < 0.5 with every
+  ground-truth instance) gets a negative box; how many of those disappear (no kept instance at IoU >= 0.5 with it
+  any more) and how many true positives are lost with them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["prompt_mode_figures", "segmenter_runner", "torch_runner"]
+
+
+def torch_runner(model) -> Callable:
+    """``run`` of a model with the teacher's call (``model([image], [phrase], input_boxes=, input_boxes_labels=)``)."""
+    import torch
+
+    @torch.no_grad()
+    def run(image, phrase, boxes=None, labels=None):
+        h, w = image.shape[:2]
+        kw = {}
+        if boxes:
+            kw = {"input_boxes": torch.tensor([[_cxcywh(b, h, w) for b in boxes]], dtype=torch.float32),
+                  "input_boxes_labels": torch.tensor([list(labels)])}
+        inst = model([image], [phrase], **kw).instances(0, 0, score_threshold=0.05)
+        return tuple(inst[k].cpu().float().numpy() if inst[k].is_floating_point() else inst[k].cpu().numpy()
+                     for k in ("masks", "scores", "boxes"))
+
+    return run
+
+
+def segmenter_runner(seg) -> Callable:
+    """``run`` of a runtime Segmenter (its concepts are set per call)."""
+
+    def run(image, phrase, boxes=None, labels=None):
+        if seg.concepts != [phrase]:
+            seg.set_concepts([phrase])
+        ex = [(b, bool(lab)) for b, lab in zip(boxes, labels)] if boxes else None
+        inst = seg.segment(image, score_threshold=0.05, exemplars=ex)
+        return inst.masks, np.asarray(inst.scores), np.asarray(inst.boxes)
+
+    return run
+
+
+def _cxcywh(box_xyxy, h: int, w: int) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    return [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
+
+
+def tight_box(mask: np.ndarray) -> list[float]:
+    """Pixel-edge xyxy box of a boolean mask."""
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _results(pair_id, masks, scores, boxes) -> list[dict]:
+    from sam3edge.data.coco import encode_mask
+
+    return [{"image_id": pair_id, "category_id": 1, "segmentation": encode_mask(np.asarray(m, bool)),
+             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
+            for m, s, b in zip(masks, scores, boxes)]
+
+
+def single_category_phrases() -> set[str]:
+    """Orchard phrases (and synonyms) that name one category: a box on one of them says which."""
+    from sam3edge.data.orchard import ORCHARD_VOCABULARY
+
+    return {p for c in ORCHARD_VOCABULARY.concepts if len(c.category_ids) == 1 for p in (c.phrase, *c.synonyms)}
+
+
+def prompt_mode_figures(run: Callable, annotations: str | Path, seed: int, work: str | Path) -> dict:
+    """The modes of the module docstring for ``run`` on the set ``annotations``; the exemplar box of each pair is
+    drawn with ``seed`` (the same boxes for every model). ``work``: where subset annotation files go."""
+    from sam3edge.data.coco import ConceptDataset
+    from sam3edge.data.images import load_image
+    from sam3edge.eval import evaluate
+
+    annotations, work = Path(annotations), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = ConceptDataset.load(annotations)
+    one_category = single_category_phrases()
+    rng = np.random.default_rng(seed)
+    preds = {m: [] for m in ("text", "text+1", "visual", "text_on_visual_pairs")}
+    visual_ids = set()
+    neg = {"false_positives": 0, "removed": 0, "true_positives": 0, "tp_lost": 0}
+    for file_name in data.files:
+        image = load_image(data.image_path(file_name))
+        for pair in data.by_file[file_name]:
+            gt = pair.masks()
+            box = tight_box(gt[int(rng.integers(len(gt)))]) if len(gt) else None
+            text = run(image, pair.phrase)
+            preds["text"] += _results(pair.id, *text)
+            preds["text+1"] += _results(pair.id, *(run(image, pair.phrase, [box], [1]) if box else text))
+            if box and pair.phrase in one_category:
+                visual_ids.add(pair.id)
+                preds["visual"] += _results(pair.id, *run(image, "visual", [box], [1]))
+                preds["text_on_visual_pairs"] += _results(pair.id, *text)
+            _negative_exemplar(run, image, pair.phrase, text, gt, neg)
+    figures = {}
+    base = json.loads(annotations.read_text())
+    for mode, p in preds.items():
+        subset = mode in ("visual", "text_on_visual_pairs")
+        gt_data = _subset(base, visual_ids) if subset else base
+        path = work / f"gt_{seed}_{mode}.json"
+        path.write_text(json.dumps(gt_data))
+        agg = evaluate(path, p).to_dict()["aggregate"]
+        figures[mode] = agg["pmf1"] if subset else agg["cgf1"]
+    figures["visual_pairs"] = len(visual_ids)
+    figures["negative_exemplar"] = neg
+    return figures
+
+
+def _negative_exemplar(run, image, phrase, text, gt, counts: dict) -> None:
+    masks, scores, boxes = text
+    kept = np.flatnonzero(scores >= 0.5)
+    if not len(kept):
+        return
+    iou = _iou(masks[kept], gt).max(1) if len(gt) else np.zeros(len(kept))
+    fp, tp = kept[iou < 0.5], kept[iou >= 0.5]
+    if not len(fp):
+        return
+    worst = fp[np.argmax(scores[fp])]
+    after_masks, after_scores, _ = run(image, phrase, [list(boxes[worst])], [0])
+    still = after_masks[after_scores >= 0.5]
+    counts["false_positives"] += 1
+    counts["removed"] += int(not len(still) or _iou(masks[[worst]], still).max() < 0.5)
+    if len(tp):
+        counts["true_positives"] += len(tp)
+        counts["tp_lost"] += int((_iou(masks[tp], still).max(1) < 0.5).sum()) if len(still) else len(tp)
+
+
+def _subset(data: dict, ids: set) -> dict:
+    """An SA-Co annotation dict restricted to the pairs (``images`` entries) ``ids``."""
+    out = dict(data)
+    out["images"] = [im for im in data["images"] if im["id"] in ids]
+    out["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    return out
