@@ -29,8 +29,9 @@ def test_fp32_bundle_is_complete_checksummed_and_equal_to_pytorch(bundles):
     assert manifest["format"] == "sam3edge-bundle" and manifest["format_version"] == 1
     assert manifest["target"] == "onnx" and manifest["precision"] == "fp32"
     assert manifest["concepts"] == ORCHARD_PHRASES and manifest["input"]["size"] == 128
-    assert set(manifest["graphs"]) == {"image_encoder", "decoder"}
-    for name in ("graphs/image_encoder.onnx", "graphs/decoder.onnx", "concepts.npy", "tokenizer.json"):
+    assert set(manifest["graphs"]) == {"image_encoder", "decoder", "exemplar_encoder"}
+    for name in ("graphs/image_encoder.onnx", "graphs/decoder.onnx", "graphs/exemplar_encoder.onnx", "concepts.npy",
+                 "tokenizer.json"):
         assert manifest["files"][name] == sha256_file(path / name), name
     for g in manifest["graphs"].values():
         model = onnx.load(str(path / g["file"]))
@@ -39,8 +40,14 @@ def test_fp32_bundle_is_complete_checksummed_and_equal_to_pytorch(bundles):
     dec = manifest["graphs"]["decoder"]
     assert [i["name"] for i in dec["inputs"]] == ["feat0", "feat1", "feat2", "text", "text_mask"]
     assert dec["outputs"][3]["shape"] == ["prompts", 10, 32, 32]
+    assert dec["inputs"][3]["shape"] == ["prompts", "tokens", 64]  # text tokens, then any exemplar tokens
+    ex = manifest["graphs"]["exemplar_encoder"]
+    assert [i["name"] for i in ex["inputs"]] == ["feat2", "boxes", "box_labels"]
+    assert ex["inputs"][1]["shape"] == ["prompts", "exemplars", 4]
     v = manifest["verification"]
     assert v["failed"] == [] and not v["forced"]
+    # verified with exemplar boxes too (every concept with boxes, one with padding only)
+    assert v["exemplar_encoder"]["recall"] == 1.0 and v["exemplar_encoder"]["max_abs_error"]["scores"] <= 1e-4
     assert v["max_abs_error"]["scores"] <= 1e-4 and v["max_abs_error"]["presence"] <= 1e-5
     assert v["max_abs_error"]["masks"] <= 1e-2  # logits of the same query, same rank
     assert v["recall"] == 1.0 and v["mask_iou"] >= 0.99
