@@ -11,8 +11,8 @@ from sam3edge.cli import build_parser, main
 
 def test_help_lists_exactly_the_working_verbs():
     sub = next(a for a in build_parser()._actions if a.dest == "verb")
-    assert sorted(sub.choices) == ["bench", "build-engines", "data", "devices", "distill", "eval", "export",
-                                   "quickstart", "segment", "students"]
+    assert sorted(sub.choices) == ["bench", "build-engines", "concepts", "data", "devices", "distill", "eval",
+                                   "export", "quickstart", "segment", "students"]
     out = subprocess.run([sys.executable, "-m", "sam3edge.cli", "--help"], capture_output=True, text=True, check=True)
     assert "data" in out.stdout and "eval" in out.stdout
 
