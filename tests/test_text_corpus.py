@@ -66,7 +66,8 @@ def test_a_both_mode_student_distils_its_encoder_on_the_corpus_and_its_bundle_ta
     assert student.text_mode == "both" and student.has_text_encoder and list(student.concepts.phrases) == DOMAIN
     m = export_bundle(run, tmp_path / "b.sam3edge", "onnx", "fp32", calib=scenes, n_verify=2, progress=False,
                       force=True)
-    assert set(m["graphs"]) == {"image_encoder", "decoder", "text_encoder"} and m["concepts"] == DOMAIN
+    assert set(m["graphs"]) == {"image_encoder", "decoder", "text_encoder", "exemplar_encoder"}
+    assert m["concepts"] == DOMAIN
     seg = Segmenter.load(tmp_path / "b.sam3edge")
     seg.set_concepts(["ripe apple", "yellow pear on a branch"])
     assert seg._text_ms > 0  # the new phrase went through the text graph; the known one came from the cache
