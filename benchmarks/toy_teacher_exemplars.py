@@ -198,7 +198,8 @@ def main(argv=None) -> int:
     before = evaluate_modes(Path(__import__("sam3edge.models.bundled", fromlist=["x"]).resolve_model("orchard-toy")),
                             args.run_dir, args.n) if not args.eval_only else None
     after = evaluate_modes(model_dir, args.run_dir, args.n)
-    result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(argv or []),
+    args_given = argv if argv is not None else __import__("sys").argv[1:]
+    result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": MIX,
               "lr": args.lr, "train_s": round(train_s, 1), "heldout_scenes": args.n, "seeds": EVAL_SEEDS,
               "before": before, "after": after, "host": {"machine": platform.machine(), "torch": torch.__version__}}
