@@ -35,8 +35,10 @@ def stored_concept_figures(bundle: Path, annotations: Path, seed: int, work: Pat
     from sam3edge.data.coco import ConceptDataset
     from sam3edge.data.images import load_image
     from sam3edge.eval import evaluate
-    from sam3edge.eval.prompt_modes import _results, _subset, segmenter_runner, single_category_phrases, tight_box
+    from sam3edge.eval.predict import coco_results
+    from sam3edge.eval.prompt_modes import segmenter_runner, single_category_phrases, subset_pairs, tight_box
     from sam3edge.runtime import Segmenter
+    from sam3edge.runtime.exemplars import VISUAL
     from sam3edge.runtime.visual_concept import add_visual_concept
 
     data = ConceptDataset.load(annotations)
@@ -62,22 +64,22 @@ def stored_concept_figures(bundle: Path, annotations: Path, seed: int, work: Pat
             continue
         image = load_image(data.image_path(pair.file_name))
         stored, text = run(image, f"{pair.phrase} [example]"), run(image, pair.phrase)
-        preds["stored"] += _results(pair.id, *stored)
-        preds["text"] += _results(pair.id, *text)
+        preds["stored"] += coco_results(pair.id, *stored)
+        preds["text"] += coco_results(pair.id, *text)
         ids.add(pair.id)
         gt = pair.masks()
         if len(gt):
             pos_ids.add(pair.id)
             box = tight_box(gt[int(rng.integers(len(gt)))])
-            preds["in_image"] += _results(pair.id, *run(image, "visual", [box], [1]))
-            preds["text_pos"] += _results(pair.id, *text)
-            preds["stored_pos"] += _results(pair.id, *stored)
+            preds["in_image"] += coco_results(pair.id, *run(image, VISUAL, [box], [1]))
+            preds["text_pos"] += coco_results(pair.id, *text)
+            preds["stored_pos"] += coco_results(pair.id, *stored)
     base = json.loads(annotations.read_text())
     figures = {"concepts": sorted(examples), "pairs": len(ids), "positive_pairs": len(pos_ids)}
     for mode, p in preds.items():
         positive = mode in ("in_image", "text_pos", "stored_pos")
         path = work / f"gt_stored_{seed}_{mode}.json"
-        path.write_text(json.dumps(_subset(base, pos_ids if positive else ids)))
+        path.write_text(json.dumps(subset_pairs(base, pos_ids if positive else ids)))
         agg = evaluate(path, p).to_dict()["aggregate"]
         figures[mode] = agg["pmf1"] if positive else agg["cgf1"]
     return figures

@@ -40,6 +40,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from sam3edge.atomic import atomic_write, atomic_write_text
+from sam3edge.models.heads.layers import xyxy_to_cxcywh
 from sam3edge.runtime.exemplars import VISUAL
 
 CACHE_FORMAT = 1
@@ -303,8 +304,7 @@ def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_sc
             ii = torch.full_like(tt, b)
             xyxy = answers.boxes[tt.cpu(), 0]
             box[tt.cpu()] = xyxy
-            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)[:, None]
-            cxcywh = cxcywh.to(device, text.dtype)
+            cxcywh = xyxy_to_cxcywh(xyxy)[:, None].to(device, text.dtype)
             labels = torch.ones(len(tt), 1, dtype=torch.long, device=device)
             images = select_images(vision, ii)
             ex.add(tt.tolist(), run_heads(teacher.model, images, text[tt], text_mask[tt], cxcywh, labels))

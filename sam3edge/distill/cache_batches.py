@@ -27,7 +27,7 @@ from sam3edge.data.images import load_image, resize_batch
 from sam3edge.distill.cache import TeacherCache
 from sam3edge.distill.targets import PairBatch, PairTarget, masks_to_target
 from sam3edge.models.teacher import sam3_pixel_values
-from sam3edge.runtime.exemplars import VISUAL
+from sam3edge.runtime.exemplars import PADDING_LABEL, VISUAL
 
 PAIR_KEYS = ("presence", "count", "scores", "boxes", "mask_logits")  # what stage 2 reads of an item
 # and of a cache with exemplars: the teacher's answers with its best box, with the phrase (ex_) and alone (vis_)
@@ -121,7 +121,7 @@ class CacheBatches:
         input_boxes = labels = None
         if any(b is not None for b in boxes):  # one exemplar slot; pairs without one are padding (text only)
             input_boxes = torch.tensor([b or [0.0] * 4 for b in boxes], dtype=torch.float32)[:, None]
-            labels = torch.tensor([[1 if b is not None else -10] for b in boxes])
+            labels = torch.tensor([[1 if b is not None else PADDING_LABEL] for b in boxes])
         return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases,
                          input_boxes, labels)
 

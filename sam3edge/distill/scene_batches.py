@@ -13,6 +13,7 @@ from sam3edge.data.orchard import ORCHARD_VOCABULARY, render_scene, scene_rng
 from sam3edge.data.orchard_dataset import scene_pairs
 from sam3edge.distill.targets import PairBatch, masks_to_target
 from sam3edge.models.teacher import sam3_pixel_values
+from sam3edge.runtime.exemplars import PADDING_LABEL, VISUAL
 
 
 class OrchardBatches:
@@ -73,7 +74,7 @@ class OrchardBatches:
             labels.append(0)
         phrase = pair.phrase
         if mode == 2 and own and pair.phrase in self._one_category:
-            phrase = "visual"
+            phrase = VISUAL
         return phrase, boxes, labels
 
     def __getitem__(self, step: int) -> PairBatch:
@@ -108,7 +109,7 @@ class OrchardBatches:
         input_boxes = input_labels = None
         if k:
             input_boxes = torch.zeros(len(phrases), k, 4)
-            input_labels = torch.full((len(phrases), k), -10, dtype=torch.long)
+            input_labels = torch.full((len(phrases), k), PADDING_LABEL, dtype=torch.long)
             for i, (b, lab) in enumerate(exemplars):
                 if b:
                     input_boxes[i, :len(b)] = torch.tensor(b, dtype=torch.float32)

@@ -28,11 +28,17 @@ def predict_dataset(model, dataset: ConceptDataset, min_score: float = 0.05, pro
         out = model([image], phrases)
         for pair in pairs:
             inst = out.instances(0, phrases.index(pair.phrase), score_threshold=min_score)
-            masks, scores, boxes = (_numpy(inst[k]) for k in ("masks", "scores", "boxes"))
-            for m, s, b in zip(masks, scores, boxes):
-                x0, y0, x1, y1 = (float(v) for v in b)
-                results.append({"image_id": pair.id, "category_id": 1, "segmentation": encode_mask(m),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)})
+            results += coco_results(pair.id, *(_numpy(inst[k]) for k in ("masks", "scores", "boxes")))
+    return results
+
+
+def coco_results(pair_id, masks, scores, boxes) -> list[dict]:
+    """COCO result dicts of one pair's instances: bool masks [n, H, W], scores [n], xyxy pixel boxes [n, 4]."""
+    results = []
+    for m, s, b in zip(masks, scores, boxes):
+        x0, y0, x1, y1 = (float(v) for v in b)
+        results.append({"image_id": pair_id, "category_id": 1, "segmentation": encode_mask(m),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)})
     return results
 
 

@@ -26,12 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["prompt_mode_figures", "segmenter_runner", "torch_runner"]
+from sam3edge.runtime.exemplars import VISUAL
+
+__all__ = ["prompt_mode_figures", "segmenter_runner", "single_category_phrases", "subset_pairs", "tight_box",
+           "torch_runner"]
 
 
 def torch_runner(model) -> Callable:
     """``run`` of a model with the teacher's call (``model([image], [phrase], input_boxes=, input_boxes_labels=)``)."""
     import torch
+
+    from sam3edge.eval.predict import _numpy
 
     @torch.no_grad()
     def run(image, phrase, boxes=None, labels=None):
@@ -41,8 +46,7 @@ def torch_runner(model) -> Callable:
             kw = {"input_boxes": torch.tensor([[_cxcywh(b, h, w) for b in boxes]], dtype=torch.float32),
                   "input_boxes_labels": torch.tensor([list(labels)])}
         inst = model([image], [phrase], **kw).instances(0, 0, score_threshold=0.05)
-        return tuple(inst[k].cpu().float().numpy() if inst[k].is_floating_point() else inst[k].cpu().numpy()
-                     for k in ("masks", "scores", "boxes"))
+        return tuple(_numpy(inst[k]) for k in ("masks", "scores", "boxes"))
 
     return run
 
@@ -78,14 +82,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def _results(pair_id, masks, scores, boxes) -> list[dict]:
-    from sam3edge.data.coco import encode_mask
-
-    return [{"image_id": pair_id, "category_id": 1, "segmentation": encode_mask(np.asarray(m, bool)),
-             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
-            for m, s, b in zip(masks, scores, boxes)]
-
-
 def single_category_phrases() -> set[str]:
     """Orchard phrases (and synonyms) that name one category: a box on one of them says which."""
     from sam3edge.data.orchard import ORCHARD_VOCABULARY
@@ -99,6 +95,7 @@ def prompt_mode_figures(run: Callable, annotations: str | Path, seed: int, work:
     from sam3edge.data.coco import ConceptDataset
     from sam3edge.data.images import load_image
     from sam3edge.eval import evaluate
+    from sam3edge.eval.predict import coco_results
 
     annotations, work = Path(annotations), Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -114,18 +111,18 @@ def prompt_mode_figures(run: Callable, annotations: str | Path, seed: int, work:
             gt = pair.masks()
             box = tight_box(gt[int(rng.integers(len(gt)))]) if len(gt) else None
             text = run(image, pair.phrase)
-            preds["text"] += _results(pair.id, *text)
-            preds["text+1"] += _results(pair.id, *(run(image, pair.phrase, [box], [1]) if box else text))
+            preds["text"] += coco_results(pair.id, *text)
+            preds["text+1"] += coco_results(pair.id, *(run(image, pair.phrase, [box], [1]) if box else text))
             if box and pair.phrase in one_category:
                 visual_ids.add(pair.id)
-                preds["visual"] += _results(pair.id, *run(image, "visual", [box], [1]))
-                preds["text_on_visual_pairs"] += _results(pair.id, *text)
+                preds["visual"] += coco_results(pair.id, *run(image, VISUAL, [box], [1]))
+                preds["text_on_visual_pairs"] += coco_results(pair.id, *text)
             _negative_exemplar(run, image, pair.phrase, text, gt, neg)
     figures = {}
     base = json.loads(annotations.read_text())
     for mode, p in preds.items():
         subset = mode in ("visual", "text_on_visual_pairs")
-        gt_data = _subset(base, visual_ids) if subset else base
+        gt_data = subset_pairs(base, visual_ids) if subset else base
         path = work / f"gt_{seed}_{mode}.json"
         path.write_text(json.dumps(gt_data))
         agg = evaluate(path, p).to_dict()["aggregate"]
@@ -154,7 +151,7 @@ def _negative_exemplar(run, image, phrase, text, gt, counts: dict) -> None:
         counts["tp_lost"] += int((_iou(masks[tp], still).max(1) < 0.5).sum()) if len(still) else len(tp)
 
 
-def _subset(data: dict, ids: set) -> dict:
+def subset_pairs(data: dict, ids: set) -> dict:
     """An SA-Co annotation dict restricted to the pairs (``images`` entries) ``ids``."""
     out = dict(data)
     out["images"] = [im for im in data["images"] if im["id"] in ids]

@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sam3edge.models.heads.layers import xyxy_to_cxcywh
+
 IMAGE_OUTPUTS = ("feat0", "feat1", "feat2")
 DECODER_INPUTS = (*IMAGE_OUTPUTS, "text", "text_mask")
 DECODER_OUTPUTS = ("scores", "boxes", "presence", "masks", "indices")
@@ -41,6 +43,13 @@ EXEMPLAR_OUTPUTS = ("tokens", "tokens_mask")
 
 def is_fast(student) -> bool:
     return student.spec.heads.head_type == "fast"
+
+
+def frame_positions(student) -> list[torch.Tensor]:
+    """The position encodings of the student's FPN levels at its (fixed) input size: graph constants."""
+    size = student.image_size
+    with torch.no_grad():
+        return [p.detach().clone() for p in student.image_encoder(torch.zeros(1, 3, size, size)).pos]
 
 
 class ImageEncoderGraph(nn.Module):
@@ -62,11 +71,9 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.heads = student.heads
         self.k = int(top_k or student.spec.export.top_k)
-        size = student.image_size
-        with torch.no_grad():  # position encodings depend only on the (fixed) input size: graph constants
-            pos = student.image_encoder(torch.zeros(1, 3, size, size)).pos
+        pos = frame_positions(student)
         for i, p in enumerate(pos):
-            self.register_buffer(f"pos{i}", p.detach().clone(), persistent=False)
+            self.register_buffer(f"pos{i}", p, persistent=False)
         self.fast = is_fast(student)
         if self.fast:
             grid_pos = student.heads.grid_position(pos[-1])
@@ -89,18 +96,15 @@ class ExemplarGraph(nn.Module):
     def __init__(self, student):
         super().__init__()
         self.heads = student.heads
-        size = student.image_size
-        with torch.no_grad():
-            pos = student.image_encoder(torch.zeros(1, 3, size, size)).pos[-1]
+        pos = frame_positions(student)[-1]
         if is_fast(student):
-            pos = student.heads.grid_position(pos)
-        self.register_buffer("pos", pos.detach().clone(), persistent=False)
+            with torch.no_grad():
+                pos = student.heads.grid_position(pos)
+        self.register_buffer("pos", pos, persistent=False)
 
     def forward(self, feat2, boxes, box_labels):
-        x0, y0, x1, y1 = boxes.unbind(-1)
-        cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
         # a row of padding only (a concept without boxes among others with some) comes out all masked: a no-op
-        return self.heads.exemplar_tokens(feat2, self.pos, cxcywh, box_labels)
+        return self.heads.exemplar_tokens(feat2, self.pos, xyxy_to_cxcywh(boxes), box_labels)
 
 
 class TextEncoderGraph(nn.Module):

@@ -23,7 +23,14 @@ import numpy as np
 
 from sam3edge.atomic import atomic_directory, written_by_us
 from sam3edge.runtime.bundle import FORMAT, MANIFEST, Bundle, check_manifest
-from sam3edge.runtime.concepts import ConceptCache, normalize_phrase, sha256_file
+from sam3edge.runtime.concepts import (
+    FEATURES_FILE,
+    MASK_FILE,
+    META_FILE,
+    ConceptCache,
+    normalize_phrase,
+    sha256_file,
+)
 from sam3edge.runtime.exemplars import VISUAL, exemplar_inputs
 from sam3edge.runtime.image import as_rgb_uint8
 from sam3edge.runtime.names import MAX_PHRASE_CHARS
@@ -70,7 +77,7 @@ def add_visual_concept(bundle: str | Path, name: str, image, exemplars, phrase: 
         new_cache.save(tmp)
         manifest["concepts"] = list(new_cache.phrases)
         manifest.setdefault("visual_concepts", {})[name] = record
-        for rel in manifest["files"]:
+        for rel in (FEATURES_FILE, MASK_FILE, META_FILE):  # the rest are copies; Bundle.open below checks them all
             manifest["files"][rel] = sha256_file(tmp / rel)
         check_manifest(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -17,7 +17,6 @@ from torch import nn
 from sam3edge.models.heads.outputs import HeadOutputs
 from sam3edge.models.heads_config import HeadsConfig
 from sam3edge.ops.mode import fused_ops_enabled
-from sam3edge.runtime.exemplars import PADDING_LABEL
 
 from .attention import padding_bias
 from .detr_decoder import DetrDecoder
@@ -104,12 +103,7 @@ class Sam3Heads(nn.Module):
         """Exemplar boxes [N, K, 4] (normalised cxcywh; labels [N, K]: 1 positive, 0 negative, -10 padding, None =
         all positive) on the coarsest level / its position encoding [1 or N, C, H, W] -> prompt tokens
         [N, K + 1, C] and mask [N, K + 1] (SAM3's geometry encoder), appended to the text tokens."""
-        n = boxes.shape[0]
-        if labels is None:
-            labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=boxes.device)
-        tokens, mask = self.geometry_encoder(boxes, labels, coarse.expand(n, -1, -1, -1),
-                                             coarse_pos.expand(n, -1, -1, -1))
-        return tokens, mask & (labels != PADDING_LABEL).any(dim=1, keepdim=True)  # padding only: text only
+        return self.geometry_encoder.prompt_tokens(boxes, labels, coarse, coarse_pos)
 
     def _decode(self, fpn_features, fpn_pos, text_features, text_mask, input_boxes, input_boxes_labels) -> _Decoded:
         self._check(fpn_features, fpn_pos, text_features, text_mask, input_boxes, input_boxes_labels)

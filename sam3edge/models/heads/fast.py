@@ -35,7 +35,6 @@ from torch import nn
 
 from sam3edge.models.heads.outputs import HeadOutputs
 from sam3edge.models.heads_config import HeadsConfig
-from sam3edge.runtime.exemplars import PADDING_LABEL
 
 from .attention import Attention, padding_bias
 from .detr_decoder import DetrDecoder
@@ -231,14 +230,8 @@ class FastHeads(nn.Module):
         """Exemplar boxes [N, K, 4] (normalised cxcywh; labels [N, K]: 1 positive, 0 negative, -10 padding, None =
         all positive) on one frame's grid / grid_pos [1 or N, C, g, g] -> prompt tokens [N, K + 1, in_width] and
         their mask [N, K + 1]: the text tokens' space, appended to them as SAM3 appends its geometry tokens."""
-        n = boxes.shape[0]
-        if labels is None:
-            labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=boxes.device)
-        grid, grid_pos = grid.expand(n, -1, -1, -1), grid_pos.expand(n, -1, -1, -1)
-        tokens, mask = self.geometry_encoder(boxes, labels, grid, grid_pos)
-        if self.exemplar_proj is not None:
-            tokens = self.exemplar_proj(tokens)
-        return tokens, mask & (labels != PADDING_LABEL).any(dim=1, keepdim=True)  # padding only: text only
+        tokens, mask = self.geometry_encoder.prompt_tokens(boxes, labels, grid, grid_pos)
+        return (tokens if self.exemplar_proj is None else self.exemplar_proj(tokens)), mask
 
     def decode(self, grid: torch.Tensor, grid_pos: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                input_boxes: torch.Tensor | None = None, input_boxes_labels: torch.Tensor | None = None):

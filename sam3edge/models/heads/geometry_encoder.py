@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sam3edge.models.heads_config import HeadsConfig
+from sam3edge.runtime.exemplars import PADDING_LABEL
 
 from .attention import Attention, padding_bias
 from .layers import FeedForward, cxcywh_to_xyxy, sine_features
@@ -95,6 +96,17 @@ class GeometryEncoder(nn.Module):
         tokens = torch.cat([tokens, tokens.new_zeros(n, 1, d)], dim=1)
         tokens = torch.where(is_cls[..., None], self.cls_embed.weight[None], tokens)
         return tokens, positions <= num_valid
+
+    def prompt_tokens(self, boxes: torch.Tensor, labels: torch.Tensor | None, image: torch.Tensor,
+                      image_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` as the heads use it: ``labels`` None = all positive; one frame's ``image`` / ``image_pos``
+        [1 or N, C, H, W] serve all N rows; a row of padding only comes out all masked, CLS too (SAM3 would keep
+        its CLS token valid), so a prompt without boxes among others with some stays text only."""
+        n = boxes.shape[0]
+        if labels is None:
+            labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=boxes.device)
+        tokens, mask = self(boxes, labels, image.expand(n, -1, -1, -1), image_pos.expand(n, -1, -1, -1))
+        return tokens, mask & (labels != PADDING_LABEL).any(dim=1, keepdim=True)
 
     def forward(self, boxes: torch.Tensor, labels: torch.Tensor, image: torch.Tensor,
                 image_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

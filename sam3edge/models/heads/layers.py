@@ -79,6 +79,11 @@ def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
 
 
+def xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
+    x0, y0, x1, y1 = b.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
 def check_text(text_features, text_mask, width: int) -> None:
     """text_features [N, L, width] (projected SAM3 text) and text_mask [N, L], or a ValueError naming them."""
     if text_features.dim() != 3 or text_features.shape[-1] != width:
