@@ -76,6 +76,25 @@ def test_interrupted_run_resumes_to_identical_weights_and_log(tmp_path):
     assert [e.value for e in events] == pytest.approx([float(r["total"]) for r in rows], rel=1e-6)
 
 
+def test_resumed_steps_survive_an_earlier_event_file_that_sorts_last(tmp_path):
+    """TensorBoard reads event files in name order (<seconds>.<host>.<pid>.<counter>); an earlier
+    attempt's file stamped this second with a name sorting after ours used to purge the resumed steps."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = TrainConfig(steps=6, lr=5e-4, warmup=2, log_every=1, ckpt_every=3)
+    run = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_model(), SetCriterion(), _Interrupt(_batches(), at=5), cfg, run, progress=False).fit()
+    (killed,) = (run / "tb").glob("events.out.tfevents.*")
+    # the second the resume below opens its writer in, with a host/pid/counter sorting after any real one
+    killed.rename(killed.with_name(f"events.out.tfevents.{int(time.time()) + 1:010d}.~~~.99999.9"))
+    Trainer(_model(), SetCriterion(), _batches(), cfg, run, progress=False).fit()
+    events = EventAccumulator(str(run / "tb")).Reload().Scalars("total")
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6]
+
+
 def test_corrupt_checkpoint_is_reported_not_silently_skipped(tmp_path):
     cfg = TrainConfig(steps=2, warmup=1, log_every=1, ckpt_every=2)
     Trainer(_model(), SetCriterion(), _batches(), cfg, tmp_path, progress=False).fit()

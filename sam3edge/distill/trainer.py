@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,8 +149,10 @@ class Trainer:
             except ImportError:  # tensorboard not installed: log.csv only
                 self._tb = False
                 return None
+            tb_dir = self.run_dir / "tb"
+            _after_earlier_event_files(tb_dir)
             # purge_step: events of an earlier (killed) attempt at these steps are dropped by TensorBoard
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=step)
+            self._tb = SummaryWriter(str(tb_dir), purge_step=step)
         return self._tb or None
 
     def save(self) -> Path | None:
@@ -246,3 +249,31 @@ def _float_outputs(out):
         if torch.is_tensor(v) and v.is_floating_point():
             setattr(out, name, v.float())
     return out
+
+
+def _after_earlier_event_files(tb_dir: Path, max_wait: float = 3.0) -> None:
+    """Wait (at most ``max_wait`` s) until a new event file's name sorts after the earlier attempts'.
+
+    TensorBoard reads a run's event files in name order, and the name is
+    ``events.out.tfevents.<unix seconds>.<host>.<pid>.<writer counter>``: a writer opened in the same
+    second as an earlier one can sort before it (counter "10" < "9", another pid), and then the killed
+    attempt's steps are read last and purge the resumed ones. A new second sorts last whatever follows.
+    """
+    stamps = []
+    for f in tb_dir.glob("events.out.tfevents.*") if tb_dir.is_dir() else ():
+        parts = f.name.split(".")
+        if len(parts) > 3 and parts[3].isdigit():
+            stamps.append(int(parts[3]))
+    if not stamps:
+        return
+    latest = max(stamps)
+    wait = latest + 1 - time.time()
+    if wait > max_wait:  # an event file from the future (clock changed): do not hang on it
+        warnings.warn(
+            f"{tb_dir}: an event file is stamped {latest}, later than now ({time.time():.0f}); "
+            "TensorBoard may show this run's resumed steps out of order (log.csv is right)",
+            stacklevel=3,
+        )
+        return
+    if wait > 0:
+        time.sleep(wait)
