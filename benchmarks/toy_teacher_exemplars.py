@@ -46,9 +46,9 @@ def fine_tune(args) -> Path:
     size = int(model.config.vision_config.backbone_config.image_size)
     g = size // 14 * 4
     batches = OrchardBatches(load_tokenizer(source), seed=TRAIN_SEED + 1000, images_per_batch=args.images,
-                             pairs_per_image=args.pairs, image_size=size, mask_size=(g, g), prompt_mix=MIX)
+                             pairs_per_image=args.pairs, image_size=size, mask_size=(g, g), prompt_mix=args.mix)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.05, grad_clip=1.0, log_every=20,
-                      ckpt_every=250, seed=0)
+                      ckpt_every=250, seed=0, lr_mult={f"model.{k}": v for k, v in args.lr_mult.items()})
     trainer = Trainer(Sam3PairModel(model), SetCriterion(LossWeights()), batches, cfg, args.run_dir)
     trainer.fit(resume=True)
     out = args.run_dir / "model"
@@ -81,10 +81,17 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", type=Path, default=REPO / "runs" / "toy_teacher_ex")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-mult", type=_lr_mult, default={}, metavar="MODULE=X[,MODULE=X]",
+                    help="learning-rate multipliers of Sam3Model submodules, e.g. geometry_encoder=10 (the bundled "
+                         "teacher never trained its geometry encoder)")
+    ap.add_argument("--mix", type=_mix, default=MIX, metavar="T,TB,B",
+                    help=f"prompt mix: text / text + boxes / boxes alone (default {','.join(map(str, MIX))})")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--n", type=int, default=40, help="scenes per held-out set")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="also evaluate the bundled teacher (its rows: benchmarks/results/toy_teacher_exemplars.md)")
     ap.add_argument("--eval-only", type=Path, default=None, help="evaluate this model directory, train nothing")
     ap.add_argument("--out", default="toy_teacher_exemplars")
     args = ap.parse_args(argv)
@@ -94,12 +101,13 @@ def main(argv=None) -> int:
     model_dir = args.eval_only or fine_tune(args)
     train_s = time.time() - t0
     before = evaluate_modes(Path(resolve_model("orchard-toy")),
-                            args.run_dir, args.n) if not args.eval_only else None
+                            args.run_dir, args.n) if args.baseline and not args.eval_only else None
     after = evaluate_modes(model_dir, args.run_dir, args.n)
     args_given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
-              "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": MIX,
-              "lr": args.lr, "train_s": round(train_s, 1), "heldout_scenes": args.n, "seeds": EVAL_SEEDS,
+              "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
+              "lr": args.lr, "lr_mult": args.lr_mult, "train_s": round(train_s, 1),
+              "heldout_scenes": args.n, "seeds": EVAL_SEEDS,
               "before": before, "after": after, "host": {"machine": platform.machine(), "torch": torch.__version__}}
     out = REPO / "benchmarks" / "results" / args.out
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1, default=str))
@@ -122,8 +130,32 @@ def main(argv=None) -> int:
 def teacher_note(args) -> str:
     if args.eval_only:
         return f"model {args.eval_only}"
-    return (f"fine-tuned {args.steps} steps at lr {args.lr} from the bundled weights on the orchard stream of seed "
-            f"{TRAIN_SEED + 1000}, prompt mix text / text + boxes / boxes alone = {MIX}")
+    mult = "".join(f", {k} x{v:g}" for k, v in args.lr_mult.items())
+    return (f"fine-tuned {args.steps} steps at lr {args.lr}{mult} from the bundled weights on the orchard stream of "
+            f"seed {TRAIN_SEED + 1000}, prompt mix text / text + boxes / boxes alone = {tuple(args.mix)}")
+
+
+def _lr_mult(text: str) -> dict[str, float]:
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--lr-mult: {item!r} is not MODULE=NUMBER") from None
+        if not name.strip() or out[name.strip()] <= 0:
+            raise argparse.ArgumentTypeError(f"--lr-mult: {item!r} needs a module name and a positive number")
+    return out
+
+
+def _mix(text: str) -> tuple[float, float, float]:
+    try:
+        mix = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mix: {text!r} is not three numbers T,TB,B") from None
+    if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
+        raise argparse.ArgumentTypeError(f"--mix: {text!r} needs three non-negative weights, not all 0")
+    return mix
 
 
 if __name__ == "__main__":

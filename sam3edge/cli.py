@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.set_defaults(func=_cmd_concepts_list)
     ca = csub.add_parser("add", help="store the prompt of boxes drawn on one image as a concept: later images "
                                      "are segmented for it without boxes")
-    ca.add_argument("bundle", help="an onnx or openvino bundle (rewritten in place, atomically)")
+    ca.add_argument("bundle", help="a bundle with an exemplar encoder (rewritten in place, atomically)")
     ca.add_argument("--name", required=True, help="the new concept's name (what set_concepts / --concept take)")
     ca.add_argument("--image", required=True, type=Path, help="the image the boxes are drawn on")
     ca.add_argument("--box", action="append", required=True, metavar="X0,Y0,X1,Y1[:neg]",

@@ -51,10 +51,12 @@ def described(packages):
 
 
 def _expected_shape(shape: tuple) -> list:
-    """The export spec's shape as describe_mlpackage reports an input: the prompt axis as RangeDim bounds."""
+    """The export spec's shape as describe_mlpackage reports an input: the dynamic axes as RangeDim bounds (the
+    token axis: the 32 text tokens, up to 16 exemplar tokens and their CLS token more)."""
     from sam3edge.export.coreml import MAX_PROMPTS
 
-    return [[1, MAX_PROMPTS] if d == "prompts" else d for d in shape]
+    bounds = {"prompts": [1, MAX_PROMPTS], "tokens": [32, 49], "exemplars": [1, 16]}
+    return [bounds.get(d, d) for d in shape]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -65,8 +67,8 @@ def test_each_graph_is_an_ml_program_package_with_the_spec_inputs_and_outputs(pa
     from sam3edge.export.coreml import COREML_DTYPES
     from sam3edge.export.spec import export_spec
 
-    spec = export_spec(toy_student)
-    assert set(packages[precision]) == {"image_encoder", "decoder"}
+    spec = export_spec(toy_student, exemplars=True)
+    assert set(packages[precision]) == {"image_encoder", "decoder", "exemplar_encoder"}
     for name, path in packages[precision].items():
         assert path.name == f"{name}.mlpackage" and (path / "Manifest.json").is_file()
         model = ct.models.MLModel(str(path), skip_model_load=True)
@@ -79,13 +81,19 @@ def test_each_graph_is_an_ml_program_package_with_the_spec_inputs_and_outputs(pa
         for t, got in zip((*g.inputs, *g.outputs), (*d["inputs"], *d["outputs"])):
             assert got["dtype"] == COREML_DTYPES[name].get(t.name, t.dtype), t.name  # spec dtype unless documented
         assert d["spec_version"] >= 8 and d["opset"] == "CoreML7"  # iOS17 / macOS14
-        assert d["metadata"]["sam3edge.precision"] == precision and d["metadata"]["sam3edge.graph"] == name
+        # int8 packages keep the exemplar encoder in float16, as the other targets keep it float
+        graph_precision = "fp16" if name == "exemplar_encoder" and precision == "int8" else precision
+        assert d["metadata"]["sam3edge.precision"] == graph_precision and d["metadata"]["sam3edge.graph"] == name
     image = described[precision]["image_encoder"]["inputs"][0]
     assert image["shape"] == [1, 128, 128, 3] and image["dtype"] == "int32"
     dec = {t["name"]: t for t in (*described[precision]["decoder"]["inputs"],
                                   *described[precision]["decoder"]["outputs"])}
-    assert dec["text"]["shape"][0] == [1, 1024] and dec["text_mask"]["shape"] == [[1, 1024], 32]
+    assert dec["text"]["shape"][:2] == [[1, 1024], [32, 49]] and dec["text_mask"]["shape"] == [[1, 1024], [32, 49]]
     assert dec["masks"]["shape"] == [None, 10, 32, 32] and dec["indices"]["shape"] == [None, 10]  # prompts stay open
+    ex = {t["name"]: t for t in (*described[precision]["exemplar_encoder"]["inputs"],
+                                 *described[precision]["exemplar_encoder"]["outputs"])}
+    assert ex["boxes"]["shape"] == [[1, 1024], [1, 16], 4] and ex["box_labels"]["dtype"] == "int32"
+    assert ex["tokens_mask"]["dtype"] == "int32" and ex["feat2"]["shape"] == [1, 64, 8, 8]
 
 
 def test_fp16_computes_in_float16_and_int8_stores_int8_weights_in_a_smaller_package(described):
@@ -104,7 +112,34 @@ def test_fp16_computes_in_float16_and_int8_stores_int8_weights_in_a_smaller_pack
 def test_padding_masks_do_not_multiply_by_infinity_in_float16(described):
     # padding_bias multiplies by finfo(float32).min, which float16 would make -inf: 0 * -inf = NaN on real tokens.
     for p in PRECISIONS:
-        assert described[p]["decoder"]["infinite_multipliers"] == [], p
+        for graph in ("decoder", "exemplar_encoder"):
+            assert described[p][graph]["infinite_multipliers"] == [], (p, graph)
+
+
+def test_a_trace_that_fixed_a_size_is_an_export_error_not_a_wrong_answer_on_the_mac():
+    """torch.jit.trace turns a size read in Python into a constant; the export runs each trace at other shapes
+    than its example's and refuses one that no longer equals PyTorch."""
+    import torch
+
+    from sam3edge.export.coreml import _check_trace_generalises
+
+    class Baked(torch.nn.Module):
+        def forward(self, x):
+            return (x.sum(1, keepdim=True) / int(x.shape[1]),)  # int(): the example's width becomes a constant
+
+    class Traced(torch.nn.Module):
+        def forward(self, x):
+            return (x.mean(1, keepdim=True),)
+
+    example, other = torch.ones(2, 3), torch.arange(10.0).reshape(2, 5)
+    for module in (Baked(), Traced()):
+        with torch.no_grad():
+            traced = torch.jit.trace(module, (example,), check_trace=False)
+        if isinstance(module, Baked):
+            with pytest.raises(RuntimeError, match="traced decoder's output 0 differs .*fixed into the trace"):
+                _check_trace_generalises(traced, module, (other,), "decoder")
+        else:
+            _check_trace_generalises(traced, module, (other,), "decoder")
 
 
 def test_an_unsupported_precision_is_refused_naming_the_supported_ones(toy_student, images, concepts, tmp_path):
@@ -137,6 +172,13 @@ def test_coreml_fp16_agrees_with_pytorch_on_orchard_scenes(packages, toy_student
     one, three = run(images[0], text[:1], mask[:1]), run(images[0], text, mask)  # the prompt axis is dynamic
     assert one[0].shape == (1, 10) and three[3].shape == (3, 10, 32, 32) and three[4].dtype == np.int64
     np.testing.assert_allclose(one[0][0], three[0][0], atol=5e-3)
+    from sam3edge.export.onnx import exemplar_example
+
+    assert run.exemplars
+    for k in (1, 5):  # exemplar boxes: the exemplar package and the decoder's longer token axis
+        boxes, labels = exemplar_example(len(text), k)
+        report = compare(torch_runner(toy_student), run, images, text, mask, boxes=boxes, labels=labels)
+        assert report["recall"] >= 0.9 and report["mask_iou"] >= 0.9, (k, report)
 
 
 @pytest.mark.macos

@@ -24,22 +24,23 @@ def toy(toy_student_dir):
     images, _ = resize_batch([render_scene(scene_rng(11, i), 160).image for i in range(4)], 128)
     text, mask = student.concepts.features.astype(np.float32), student.concepts.mask.astype(bool)
     return {"student": student, "images": list(images), "text": text, "mask": mask,
-            "spec": export_spec(student, text_length=text.shape[1])}
+            "spec": export_spec(student, text_length=text.shape[1], exemplars=True)}
 
 
 @pytest.fixture(scope="module")
 def graphs(toy, tmp_path_factory):
-    """precision -> graph name -> ONNX path: fp32, fp16, the ONNX target's int8 and TensorRT's int8 QDQ."""
-    from sam3edge.export.onnx import calibration_feeds, export_fp32, to_fp16, to_int8
+    """precision -> graph name -> ONNX path: fp32 and TensorRT's int8 QDQ (as ``export_tensorrt`` writes them, with
+    the exemplar encoder), fp16 (ONNX's float16 conversion) and the ONNX target's int8."""
+    from sam3edge.export.onnx import calibration_feeds, to_fp16, to_int8
+    from sam3edge.export.tensorrt import export_tensorrt
 
     root = tmp_path_factory.mktemp("trt-graphs")
-    fp32 = export_fp32(toy["student"], root / "fp32", toy["images"], toy["text"], toy["mask"])
-    feeds = calibration_feeds(fp32, toy["images"][:2], toy["text"], toy["mask"])
-    out = {"fp32": fp32}
-    for precision, convert in (("fp16", lambda n, p, d: to_fp16(p, d)),
-                               ("int8", lambda n, p, d: to_int8(p, d, feeds[n], symmetric=True))):
-        (root / precision).mkdir()
-        out[precision] = {n: convert(n, p, root / precision / p.name) for n, p in fp32.items()}
+    student, text, mask = toy["student"], toy["text"], toy["mask"]
+    fp32 = export_tensorrt(student, root / "fp32", "fp16", toy["images"], text, mask)  # fp16 engines: fp32 graphs
+    out = {"fp32": fp32, "int8": export_tensorrt(student, root / "int8", "int8", toy["images"][:2], text, mask)}
+    (root / "fp16").mkdir()
+    out["fp16"] = {n: to_fp16(p, root / "fp16" / p.name) for n, p in fp32.items()}
+    feeds = calibration_feeds(fp32, toy["images"][:2], text, mask)
     (root / "int8-ort").mkdir()  # the ONNX target's int8, to show why TensorRT has its own
     out["int8-ort"] = {"image_encoder": to_int8(fp32["image_encoder"], root / "int8-ort" / "image_encoder.onnx",
                                                 feeds["image_encoder"])}
@@ -65,14 +66,22 @@ def test_every_graph_tensorrt_builds_from_uses_only_supported_operators(graphs, 
         assert report["opset"] == 18 and report["file"] == str(path)
         if name == "decoder":
             assert {"TopK", "Einsum", "LayerNormalization", "GatherElements"} <= set(report["ops"])
-            assert report["dynamic_inputs"] == {"text": ["prompts", 32, 64], "text_mask": ["prompts", 32]}
+            assert report["dynamic_inputs"] == {"text": ["prompts", "tokens", 64], "text_mask": ["prompts", "tokens"]}
             assert report["inputs"]["text_mask"] == "BOOL" and report["outputs"]["indices"] == "INT64"
             assert any("'indices' is int64" in n for n in report["notes"])
+        elif name == "exemplar_encoder":
+            assert report["dynamic_inputs"] == {"boxes": ["prompts", "exemplars", 4],
+                                                "box_labels": ["prompts", "exemplars"]}
+            assert report["inputs"] == {"feat2": "FLOAT", "boxes": "FLOAT", "box_labels": "INT64"}
+            assert report["outputs"]["tokens_mask"] == "BOOL"
+            # the int8 export keeps it float (a few boxes per call, exact ROI geometry), as the ONNX target does
+            assert precision != "int8" or "QuantizeLinear" not in report["ops"]
         else:
             assert report["inputs"] == {"image": "UINT8"} and report["dynamic_inputs"] == {}
             assert any("'image' is uint8" in n for n in report["notes"])
-        if precision == "int8":
+        if precision == "int8" and name != "exemplar_encoder":
             assert {"QuantizeLinear", "DequantizeLinear"} <= set(report["ops"])
+    assert set(graphs[precision]) == {"image_encoder", "decoder", "exemplar_encoder"}
 
 
 def test_the_onnx_targets_uint8_qdq_graph_is_refused_for_its_zero_points(graphs):
@@ -94,6 +103,37 @@ def test_tensorrts_int8_graph_stays_close_to_pytorch_on_onnxruntime(toy, graphs)
     report = compare(torch_runner(toy["student"]), onnx_runner(graphs["int8"]), toy["images"][2:], toy["text"],
                      toy["mask"])
     assert report["recall"] >= 0.75 and report["score_mae"] <= 0.08, report
+
+
+def test_the_graphs_tensorrt_builds_from_take_exemplar_boxes_as_pytorch_does(toy, graphs):
+    """Text, text + boxes (positive, negative, a concept with none) and the visual prompt through the exemplar encoder
+    and the decoder's longer token axis, fp32 graphs on onnxruntime against the PyTorch student."""
+    from sam3edge.export.onnx import exemplar_example
+    from sam3edge.export.verify import compare, onnx_runner, torch_runner
+
+    ref, got = torch_runner(toy["student"]), onnx_runner(graphs["fp32"])
+    assert got.exemplars
+    text, mask = toy["text"], toy["mask"]
+    for k in (1, 5):
+        boxes, labels = exemplar_example(len(text), k)
+        report = compare(ref, got, toy["images"][:2], text, mask, boxes=boxes, labels=labels)
+        assert report["recall"] >= 0.98 and report["score_mae"] <= 1e-3 and report["mask_iou"] >= 0.98, (k, report)
+    boxes, labels = exemplar_example(len(text), 3)
+    a, b = ref(toy["images"][0], text, mask, boxes, labels), got(toy["images"][0], text, mask, boxes, labels)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-4)  # scores, every concept (the last one has padding only)
+    plain = got(toy["images"][0], text, mask)
+    np.testing.assert_allclose(b[0][-1], plain[0][-1], atol=1e-5)  # a concept without boxes: its text-only answer
+    assert np.abs(b[0][0] - plain[0][0]).max() > 1e-3  # boxes do move the others
+
+
+def test_the_tensorrt_build_settings_profile_the_token_and_exemplar_axes(toy, graphs):
+    import json
+
+    config = json.loads((graphs["int8"]["decoder"].parent / "tensorrt.json").read_text())
+    assert config["text_length"] == 32
+    assert config["graphs"]["decoder"]["profile"]["text"] == [[1, 32, 64], [8, 32, 64], [64, 49, 64]]
+    assert config["graphs"]["exemplar_encoder"]["profile"]["boxes"] == [[1, 1, 4], [8, 1, 4], [64, 16, 4]]
+    assert config["graphs"]["exemplar_encoder"]["profile"]["feat2"] == [[1, 64, 8, 8]] * 3
 
 
 def _tiny_graph(tmp_path, op_type: str, opset: int = 18, domain: str = ""):
@@ -147,18 +187,23 @@ def test_an_opset_outside_the_parsers_range_is_a_problem(tmp_path):
     assert report["problems"] == ["opset 8 is outside the 9-24 range TensorRT 10.15's parser takes"]
 
 
-def test_the_decoder_profile_ranges_over_prompts_and_fixes_everything_else(toy):
+def test_the_decoder_profile_ranges_over_prompts_and_tokens_and_fixes_everything_else(toy):
     from sam3edge.export.tensorrt import optimization_profile
 
-    decoder = optimization_profile(toy["spec"].graph("decoder"), opt_prompts=8, max_prompts=64)
+    decoder = optimization_profile(toy["spec"].graph("decoder"), opt_prompts=8, max_prompts=64, text_length=32)
     assert list(decoder) == ["feat0", "feat1", "feat2", "text", "text_mask"]
-    assert decoder["text"] == ((1, 32, 64), (8, 32, 64), (64, 32, 64))
-    assert decoder["text_mask"] == ((1, 32), (8, 32), (64, 32))
+    # text alone (the usual call) is the optimum; up to 16 exemplar boxes and their CLS token more
+    assert decoder["text"] == ((1, 32, 64), (8, 32, 64), (64, 49, 64))
+    assert decoder["text_mask"] == ((1, 32), (8, 32), (64, 49))
     for level, side in (("feat0", 32), ("feat1", 16), ("feat2", 8)):
         assert decoder[level] == ((1, 64, side, side),) * 3
     assert optimization_profile(toy["spec"].graph("image_encoder")) == {"image": ((1, 128, 128, 3),) * 3}
     with pytest.raises(ValueError, match="1 <= min <= opt <= max; got min 1, opt 80, max 64"):
-        optimization_profile(toy["spec"].graph("decoder"), opt_prompts=80, max_prompts=64)
+        optimization_profile(toy["spec"].graph("decoder"), opt_prompts=80, max_prompts=64, text_length=32)
+    with pytest.raises(ValueError, match="'tokens' axis .*pass text_length"):
+        optimization_profile(toy["spec"].graph("decoder"))
+    with pytest.raises(ValueError, match="text_length must be >= 1"):
+        optimization_profile(toy["spec"].graph("decoder"), text_length=0)
 
 
 def test_without_tensorrt_building_says_what_to_install(toy, graphs, tmp_path, monkeypatch):
@@ -190,7 +235,7 @@ def _engines(toy, graphs, precision, tmp_path):
 
     source = "fp32" if precision == "fp16" else precision  # TensorRT makes fp16 itself; int8 comes from QDQ
     config = {"precision": precision, "workspace_gb": 1, "gpu_fallback": True, "dla_core": None, "dla_graphs": [],
-              "opt_prompts": 2, "max_prompts": 4}
+              "opt_prompts": 2, "max_prompts": 4, "text_length": int(toy["text"].shape[1])}
     return build_bundle_engines(graphs[source], toy["spec"], config, timing_cache=tmp_path / "timing.cache")
 
 
@@ -212,6 +257,13 @@ def test_fp16_engines_agree_with_pytorch(toy, graphs, tmp_path):
     many, one = run(toy["images"][0], text, mask), run(toy["images"][0], toy["text"][:1], toy["mask"][:1])
     assert many[0].shape == (6, 10) and many[3].shape == (6, 10, 32, 32) and many[4].dtype == np.int64
     np.testing.assert_allclose(many[0][0], one[0][0], atol=2e-3)
+    # exemplar boxes: the exemplar engine and the decoder's token axis, also in chunks of the profile's 4 prompts
+    from sam3edge.export.onnx import exemplar_example
+
+    assert run.exemplars
+    boxes, labels = exemplar_example(len(text), 3)
+    report = compare(torch_runner(toy["student"]), run, toy["images"], text, mask, boxes=boxes, labels=labels)
+    assert report["recall"] >= 0.9 and report["mask_iou"] >= 0.9, report
 
 
 @pytest.mark.tensorrt
@@ -236,10 +288,12 @@ def test_a_jetson_profile_exports_a_checked_int8_bundle_with_its_build_settings(
     assert m["device_profile"]["input_size_matches"] is False  # the profile is sized for 512 px, this student 128
     config = json.loads((out / "graphs" / "tensorrt.json").read_text())
     assert config["precision"] == "int8" and config["dla_core"] == 0 and config["dla_graphs"] == ["image_encoder"]
-    assert config["graphs"]["decoder"]["profile"]["text"] == [[1, 32, 64], [8, 32, 64], [64, 32, 64]]
+    assert config["graphs"]["decoder"]["profile"]["text"] == [[1, 32, 64], [8, 32, 64], [64, 49, 64]]
     assert config["graphs"]["image_encoder"]["profile"]["image"] == [[1, 128, 128, 3]] * 3
     for g in m["graphs"].values():
         assert check_onnx_for_tensorrt(out / g["file"])["problems"] == []
     v = m["verification"]  # no TensorRT here: the QDQ graph the engine is built from, run by onnxruntime
     assert v["ran"] and "no TensorRT engine was built or run here" in v["runner"] and v["failed"] == []
+    assert v["exemplar_encoder"]["recall"] >= 0.75, v  # verified with exemplar boxes too
+    assert m["graphs"]["exemplar_encoder"]["file"] == "graphs/exemplar_encoder.onnx"
     assert "graphs/tensorrt.json" in m["files"]

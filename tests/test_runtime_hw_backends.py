@@ -17,6 +17,11 @@ def _compare(reference_bundle, bundle, backend: str, score_atol: float, min_iou:
         got, want = seg.segment(image, score_threshold=THRESHOLD), ref.segment(image, score_threshold=THRESHOLD)
         assert len(want) > 0
         assert_same_instances(got, want, score_atol=score_atol, box_atol=2.0, min_iou=min_iou)
+        h, w = image.shape[:2]  # with a positive and a negative exemplar box: the exemplar graph of each backend
+        boxes = [[w * 0.1, h * 0.2, w * 0.4, h * 0.5], ([w * 0.5, h * 0.5, w * 0.9, h * 0.8], False)]
+        got = seg.segment(image, score_threshold=THRESHOLD, exemplars=boxes)
+        want = ref.segment(image, score_threshold=THRESHOLD, exemplars=boxes)
+        assert_same_instances(got, want, score_atol=score_atol, box_atol=2.0, min_iou=min_iou)
 
 
 @pytest.mark.tensorrt

@@ -13,13 +13,19 @@
   weights and arithmetic in float16); int8: the fp16 program with per-channel symmetric int8
   linear/conv weights (``linear_quantize_weights``; float16 activations, no calibration, so
   ``calib_images`` only provides the example input).
+* Exemplar boxes: ``exemplar_encoder.mlpackage`` (feat2, boxes [P, K, 4], box_labels [P, K] -> tokens,
+  tokens_mask; K a ``RangeDim(1, MAX_EXEMPLARS)``), and the decoder's token axis a ``RangeDim(L, L + MAX_EXEMPLARS
+  + 1)`` (the text's L tokens, then exemplar tokens). A trace fixes every shape it reads into a Python number, so
+  the traced decoder is run at another token count and prompt count before conversion and compared with PyTorch
+  (:func:`_check_trace_generalises`): a baked-in size is an export error here, not a wrong answer on the Mac.
 * I/O: the spec's names, order and shapes; the prompt axis is ``RangeDim(1, 1024)``. Where Core ML
   has no equivalent dtype, :data:`COREML_DTYPES` says what the package takes instead: Core ML
   multi-arrays are float16/float32/float64/int32 (int8 from iOS26 on), never uint8, bool or int64.
   So ``image`` is int32 (0..255, exact; the graph casts it as it casts uint8), ``text_mask`` is int32
-  (nonzero = token; :class:`CoreMLDecoderGraph` turns it into the bool mask), and ``indices`` comes
-  out int32. Float inputs and outputs stay float32 in every precision, so the runtime feeds every
-  precision alike (fp16 packages cast at their edges).
+  (nonzero = token; :class:`CoreMLDecoderGraph` turns it into the bool mask), ``indices`` comes
+  out int32, and the exemplar encoder takes ``box_labels`` and returns ``tokens_mask`` as int32. Float
+  inputs and outputs stay float32 in every precision, so the runtime feeds every precision alike (fp16
+  packages cast at their edges).
 
 Conversion fixes (all here, none in the model code; see :func:`_converter_fixes`):
 
@@ -47,8 +53,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from sam3edge.export.graphs import DECODER_OUTPUTS, IMAGE_OUTPUTS, DecoderGraph, ImageEncoderGraph
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, PRECISIONS
+from sam3edge.export.graphs import (
+    DECODER_OUTPUTS,
+    EXEMPLAR_INPUTS,
+    EXEMPLAR_OUTPUTS,
+    IMAGE_OUTPUTS,
+    DecoderGraph,
+    ExemplarGraph,
+    ImageEncoderGraph,
+)
+from sam3edge.runtime.exemplars import MAX_EXEMPLARS
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, PRECISIONS
 
 MAX_PROMPTS = 1024
 DEPLOYMENT_TARGET = "iOS17"  # = macOS14; see the module docstring
@@ -56,6 +71,7 @@ DEPLOYMENT_TARGET = "iOS17"  # = macOS14; see the module docstring
 COREML_DTYPES = {
     IMAGE_GRAPH: {"image": "int32"},
     DECODER_GRAPH: {"text_mask": "int32", "indices": "int32"},
+    EXEMPLAR_GRAPH: {"box_labels": "int32", "tokens_mask": "int32"},
 }
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -71,9 +87,22 @@ class CoreMLDecoderGraph(nn.Module):
         return self.decoder(feat0, feat1, feat2, text, text_mask != 0)
 
 
+class CoreMLExemplarGraph(nn.Module):
+    """:class:`ExemplarGraph` with int32 ``box_labels`` in, int32 ``tokens_mask`` out (no int64 / bool in Core ML)."""
+
+    def __init__(self, exemplar: ExemplarGraph):
+        super().__init__()
+        self.exemplar = exemplar
+
+    def forward(self, feat2, boxes, box_labels):
+        tokens, mask = self.exemplar(feat2, boxes, box_labels.long())
+        return tokens, mask.int()
+
+
 def export_coreml(student, out_dir: Path, precision: str, calib_images: list[np.ndarray], text: np.ndarray,
                   mask: np.ndarray) -> dict[str, Path]:
-    """Write ``image_encoder.mlpackage`` and ``decoder.mlpackage`` at ``precision`` into ``out_dir``.
+    """Write ``image_encoder.mlpackage``, ``decoder.mlpackage`` and ``exemplar_encoder.mlpackage`` at ``precision``
+    into ``out_dir``.
 
     calib_images: uint8 RGB [S, S, 3] domain images (the first is the example input; int8 is
     weight-only and needs no calibration); text [P, L, C] float / mask [P, L] bool: the concepts.
@@ -88,28 +117,46 @@ def export_coreml(student, out_dir: Path, precision: str, calib_images: list[np.
     out_dir.mkdir(parents=True, exist_ok=True)
     image_graph = ImageEncoderGraph(student).eval()
     decoder = CoreMLDecoderGraph(DecoderGraph(student).eval()).eval()
+    exemplar = CoreMLExemplarGraph(ExemplarGraph(student).eval()).eval()
     img = torch.from_numpy(np.ascontiguousarray(calib_images[0]))[None]
-    two = np.arange(2) % len(text)  # two example prompts, so no size-1 broadcast hides the prompt axis
-    text_t, mask_t = torch.from_numpy(np.asarray(text[two], np.float32)), torch.from_numpy(mask[two].astype(np.int32))
+    length, width = text.shape[1:]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings of the (static) shape checks
         levels = image_graph(img)
         image_ts = torch.jit.trace(image_graph, (img,), check_trace=False)
-        decoder_ts = torch.jit.trace(decoder, (*levels, text_t, mask_t), check_trace=False)
+        # two prompts with 3 and 2 exemplar boxes: no size-1 broadcast hides an axis, and the token axis is longer
+        # than the text's, so the trace follows it instead of fixing it at L
+        ex_args = _exemplar_args(levels[2], 2, 3)
+        dec_args = (*levels, *_decoder_prompts(text, mask, exemplar, ex_args))
+        exemplar_ts = torch.jit.trace(exemplar, ex_args, check_trace=False)
+        decoder_ts = torch.jit.trace(decoder, dec_args, check_trace=False)
+        _check_trace_generalises(decoder_ts, decoder, (*levels, *_decoder_prompts(
+            text, mask, exemplar, _exemplar_args(levels[2], 3, 5))), "decoder")
+        _check_trace_generalises(exemplar_ts, exemplar, _exemplar_args(levels[2], 3, 5), "exemplar encoder")
     prompts = ct.RangeDim(1, MAX_PROMPTS, default=1, symbol="prompts")
-    length, width = text_t.shape[1:]
+    tokens = ct.RangeDim(length, length + MAX_EXEMPLARS + 1, default=length, symbol="tokens")
+    boxes = ct.RangeDim(1, MAX_EXEMPLARS, default=1, symbol="exemplars")
     f32 = np.float32
     image_io = ([ct.TensorType(name="image", shape=tuple(img.shape), dtype=np.int32)],
                 [ct.TensorType(name=n, dtype=f32) for n in IMAGE_OUTPUTS])
     decoder_io = ([ct.TensorType(name=n, shape=tuple(f.shape), dtype=f32) for n, f in zip(IMAGE_OUTPUTS, levels)]
-                  + [ct.TensorType(name="text", shape=(prompts, length, width), dtype=f32),
-                     ct.TensorType(name="text_mask", shape=(prompts, length), dtype=np.int32)],
+                  + [ct.TensorType(name="text", shape=(prompts, tokens, width), dtype=f32),
+                     ct.TensorType(name="text_mask", shape=(prompts, tokens), dtype=np.int32)],
                   [ct.TensorType(name=n, dtype=np.int32 if n == "indices" else f32) for n in DECODER_OUTPUTS])
+    feat2, box_dtypes = EXEMPLAR_INPUTS[0], COREML_DTYPES[EXEMPLAR_GRAPH]
+    exemplar_io = ([ct.TensorType(name=feat2, shape=tuple(levels[2].shape), dtype=f32),
+                    ct.TensorType(name="boxes", shape=(prompts, boxes, 4), dtype=f32),
+                    ct.TensorType(name="box_labels", shape=(prompts, boxes), dtype=np.dtype(box_dtypes["box_labels"]))],
+                   [ct.TensorType(name=n, dtype=np.dtype(box_dtypes.get(n, "float32"))) for n in EXEMPLAR_OUTPUTS])
     paths = {}
-    for name, traced, (inputs, outputs) in ((IMAGE_GRAPH, image_ts, image_io), (DECODER_GRAPH, decoder_ts, decoder_io)):
-        model = _convert(traced, inputs, outputs, precision)
-        model.short_description = f"sam3edge {student.spec.name} {name} ({precision}, {student.image_size} px)"
-        model.user_defined_metadata.update({"sam3edge.graph": name, "sam3edge.precision": precision,
+    for name, traced, (inputs, outputs) in ((IMAGE_GRAPH, image_ts, image_io), (DECODER_GRAPH, decoder_ts, decoder_io),
+                                            (EXEMPLAR_GRAPH, exemplar_ts, exemplar_io)):
+        # int8 bundles keep the exemplar encoder in float (fp16 here), as the other targets do: a few boxes per
+        # call, and its ROI geometry exact
+        graph_precision = "fp16" if name == EXEMPLAR_GRAPH and precision == "int8" else precision
+        model = _convert(traced, inputs, outputs, graph_precision, skip=_SKIP_PASSES.get(name, ()))
+        model.short_description = f"sam3edge {student.spec.name} {name} ({graph_precision}, {student.image_size} px)"
+        model.user_defined_metadata.update({"sam3edge.graph": name, "sam3edge.precision": graph_precision,
                                             "sam3edge.student": student.spec.name})
         path = out_dir / f"{name}.mlpackage"
         if path.exists():
@@ -119,10 +166,50 @@ def export_coreml(student, out_dir: Path, precision: str, calib_images: list[np.
     return paths
 
 
-def _convert(traced, inputs, outputs, precision: str):
+def _exemplar_args(feat2: torch.Tensor, prompts: int, boxes: int) -> tuple[torch.Tensor, ...]:
+    """Example (feat2, boxes, int32 box_labels) of the exemplar encoder: positives, a negative, padding."""
+    from sam3edge.export.onnx import exemplar_example
+
+    xyxy, labels = exemplar_example(prompts, boxes)
+    return feat2, torch.from_numpy(xyxy), torch.from_numpy(labels.astype(np.int32))
+
+
+def _decoder_prompts(text: np.ndarray, mask: np.ndarray, exemplar: nn.Module, ex_args: tuple
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text [P, L + K + 1, C], int32 mask) of the concepts (cycled to P prompts) followed by exemplar tokens."""
+    p = ex_args[1].shape[0]
+    rows = np.arange(p) % len(text)
+    tokens, tokens_mask = exemplar(*ex_args)
+    return (torch.cat([torch.from_numpy(np.asarray(text[rows], np.float32)), tokens], 1),
+            torch.cat([torch.from_numpy(mask[rows].astype(np.int32)), tokens_mask], 1))
+
+
+def _check_trace_generalises(traced, module: nn.Module, args: tuple, what: str) -> None:
+    """The trace run at shapes other than its example's equals the module: no size was fixed into the trace."""
+    try:
+        got, want = traced(*args), module(*args)
+    except RuntimeError as e:
+        raise RuntimeError(f"Core ML export: the traced {what} fails at shapes other than its example's ({e}); a "
+                           "size read in Python was fixed into the trace") from e
+    for name, g, w in zip(range(len(want)), got, want):
+        if g.shape != w.shape or not torch.allclose(g.float(), w.float(), atol=1e-4, rtol=1e-4):
+            raise RuntimeError(f"Core ML export: the traced {what}'s output {name} differs from PyTorch at shapes "
+                               f"other than its example's ({tuple(g.shape)} vs {tuple(w.shape)}); a size read in "
+                               "Python was fixed into the trace")
+
+
+# coremltools 9's ``fuse_stack_split`` fails on the exemplar encoder ("'identity' object has no attribute 'axes'"):
+# its split of the boxes' last axis, squeezed on a symbolic shape, becomes an identity the pass does not expect.
+# Skipping it there only leaves split + stack unfused (4 numbers per box).
+_SKIP_PASSES = {EXEMPLAR_GRAPH: ("common::fuse_stack_split",)}
+
+
+def _convert(traced, inputs, outputs, precision: str, skip: tuple[str, ...] = ()):
     import coremltools as ct
 
     pipeline = ct.PassPipeline.DEFAULT
+    if skip:
+        pipeline.remove_passes(list(skip))
     if precision != "fp32":
         _register_fp16_extremes_pass()
         pipeline.insert_pass(pipeline.passes.index("common::add_fp16_cast"), _FP16_EXTREMES_PASS)
@@ -293,17 +380,27 @@ def coreml_runner(paths: dict, compute_units: str = "ALL") -> Callable:
                            "a Mac or an iOS device")
     import coremltools as ct
 
+    from sam3edge.export.verify import with_exemplars
+
     units = getattr(ct.ComputeUnit, compute_units)
     image = ct.models.MLModel(str(paths[IMAGE_GRAPH]), compute_units=units)
     decoder = ct.models.MLModel(str(paths[DECODER_GRAPH]), compute_units=units)
+    exemplar = (ct.models.MLModel(str(paths[EXEMPLAR_GRAPH]), compute_units=units)
+                if EXEMPLAR_GRAPH in paths else None)
 
-    def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray):
+    def exemplars(feat2, boxes, labels):
+        out = exemplar.predict({"feat2": feat2, "boxes": boxes, "box_labels": labels.astype(np.int32)})
+        return np.asarray(out["tokens"], np.float32), np.asarray(out["tokens_mask"]) != 0
+
+    def run(img: np.ndarray, text: np.ndarray, mask: np.ndarray, boxes=None, labels=None):
         feats = image.predict({"image": np.ascontiguousarray(img)[None].astype(np.int32)})
         feed = {n: np.asarray(feats[n], np.float32) for n in IMAGE_OUTPUTS}
-        feed |= {"text": np.asarray(text, np.float32), "text_mask": np.asarray(mask).astype(np.int32)}
+        text, mask = with_exemplars(text, mask, exemplars, feed["feat2"], boxes, labels)
+        feed |= {"text": text, "text_mask": mask.astype(np.int32)}
         out = decoder.predict(feed)
         return tuple(np.asarray(out[n], np.int64 if n == "indices" else np.float32) for n in DECODER_OUTPUTS)
 
+    run.exemplars = exemplar is not None
     return run
 
 

@@ -69,7 +69,7 @@ EXPORT_TARGETS = {t.name: t for t in (
            fused_by_default=True, exemplars=True, int8_scheme="u8s8-w7", packages=("torch", "onnx", "openvino"),
            int8_packages=("nncf",)),
     Target("coreml", ("fp32", "fp16", "int8"), "coreml", "Core ML ML Program (.mlpackage)",
-           int8_scheme="w8-float-activations", packages=("torch", "coremltools"), extra="coreml"),
+           int8_scheme="w8-float-activations", packages=("torch", "coremltools"), extra="coreml", exemplars=True),
     Target("tensorrt", ("fp16", "int8"), "tensorrt", "ONNX for TensorRT + tensorrt.json (engines built on the GPU)",
-           takes_options=True, fused_ops=True, int8_scheme="s8s8-w8"),
+           takes_options=True, fused_ops=True, int8_scheme="s8s8-w8", exemplars=True),
 )}

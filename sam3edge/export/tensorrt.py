@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.runtime.backends.tensorrt_backend import _cuda_devices, capturing_logger, engine_key
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH
 
 INSTALL_HINT = ("TensorRT is needed to build and run TensorRT engines: on a Jetson it comes with JetPack "
                 "(python3-libnvinfer), on x86 with an NVIDIA GPU `pip install tensorrt` (CUDA 12). The ONNX graphs "
@@ -32,24 +32,37 @@ INSTALL_HINT = ("TensorRT is needed to build and run TensorRT engines: on a Jets
 
 
 
-def optimization_profile(graph_spec, min_prompts: int = 1, opt_prompts: int = 8, max_prompts: int = 64
+def optimization_profile(graph_spec, min_prompts: int = 1, opt_prompts: int = 8, max_prompts: int = 64,
+                         text_length: int | None = None
                          ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """Input name -> (min, opt, max) shapes of a :class:`~sam3edge.export.spec.GraphSpec`.
 
-    The ``"prompts"`` axis ranges over ``min_prompts <= opt_prompts <= max_prompts``; every other
-    dimension is fixed, so min == opt == max for inputs without it (the image, the feature levels).
+    The ``"prompts"`` axis ranges over ``min_prompts <= opt_prompts <= max_prompts``. In bundles that take
+    exemplar boxes, the decoder's ``"tokens"`` axis ranges from ``text_length`` (text alone, also the optimum)
+    to ``text_length + MAX_EXEMPLARS + 1`` and the exemplar encoder's ``"exemplars"`` from 1 (the optimum) to
+    ``MAX_EXEMPLARS``. Every other dimension is fixed, so min == opt == max for inputs without those axes (the
+    image, the feature levels).
     """
+    from sam3edge.runtime.exemplars import MAX_EXEMPLARS
+
     if not 1 <= min_prompts <= opt_prompts <= max_prompts:
         raise ValueError(f"prompt counts must satisfy 1 <= min <= opt <= max; got min {min_prompts}, opt "
                          f"{opt_prompts}, max {max_prompts}")
+    axes = {"prompts": (min_prompts, opt_prompts, max_prompts), "exemplars": (1, 1, MAX_EXEMPLARS)}
+    if text_length is not None:
+        if int(text_length) < 1:
+            raise ValueError(f"text_length must be >= 1 (the concept cache's tokens per phrase); got {text_length}")
+        axes["tokens"] = (int(text_length), int(text_length), int(text_length) + MAX_EXEMPLARS + 1)
     profile = {}
     for t in graph_spec.inputs:
-        bad = [d for d in t.shape if not isinstance(d, int) and d != "prompts"]
+        bad = [d for d in t.shape if not isinstance(d, int) and d not in axes]
+        if bad == ["tokens"]:
+            raise ValueError(f"input {t.name!r} of graph {graph_spec.name!r} has a 'tokens' axis (text, then exemplar "
+                             "tokens): pass text_length, the concept cache's tokens per phrase")
         if bad:
             raise ValueError(f"input {t.name!r} of graph {graph_spec.name!r} has dimension(s) {bad}; only ints "
-                             "and 'prompts' have a TensorRT profile")
-        profile[t.name] = tuple(tuple(n if d == "prompts" else int(d) for d in t.shape)
-                                for n in (min_prompts, opt_prompts, max_prompts))
+                             f"and {', '.join(repr(a) for a in axes)} have a TensorRT profile")
+        profile[t.name] = tuple(tuple(axes[d][i] if d in axes else int(d) for d in t.shape) for i in range(3))
     return profile
 
 
@@ -87,12 +100,14 @@ def cached_engine_path(onnx_path: Path, precision: str, key: str | None = None) 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str, graph_spec, *,
                  workspace_gb: float = 2, dla_core: int | None = None, gpu_fallback: bool = True,
-                 opt_prompts: int = 8, max_prompts: int = 64, timing_cache: str | Path | None = None) -> Path:
+                 opt_prompts: int = 8, max_prompts: int = 64, timing_cache: str | Path | None = None,
+                 text_length: int | None = None) -> Path:
     """Build a serialized TensorRT engine of the ONNX graph at ``onnx_path``; returns ``engine_path``.
 
     precision: "fp32", "fp16" (from the fp32 graph) or "int8" (from a QDQ graph, fp16 allowed where a
     layer is not quantized). ``graph_spec``: the graph's :class:`~sam3edge.export.spec.GraphSpec`,
-    whose "prompts" axis gets the profile 1 / ``opt_prompts`` / ``max_prompts``. ``dla_core``: build
+    whose "prompts" axis gets the profile 1 / ``opt_prompts`` / ``max_prompts`` (and a "tokens" axis one from
+    ``text_length``: :func:`optimization_profile`). ``dla_core``: build
     for that DLA core of a Jetson (layers DLA cannot run go to the GPU if ``gpu_fallback``).
     ``timing_cache``: a file read before and written after the build (faster rebuilds). The engine is
     written atomically. Raises ``RuntimeError`` with the parser's or builder's messages on failure.
@@ -118,7 +133,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path}:\n  " + "\n  ".join(errors + log.lines[-20:]))
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    profile_shapes = optimization_profile(graph_spec, 1, opt_prompts, max_prompts)
+    profile_shapes = optimization_profile(graph_spec, 1, opt_prompts, max_prompts, text_length)
     if sorted(t.name for t in inputs) != sorted(profile_shapes):
         raise ValueError(f"{onnx_path} has inputs {[t.name for t in inputs]}, but graph {graph_spec.name!r} of the "
                          f"export spec has {list(profile_shapes)}; export the graph and its spec from the same student")
@@ -167,16 +182,19 @@ def _write_atomic(path: Path, data) -> None:
 
 
 def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
-    """``run(image, text, mask) -> (scores, boxes, presence, masks, indices)`` on TensorRT engines.
+    """``run(image, text, mask, boxes=None, labels=None) -> (scores, boxes, presence, masks, indices)`` on TensorRT
+    engines.
 
-    paths: "image_encoder" and "decoder" -> serialized engines (:func:`build_engine`). Buffers are
+    paths: "image_encoder" and "decoder" (and "exemplar_encoder" where the bundle has one) -> serialized engines
+    (:func:`build_engine`). Buffers are
     torch CUDA tensors (torch is present wherever the export side runs, and it saves a cuda-python
     dependency); the features stay on the GPU between the two engines. More prompts than the
     decoder's profile allows run in chunks. Same signature as the runners of :mod:`~sam3edge.export.verify`.
     """
     import torch
 
-    from sam3edge.export.graphs import DECODER_OUTPUTS, IMAGE_OUTPUTS
+    from sam3edge.export.graphs import DECODER_OUTPUTS, EXEMPLAR_OUTPUTS, IMAGE_OUTPUTS
+    from sam3edge.export.verify import with_exemplars
 
     trt = _tensorrt()
     torch_dtype = {getattr(trt, n): getattr(torch, t) for n, t in (
@@ -186,7 +204,7 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
     log = capturing_logger(trt)
     runtime = trt.Runtime(log)
     engines = {}
-    for name in (IMAGE_GRAPH, DECODER_GRAPH):
+    for name in (n for n in (IMAGE_GRAPH, DECODER_GRAPH, EXEMPLAR_GRAPH) if n in paths):
         engine = runtime.deserialize_cuda_engine(Path(paths[name]).read_bytes())
         if engine is None:
             raise RuntimeError(f"TensorRT could not load {paths[name]} (built by another TensorRT version or for "
@@ -213,11 +231,23 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
         return outputs
 
     @torch.no_grad()
-    def run(image: np.ndarray, text: np.ndarray, mask: np.ndarray):
+    def exemplars(feat2, boxes, labels):
+        with torch.cuda.stream(stream):  # after the image encoder on the same stream: no wait between them
+            chunks = [execute(EXEMPLAR_GRAPH, {"feat2": feat2, "boxes": torch.from_numpy(boxes[s:s + max_prompts]),
+                                               "box_labels": torch.from_numpy(labels[s:s + max_prompts])})
+                      for s in range(0, len(boxes), max_prompts)]
+        stream.synchronize()
+        out = {n: torch.cat([c[n] for c in chunks]).cpu() for n in EXEMPLAR_OUTPUTS}
+        return out["tokens"].float().numpy(), out["tokens_mask"].numpy() != 0
+
+    @torch.no_grad()
+    def run(image: np.ndarray, text: np.ndarray, mask: np.ndarray, boxes=None, labels=None):
         # tensors allocated inside the stream context belong to ``stream``: freeing one before the stream
         # has finished with it is safe (the caching allocator reuses it only for later work on that stream)
         with torch.cuda.stream(stream):
             levels = execute(IMAGE_GRAPH, {"image": torch.from_numpy(np.ascontiguousarray(image))[None]})
+        text, mask = with_exemplars(text, mask, exemplars, levels["feat2"], boxes, labels)
+        with torch.cuda.stream(stream):
             chunks = []
             for s in range(0, len(text), max_prompts):
                 feeds = {n: levels[n] for n in IMAGE_OUTPUTS}
@@ -228,6 +258,7 @@ def tensorrt_runner(paths: dict[str, Path], device: int = 0) -> Callable:
         out = {n: torch.cat([c[n] for c in chunks]).cpu() for n in DECODER_OUTPUTS}
         return (*(out[n].float().numpy() for n in DECODER_OUTPUTS[:4]), out["indices"].long().numpy())
 
+    run.exemplars = EXEMPLAR_GRAPH in engines
     return run
 
 
@@ -259,27 +290,28 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
                          f"fp16 keeps fp32's accuracy on these graphs); got {precision!r}")
     options = {k: v for k, v in (options or {}).items() if k in BUILD_OPTIONS}
     if precision == "fp16":  # TensorRT chooses fp16 kernels itself from the fp32 graph
-        paths = export_fp32(student, out_dir, calib_images, text, mask, fused=fused)
+        paths = export_fp32(student, out_dir, calib_images, text, mask, fused=fused, exemplars=True)
     else:
         work = out_dir / ".fp32-work"
-        fp32 = export_fp32(student, work, calib_images, text, mask, fused=fused)
+        fp32 = export_fp32(student, work, calib_images, text, mask, fused=fused, exemplars=True)
         feeds = calibration_feeds(fp32, calib_images, text, mask, phrases=concept_phrases(student))
-        paths = {n: to_int8(p, out_dir / p.name, feeds[n], symmetric=True) for n, p in fp32.items()}
+        # the exemplar encoder stays float, as in the ONNX target's int8 (a few boxes per call; exact ROI geometry)
+        paths = {n: Path(shutil.copyfile(p, out_dir / p.name)) if n == EXEMPLAR_GRAPH else
+                 to_int8(p, out_dir / p.name, feeds[n], symmetric=True) for n, p in fp32.items()}
         shutil.rmtree(work)
     from sam3edge.ops.onnx import for_tensorrt, rewrite_file
 
     plugins = [n for n, p in paths.items() if rewrite_file(p, for_tensorrt)]  # sam3edge nodes name their plugins
     checks = {n: check_onnx_for_tensorrt(p, strict=True) for n, p in paths.items()}  # a clear error, not a bad bundle
-    spec = export_spec(student, text_length=text.shape[1])
-    opt, top = int(options.get("opt_prompts", 8)), int(options.get("max_prompts", 64))
+    spec = export_spec(student, text_length=text.shape[1], exemplars=True)
+    opt, top, length = int(options.get("opt_prompts", 8)), int(options.get("max_prompts", 64)), int(text.shape[1])
     config = {"precision": precision, "workspace_gb": options.get("workspace_gb", 2),
               "dla_core": options.get("dla_core"), "gpu_fallback": options.get("gpu_fallback", True),
               "dla_graphs": [IMAGE_GRAPH] if options.get("dla_core") is not None else [],
-              "opt_prompts": opt, "max_prompts": top, "parser_ops_version": _ops_version(),
+              "opt_prompts": opt, "max_prompts": top, "text_length": length, "parser_ops_version": _ops_version(),
               "plugins": {"sam3edge": plugins} if plugins else {},
-              "graphs": {n: {"file": p.name, "profile": {k: [list(s) for s in v] for k, v in
-                                                         optimization_profile(spec.graph(n), 1, opt, top).items()},
-                             "notes": checks[n]["notes"]} for n, p in paths.items()}}
+              "graphs": {n: {"file": p.name, "profile": {k: [list(s) for s in v] for k, v in optimization_profile(
+                  spec.graph(n), 1, opt, top, length).items()}, "notes": checks[n]["notes"]} for n, p in paths.items()}}
     atomic_write_text(out_dir / "tensorrt.json", json.dumps(config, indent=1))
     if available():
         build_bundle_engines(paths, spec, config)
@@ -298,7 +330,7 @@ def build_bundle_engines(paths: dict[str, Path], spec, config: dict, timing_cach
                          workspace_gb=config["workspace_gb"], gpu_fallback=config["gpu_fallback"],
                          dla_core=config["dla_core"] if name in config["dla_graphs"] else None,
                          opt_prompts=config["opt_prompts"], max_prompts=config["max_prompts"],
-                         timing_cache=timing_cache)
+                         timing_cache=timing_cache, text_length=config.get("text_length"))
     return out
 
 

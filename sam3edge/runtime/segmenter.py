@@ -277,8 +277,8 @@ class Segmenter:
             return None
         if not self.bundle.has_exemplar_encoder:
             raise ValueError(f"bundle {self.bundle.path} ({self.bundle.target}) takes no exemplar boxes: it has no "
-                             "exemplar encoder graph (Core ML and TensorRT bundles, and bundles exported by earlier "
-                             "versions, do not); export the run to the onnx or openvino target with this version")
+                             "exemplar encoder graph (bundles exported before sam3edge took boxes do not); export "
+                             "the run again with this version (every target carries it)")
         boxes = np.zeros((len(phrases), k, 4), np.float32)
         labels = np.full((len(phrases), k), PADDING_LABEL, np.int64)
         for i, items in enumerate(per_concept):

@@ -54,7 +54,7 @@ def add_visual_concept(bundle: str | Path, name: str, image, exemplars, phrase: 
         raise ValueError(f"bundle {opened.path} already has a concept {name!r}; pick another --name")
     if not opened.has_exemplar_encoder:
         raise ValueError(f"bundle {opened.path} ({opened.target}) has no exemplar encoder graph, so a concept cannot "
-                         "be made from boxes; export the run to the onnx or openvino target with this version")
+                         "be made from boxes; export the run again with this version (every target carries it)")
     rgb = as_rgb_uint8(image)
     per_concept, k = exemplar_inputs(exemplars, [phrase], *rgb.shape[:2])  # checked before any graph runs
     if k == 0:

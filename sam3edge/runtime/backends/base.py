@@ -107,8 +107,8 @@ class Backend:
     def exemplars(self, features, boxes: np.ndarray, box_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Prompt tokens of exemplar boxes on the frame of ``features`` (see the module docstring)."""
         raise BundleError(f"bundle {self.bundle.path} ({self.bundle.target}) has no exemplar encoder graph, so it "
-                          "takes no exemplar boxes; re-export it to the onnx or openvino target with this version "
-                          "of sam3edge")
+                          "takes no exemplar boxes; export it again with this version of sam3edge (every target "
+                          "carries the exemplar encoder)")
 
     def features(self, frame: np.ndarray):
         """The image features in this backend's own form (what ``decode`` takes)."""

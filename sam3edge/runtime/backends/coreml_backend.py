@@ -16,6 +16,7 @@ import numpy as np
 
 from sam3edge.runtime.backends.base import (
     DECODER_OUTPUTS,
+    EXEMPLAR_OUTPUTS,
     IMAGE_OUTPUTS,
     TEXT_OUTPUTS,
     Backend,
@@ -23,7 +24,7 @@ from sam3edge.runtime.backends.base import (
     as_spec,
     import_package,
 )
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
@@ -71,6 +72,14 @@ class CoreMlBackend(Backend):
                  "text_mask": np.asarray(text_mask).astype(self._mask_dtype)}
         out = self._models[DECODER_GRAPH].predict(feeds)
         return as_spec(DECODER_OUTPUTS, [out[n] for n in DECODER_OUTPUTS])
+
+    def exemplars(self, features, boxes, box_labels):
+        if EXEMPLAR_GRAPH not in self._models:
+            return super().exemplars(features, boxes, box_labels)
+        out = self._models[EXEMPLAR_GRAPH].predict({
+            "feat2": np.asarray(features[2], np.float32), "boxes": np.asarray(boxes, np.float32),
+            "box_labels": np.asarray(box_labels).astype(self.input_dtype(EXEMPLAR_GRAPH, "box_labels", "int64"))})
+        return as_spec(EXEMPLAR_OUTPUTS, [out[n] for n in EXEMPLAR_OUTPUTS])
 
     def text(self, input_ids, attention_mask):
         if TEXT_GRAPH not in self._models:

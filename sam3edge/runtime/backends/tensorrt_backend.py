@@ -23,6 +23,7 @@ import numpy as np
 
 from sam3edge.runtime.backends.base import (
     DECODER_OUTPUTS,
+    EXEMPLAR_OUTPUTS,
     IMAGE_OUTPUTS,
     TEXT_OUTPUTS,
     Backend,
@@ -31,7 +32,7 @@ from sam3edge.runtime.backends.base import (
     import_package,
 )
 from sam3edge.runtime.bundle import BundleError
-from sam3edge.runtime.names import DECODER_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 INSTALL_HINT = ("TensorRT runs where it is installed: on a Jetson it comes with JetPack (python3-libnvinfer), on "
                 "x86 with an NVIDIA GPU `pip install tensorrt` (CUDA 12); the runtime's CUDA buffers need torch with "
@@ -208,6 +209,20 @@ class TensorRtBackend(Backend):
 
     def decoder(self, feat0, feat1, feat2, text, text_mask):
         return self.decode((feat0, feat1, feat2), text, text_mask)
+
+    def exemplars(self, features, boxes, box_labels):
+        if EXEMPLAR_GRAPH not in self._engines:
+            return super().exemplars(features, boxes, box_labels)
+        torch = self._torch
+        feat2 = features[2] if torch.is_tensor(features[2]) else torch.from_numpy(np.ascontiguousarray(features[2]))
+        boxes, box_labels = np.asarray(boxes, np.float32), np.asarray(box_labels, np.int64)
+        with torch.no_grad(), torch.cuda.stream(self._stream):
+            chunks = [self._execute(EXEMPLAR_GRAPH, {
+                "feat2": feat2, "boxes": torch.from_numpy(np.ascontiguousarray(boxes[s:s + self._max_prompts])),
+                "box_labels": torch.from_numpy(np.ascontiguousarray(box_labels[s:s + self._max_prompts]))})
+                for s in range(0, len(boxes), self._max_prompts)]
+        self._stream.synchronize()
+        return as_spec(EXEMPLAR_OUTPUTS, [_numpy(torch.cat([c[n] for c in chunks])) for n in EXEMPLAR_OUTPUTS])
 
     def text(self, input_ids, attention_mask):
         if TEXT_GRAPH not in self._engines:
