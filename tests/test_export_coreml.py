@@ -200,6 +200,10 @@ def test_a_coreml_bundle_records_its_io_dtypes_and_that_it_was_not_verified_here
         "graphs/decoder.mlpackage"
     dec = {t["name"]: t["dtype"] for t in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}
     assert dec["text_mask"] == "int32" and dec["indices"] == "int32" and dec["text"] == "float32"
+    ex = {t["name"]: t["dtype"] for t in m["graphs"]["exemplar_encoder"]["inputs"] +
+          m["graphs"]["exemplar_encoder"]["outputs"]}
+    assert ex == {"feat2": "float32", "boxes": "float32", "box_labels": "int32", "tokens": "float32",
+                  "tokens_mask": "int32"}
     assert m["graphs"]["image_encoder"]["inputs"][0]["dtype"] == "int32"
     if sys.platform != "darwin":
         assert m["verification"]["ran"] is False and "needs macOS" in m["verification"]["reason"]
