@@ -29,11 +29,17 @@ class OrchardBatches:
     category (a box on a ripe apple does not say "apples"); a concept absent from the image can get a
     negative box only. Exemplar draws use their own random stream: the scenes and phrases of a batch are
     those of ``prompt_mix=(1, 0, 0)``.
+
+    ``hard_negatives``: how often a negative box goes on a *sibling* instance when the image has one, an instance
+    of a category that shares a broader concept with the prompt's (an unripe or bruised apple for "ripe apple",
+    via "apple"): the look-alikes a text prompt confuses, where a negative exemplar has something to say. Else
+    (and at the default 0, which draws exactly as before) any instance that is not the prompt's.
     """
 
     def __init__(self, tokenizer, seed: int = 0, images_per_batch: int = 4, pairs_per_image: int = 4,
                  image_size: int = 224, mask_size: tuple[int, int] = (64, 64), synonym_rate: float = 0.3,
-                 min_negatives: int = 1, flip: bool = True, prompt_mix: tuple[float, float, float] = (1, 0, 0)):
+                 min_negatives: int = 1, flip: bool = True, prompt_mix: tuple[float, float, float] = (1, 0, 0),
+                 hard_negatives: float = 0.0):
         self.tokenizer = tokenizer
         self.seed, self.b, self.p = seed, images_per_batch, pairs_per_image
         self.size, self.mask_size = image_size, mask_size
@@ -43,6 +49,9 @@ class OrchardBatches:
             raise ValueError(f"prompt_mix must be 3 non-negative weights (text, text + exemplars, exemplars), "
                              f"got {prompt_mix!r}")
         self.prompt_mix = mix / mix.sum()
+        if not 0.0 <= float(hard_negatives) <= 1.0:
+            raise ValueError(f"hard_negatives is a probability in [0, 1], got {hard_negatives!r}")
+        self.hard_negatives = float(hard_negatives)
         self._one_category = {p for c in ORCHARD_VOCABULARY.concepts if len(c.category_ids) == 1
                               for p in (c.phrase, *c.synonyms)}
 
@@ -70,7 +79,9 @@ class OrchardBatches:
                 boxes.append(box(int(k)))
                 labels.append(1)
         if others and (not own or rng.random() < 0.5):
-            boxes.append(box(int(rng.choice(others))))
+            siblings = [k for k in others if scene.categories[k] in _siblings(pair.phrase)]
+            pool = siblings if siblings and self.hard_negatives and rng.random() < self.hard_negatives else others
+            boxes.append(box(int(rng.choice(pool))))
             labels.append(0)
         phrase = pair.phrase
         if mode == 2 and own and pair.phrase in self._one_category:
@@ -116,3 +127,14 @@ class OrchardBatches:
                     input_labels[i, :len(b)] = torch.tensor(lab)
         return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases,
                          input_boxes, input_labels)
+
+
+def _siblings(phrase: str) -> set[int]:
+    """Categories outside ``phrase``'s concept that share a broader concept with it ("unripe apple", "bruised
+    apple" for "ripe apple", through "apple"); empty for a phrase outside the vocabulary (a distractor)."""
+    try:
+        own = set(ORCHARD_VOCABULARY.concept(phrase).category_ids)
+    except KeyError:
+        return set()
+    return {c for concept in ORCHARD_VOCABULARY.concepts if own & set(concept.category_ids)
+            for c in concept.category_ids} - own
