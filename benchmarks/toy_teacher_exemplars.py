@@ -46,7 +46,8 @@ def fine_tune(args) -> Path:
     size = int(model.config.vision_config.backbone_config.image_size)
     g = size // 14 * 4
     batches = OrchardBatches(load_tokenizer(source), seed=TRAIN_SEED + 1000, images_per_batch=args.images,
-                             pairs_per_image=args.pairs, image_size=size, mask_size=(g, g), prompt_mix=args.mix)
+                             pairs_per_image=args.pairs, image_size=size, mask_size=(g, g), prompt_mix=args.mix,
+                             hard_negatives=args.hard_negatives)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.05, grad_clip=1.0, log_every=20,
                       ckpt_every=250, seed=0, lr_mult={f"model.{k}": v for k, v in args.lr_mult.items()})
     trainer = Trainer(Sam3PairModel(model), SetCriterion(LossWeights()), batches, cfg, args.run_dir)
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
                          "teacher never trained its geometry encoder)")
     ap.add_argument("--mix", type=_mix, default=MIX, metavar="T,TB,B",
                     help=f"prompt mix: text / text + boxes / boxes alone (default {','.join(map(str, MIX))})")
+    ap.add_argument("--hard-negatives", type=float, default=0.0, metavar="P",
+                    help="share of negative boxes put on a look-alike instance when there is one (OrchardBatches)")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--n", type=int, default=40, help="scenes per held-out set")
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
     args_given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
-              "lr": args.lr, "lr_mult": args.lr_mult, "train_s": round(train_s, 1),
+              "hard_negatives": args.hard_negatives, "lr": args.lr, "lr_mult": args.lr_mult,
+              "train_s": round(train_s, 1),
               "heldout_scenes": args.n, "seeds": EVAL_SEEDS,
               "before": before, "after": after, "host": {"machine": platform.machine(), "torch": torch.__version__}}
     out = REPO / "benchmarks" / "results" / args.out
@@ -131,6 +135,7 @@ def teacher_note(args) -> str:
     if args.eval_only:
         return f"model {args.eval_only}"
     mult = "".join(f", {k} x{v:g}" for k, v in args.lr_mult.items())
+    mult += f", hard negatives {args.hard_negatives:g}" if args.hard_negatives else ""
     return (f"fine-tuned {args.steps} steps at lr {args.lr}{mult} from the bundled weights on the orchard stream of "
             f"seed {TRAIN_SEED + 1000}, prompt mix text / text + boxes / boxes alone = {tuple(args.mix)}")
 
