@@ -60,7 +60,7 @@ def fine_tune(args) -> Path:
     return out
 
 
-def evaluate_modes(model_dir: Path, work: Path, n: int) -> dict:
+def evaluate_modes(model_dir: Path, work: Path, n: int, seeds=EVAL_SEEDS) -> dict:
     """Per held-out seed, the prompt modes of :mod:`sam3edge.eval.prompt_modes` for the teacher in ``model_dir``."""
     from sam3edge.data.orchard_dataset import write_orchard_dataset
     from sam3edge.eval.prompt_modes import prompt_mode_figures, torch_runner
@@ -68,7 +68,7 @@ def evaluate_modes(model_dir: Path, work: Path, n: int) -> dict:
 
     teacher = Sam3Teacher.from_pretrained(model_dir)
     report = {}
-    for seed in EVAL_SEEDS:
+    for seed in seeds:
         ann = work / f"heldout_{seed}" / "annotations.json"
         if not ann.is_file():
             write_orchard_dataset(ann.parent, n=n, seed=seed, size=teacher.image_size, progress=False)
@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--n", type=int, default=40, help="scenes per held-out set")
+    ap.add_argument("--seeds", type=lambda t: tuple(int(v) for v in t.split(",")), default=EVAL_SEEDS,
+                    metavar="S[,S]", help=f"held-out set seeds (default {','.join(map(str, EVAL_SEEDS))}; the "
+                    f"training stream is seed {TRAIN_SEED + 1000})")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also evaluate the bundled teacher (its rows: benchmarks/results/toy_teacher_exemplars.md)")
@@ -104,14 +107,14 @@ def main(argv=None) -> int:
     model_dir = args.eval_only or fine_tune(args)
     train_s = time.time() - t0
     before = evaluate_modes(Path(resolve_model("orchard-toy")),
-                            args.run_dir, args.n) if args.baseline and not args.eval_only else None
-    after = evaluate_modes(model_dir, args.run_dir, args.n)
+                            args.run_dir, args.n, args.seeds) if args.baseline and not args.eval_only else None
+    after = evaluate_modes(model_dir, args.run_dir, args.n, args.seeds)
     args_given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
               "hard_negatives": args.hard_negatives, "lr": args.lr, "lr_mult": args.lr_mult,
               "train_s": round(train_s, 1),
-              "heldout_scenes": args.n, "seeds": EVAL_SEEDS,
+              "heldout_scenes": args.n, "seeds": args.seeds,
               "before": before, "after": after, "host": {"machine": platform.machine(), "torch": torch.__version__}}
     out = REPO / "benchmarks" / "results" / args.out
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1, default=str))
