@@ -79,8 +79,12 @@ class OrchardBatches:
                 boxes.append(box(int(k)))
                 labels.append(1)
         if others and (not own or rng.random() < 0.5):
-            siblings = [k for k in others if scene.categories[k] in _siblings(pair.phrase)]
-            pool = siblings if siblings and self.hard_negatives and rng.random() < self.hard_negatives else others
+            pool = others
+            if self.hard_negatives:
+                look_alikes = _siblings(pair.phrase)
+                siblings = [k for k in others if scene.categories[k] in look_alikes]
+                if siblings and rng.random() < self.hard_negatives:
+                    pool = siblings
             boxes.append(box(int(rng.choice(pool))))
             labels.append(0)
         phrase = pair.phrase

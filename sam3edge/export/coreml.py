@@ -62,8 +62,7 @@ from sam3edge.export.graphs import (
     ExemplarGraph,
     ImageEncoderGraph,
 )
-from sam3edge.runtime.exemplars import MAX_EXEMPLARS
-from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, PRECISIONS
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, MAX_EXEMPLARS, PRECISIONS
 
 MAX_PROMPTS = 1024
 DEPLOYMENT_TARGET = "iOS17"  # = macOS14; see the module docstring
@@ -130,9 +129,10 @@ def export_coreml(student, out_dir: Path, precision: str, calib_images: list[np.
         dec_args = (*levels, *_decoder_prompts(text, mask, exemplar, ex_args))
         exemplar_ts = torch.jit.trace(exemplar, ex_args, check_trace=False)
         decoder_ts = torch.jit.trace(decoder, dec_args, check_trace=False)
-        _check_trace_generalises(decoder_ts, decoder, (*levels, *_decoder_prompts(
-            text, mask, exemplar, _exemplar_args(levels[2], 3, 5))), "decoder")
-        _check_trace_generalises(exemplar_ts, exemplar, _exemplar_args(levels[2], 3, 5), "exemplar encoder")
+        other = _exemplar_args(levels[2], 3, 5)  # other prompt, box and so token counts than the example's
+        _check_trace_generalises(decoder_ts, decoder, (*levels, *_decoder_prompts(text, mask, exemplar, other)),
+                                 "decoder")
+        _check_trace_generalises(exemplar_ts, exemplar, other, "exemplar encoder")
     prompts = ct.RangeDim(1, MAX_PROMPTS, default=1, symbol="prompts")
     tokens = ct.RangeDim(length, length + MAX_EXEMPLARS + 1, default=length, symbol="tokens")
     boxes = ct.RangeDim(1, MAX_EXEMPLARS, default=1, symbol="exemplars")
@@ -191,7 +191,7 @@ def _check_trace_generalises(traced, module: nn.Module, args: tuple, what: str) 
     except RuntimeError as e:
         raise RuntimeError(f"Core ML export: the traced {what} fails at shapes other than its example's ({e}); a "
                            "size read in Python was fixed into the trace") from e
-    for name, g, w in zip(range(len(want)), got, want):
+    for name, (g, w) in enumerate(zip(got, want)):
         if g.shape != w.shape or not torch.allclose(g.float(), w.float(), atol=1e-4, rtol=1e-4):
             raise RuntimeError(f"Core ML export: the traced {what}'s output {name} differs from PyTorch at shapes "
                                f"other than its example's ({tuple(g.shape)} vs {tuple(w.shape)}); a size read in "

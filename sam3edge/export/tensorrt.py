@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.runtime.backends.tensorrt_backend import _cuda_devices, capturing_logger, engine_key
-from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH
+from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, MAX_EXEMPLARS
 
 INSTALL_HINT = ("TensorRT is needed to build and run TensorRT engines: on a Jetson it comes with JetPack "
                 "(python3-libnvinfer), on x86 with an NVIDIA GPU `pip install tensorrt` (CUDA 12). The ONNX graphs "
@@ -43,8 +43,6 @@ def optimization_profile(graph_spec, min_prompts: int = 1, opt_prompts: int = 8,
     ``MAX_EXEMPLARS``. Every other dimension is fixed, so min == opt == max for inputs without those axes (the
     image, the feature levels).
     """
-    from sam3edge.runtime.exemplars import MAX_EXEMPLARS
-
     if not 1 <= min_prompts <= opt_prompts <= max_prompts:
         raise ValueError(f"prompt counts must satisfy 1 <= min <= opt <= max; got min {min_prompts}, opt "
                          f"{opt_prompts}, max {max_prompts}")
