@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.atomic import atomic_write_text
+from sam3edge.runtime.signals import signals_deferred
 
 
 def _safe_name(name: str, index: int) -> str:
@@ -156,22 +157,20 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
                 image_id = len(images) + 1
                 h, w = inst.image_size
                 coco = inst.to_coco(image_id, cat_ids)
+                for k, a in enumerate(coco):
+                    a["id"] = len(annotations) + 1 + k
                 if overlays:  # first: a frame enters the results only once all its outputs are written
                     save_overlay(out_dir / "overlays" / f"{name}.png", frame.image, inst)
                 image = {"id": image_id, "file_name": str(frame.name), "height": int(h), "width": int(w),
                          "frame_index": int(frame.index), "timestamp_s": frame.timestamp_s}
-                for a in coco:
-                    a["id"] = len(annotations) + 1
-                    annotations.append(a)
-                images.append(image)
                 record = {"image": image, "ms": round(r.ms, 2), "annotations": coco}
+                mot_rows = ""
                 if tracking:
                     record["unique"] = counter.counts
-                    for x0, y0, x1, y1, tid, score in zip(*inst.boxes.T.tolist(), inst.track_ids.tolist(),
-                                                          inst.scores.tolist()):
-                        mot.write(f"{frame.index + 1},{tid},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},"
-                                  f"{score:.4f},-1,-1,-1\n")
-                    mot.flush()
+                    mot_rows = "".join(
+                        f"{frame.index + 1},{tid},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},{score:.4f},-1,-1,-1\n"
+                        for x0, y0, x1, y1, tid, score in zip(*inst.boxes.T.tolist(), inst.track_ids.tolist(),
+                                                              inst.scores.tolist()))
                 if video is not None:
                     video.write(frame, inst, counter.counts if tracking else None)
                 if bag is not None:
@@ -181,8 +180,16 @@ def _segment_locked(segmenter, frames, out_dir: Path, old: list[Path], score_thr
                         t = frame.timestamp_s if frame.timestamp_s is not None else float(frame.index)
                         sec, nsec, frame_id = int(t), int(round((t - int(t)) * 1e9)), "camera"
                     bag.write(inst, (sec, nsec), frame_id)
-                lines.write(json.dumps(record) + "\n")
-                lines.flush()  # in the OS's hands: survives the process being killed (no fsync: SD cards)
+                # the commit: a Ctrl-C / SIGTERM waits until the frame is in the lines file, tracks.txt and the
+                # COCO lists alike (a stop between two of these writes once left them disagreeing by a frame)
+                with signals_deferred():
+                    lines.write(json.dumps(record) + "\n")
+                    lines.flush()  # in the OS's hands: survives the process being killed (no fsync: SD cards)
+                    if mot_rows:
+                        mot.write(mot_rows)
+                        mot.flush()
+                    annotations.extend(coco)
+                    images.append(image)
                 ms_total += r.ms
                 bar.set_postfix_str(f"{r.ms:.0f} ms/frame", refresh=False)
                 bar.update(1)
