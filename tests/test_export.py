@@ -236,6 +236,37 @@ def test_a_student_with_its_own_text_encoder_exports_a_verified_text_graph(scene
     np.testing.assert_allclose(text[text_mask], ref.numpy()[ref_mask.numpy()], atol=1e-4)
 
 
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_an_int8_bundle_of_a_student_with_a_text_encoder_is_written_and_cannot_saturate(scenes, tmp_path, target):
+    """Every edge-* student carries a text encoder; its int8 export once failed on OpenVINO: NNCF quantizes the
+    token table (a Gather: a lookup, no integer product) to the full int8 range, and the scheme check counted it."""
+    import torch
+
+    from sam3edge.export.bundle import export_bundle
+    from sam3edge.export.onnx import text_encoder_inputs
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import save_student
+    from sam3edge.runtime import Segmenter
+    from sam3edge.runtime.concepts import ConceptCache
+
+    torch.manual_seed(0)
+    student = create_student("toy", input_size=128, text_mode="encoder")
+    ids, attn = text_encoder_inputs(ORCHARD_PHRASES)
+    with torch.no_grad():
+        feats, mask = student.text_encoder(torch.from_numpy(ids), torch.from_numpy(attn))
+    student.set_concepts(ConceptCache(ORCHARD_PHRASES, feats.numpy(), mask.numpy(), source="own text encoder"))
+    out = tmp_path / f"{target}-int8.sam3edge"
+    m = export_bundle(save_student(student, tmp_path / "s"), out, target, "int8", calib=scenes, n_verify=2,
+                      progress=False)
+    assert_int8_scheme_cannot_saturate(m)
+    assert m["quantization"]["graphs"]["text_encoder"]["weight_types"]  # the encoder's matmuls are int8
+    t = m["verification"]["text_encoder"]
+    assert t["mask_equal"] and t["min_cosine"] >= 0.95, t
+    seg = Segmenter.load(out, threads=1)
+    seg.set_concepts(["a pear on a branch"])  # not cached: the int8 text graph encodes it
+    assert seg.concepts == ["a pear on a branch"]
+
+
 def test_one_definition_of_targets_precisions_graph_names_and_context_length():
     """The shared words live in sam3edge.runtime.names only; the export registry covers exactly its targets, and
     no other module defines its own copy (issue 15: up to six copies, which had drifted)."""

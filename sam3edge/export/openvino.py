@@ -82,7 +82,9 @@ def int8_ranges(path: Path) -> dict:
     constants), ``activation_types`` and ``max_pair_sum`` as :func:`sam3edge.export.onnx.int8_ranges`.
 
     NNCF stores a quantized weight as an integer Constant -> Convert -> (Subtract) -> Multiply; activations
-    are FakeQuantize nodes of 256 levels (the CPU plugin runs them as uint8).
+    are FakeQuantize nodes of 256 levels (the CPU plugin runs them as uint8). Only weights that reach a
+    (Group)Convolution or MatMul count, as in the ONNX reader: a text encoder's int8 token table feeds a
+    Gather (a lookup, no integer product), and NNCF quantizes it to the full int8 range.
     """
     import openvino as ov
 
@@ -94,7 +96,8 @@ def int8_ranges(path: Path) -> dict:
             fake_quantize = True
         elif kind == "Constant" and op.get_element_type() in (ov.Type.i8, ov.Type.u8) and \
                 len(op.get_output_partial_shape(0)) >= 2 and \
-                any(t.get_node().get_type_name() == "Convert" for t in op.output(0).get_target_inputs()):
+                any(t.get_node().get_type_name() == "Convert" for t in op.output(0).get_target_inputs()) and \
+                _feeds_a_product(op):
             values = op.get_data().astype(np.int64)
             if op.get_element_type() == ov.Type.u8:  # asymmetric weights: the kernel multiplies value - 128
                 values = values - 128
@@ -102,6 +105,27 @@ def int8_ranges(path: Path) -> dict:
     return {"weight_types": ["int8"] if weight_max else [], "weight_max": weight_max,
             "activation_types": ["uint8"] if fake_quantize else [],
             "max_pair_sum": 2 * 255 * weight_max if fake_quantize else 0}
+
+
+_DEQUANTIZE = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze")
+_PRODUCTS = ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData")
+
+
+def _feeds_a_product(constant) -> bool:
+    """Whether an integer weight constant reaches a product op through its dequantize chain."""
+    todo, seen = [constant], set()
+    while todo:
+        node = todo.pop()
+        for out in node.outputs():
+            for target in out.get_target_inputs():
+                nxt = target.get_node()
+                kind = nxt.get_type_name()
+                if kind in _PRODUCTS:
+                    return True
+                if kind in _DEQUANTIZE and nxt.get_friendly_name() not in seen:
+                    seen.add(nxt.get_friendly_name())
+                    todo.append(nxt)
+    return False
 
 
 def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None = "f32", threads: int = 0):
