@@ -15,7 +15,9 @@ once per concept count (``--teacher-runs``); every row's ratio is to the teacher
 measured in the same run with the same threads (the teacher in a child process, whose memory is returned before
 the exports start). Results are rewritten after every row (``"complete": false`` until the last). GFLOPs per frame
 are counted on the PyTorch graphs with ``torch.utils.flop_counter`` (convolutions, linear layers and matmuls; see
-sam3edge.models.complexity).
+sam3edge.models.complexity). For fast-head students, the fp32 and int8 bundles of each target are then called
+alternately on the frame (at least 11 rounds per count) and their ratio reported: rows measured one after
+the other see a shared VM's drift, alternating calls see the same machine.
 """
 
 from __future__ import annotations
@@ -67,6 +69,34 @@ def _student(name: str, work: Path) -> tuple[Path, object]:
     student.set_concepts(ConceptCache([f"concept {i}" for i in range(16)],
                                       rng.normal(0, 1, (16, 32, c)).astype(np.float32), mask, source="random"))
     return save_student(student, work / name / "student"), student
+
+
+def _interleaved(name: str, target: str, work: Path, frame: np.ndarray, threads: int, rounds: int) -> dict:
+    """int8 against fp32 of one target, the two bundles called alternately on one frame (``rounds`` each per
+    concept count, median): a shared VM's speed drifts within minutes, so rows measured one after the other can
+    differ by 20 % for reasons unrelated to precision; alternating calls see the same machine."""
+    from sam3edge.runtime import Segmenter
+
+    segs = {p: Segmenter.load(work / name / f"{target}-{p}.sam3edge", threads=threads) for p in ("fp32", "int8")}
+    out = {"student": name, "target": target, "rounds": rounds, "ms": {}, "stages_ms": {}, "ratio": {}}
+    for n in COUNTS:
+        times = {p: [] for p in segs}
+        stages = {p: [] for p in segs}
+        for seg in segs.values():
+            seg.set_concepts([f"concept {i}" for i in range(n)])
+            seg.segment(frame)
+        for _ in range(rounds):
+            for p, seg in segs.items():
+                start = time.perf_counter()
+                seg.segment(frame)
+                times[p].append((time.perf_counter() - start) * 1e3)
+                stages[p].append(dict(seg.timings))
+        ms = {p: round(float(np.median(v)), 1) for p, v in times.items()}
+        out["ms"][n] = ms
+        out["stages_ms"][n] = {p: {k: round(float(np.median([t[k] for t in v])), 1) for k in v[0] if k != "text"}
+                               for p, v in stages.items()}
+        out["ratio"][n] = round(ms["fp32"] / ms["int8"], 2)
+    return out
 
 
 def _gflops(student, prompts: int) -> float:
@@ -181,6 +211,13 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             _write(result, stem)  # after every row: a run stopped part-way keeps what it measured ("complete": false)
             del seg
+        if not only and student.spec.heads.head_type == "fast":  # the heads whose int8 ratio the issue asks for
+            for target in args.targets.split(","):
+                if {"fp32", "int8"} <= set(args.precisions.split(",")):
+                    result.setdefault("int8_vs_fp32", []).append(
+                        _interleaved(name, target, work, frame, args.threads, max(args.runs, 11)))
+                    print(json.dumps(result["int8_vs_fp32"][-1]), flush=True)
+                    _write(result, stem)
         del student
         gc.collect()
     result["complete"] = True
@@ -272,6 +309,19 @@ def _write(result: dict, stem: Path) -> None:
             md.append(f"| {r['student']} | {r['target']} | {r['precision']} | " + " | ".join(
                 " / ".join(f"{st[n][k]:.1f}" for k in ("preprocess", "image_encoder", "decoder", "postprocess"))
                 if n in st else "-" for n in COUNTS) + " |")
+    pairs = result.get("int8_vs_fp32")
+    if pairs:
+        md += ["", "int8 against fp32 of the same target, the two bundles called alternately on the frame (median "
+               "ms of each; ratio fp32 / int8; stages: preprocess / image encoder / decoder / postprocess):", "",
+               "| student | target | " + " | ".join(f"@{n} fp32 / int8 (ratio)" for n in COUNTS)
+               + " | stages fp32 -> int8 @1 |", "|---|---|" + "---|" * (len(COUNTS) + 1)]
+        for q in pairs:
+            ms, ratio = ({int(k): v for k, v in q[f].items()} for f in ("ms", "ratio"))
+            st = {int(k): v for k, v in q["stages_ms"].items()}[COUNTS[0]]
+            stages = " -> ".join(" / ".join(f"{st[p][k]:.1f}" for k in ("preprocess", "image_encoder", "decoder",
+                                                                          "postprocess")) for p in ("fp32", "int8"))
+            md.append(f"| {q['student']} | {q['target']} | " + " | ".join(
+                f"{ms[n]['fp32']:.1f} / {ms[n]['int8']:.1f} ({ratio[n]:.2f}x)" for n in COUNTS) + f" | {stages} |")
     speed = result.get("matmul_gflops")
     if speed:
         md += ["", "This machine's fp32 matmul rate (torch, 1024^3, same threads) at the start / end of the run: "
