@@ -209,8 +209,12 @@ def test_a_ctrl_c_while_a_frame_is_being_written_lands_between_frames(toy_bundle
             return real_json.dumps(obj, **kw)
 
     monkeypatch.setattr(segment, "json", Json)
-    with pytest.raises(KeyboardInterrupt):
-        segment.segment_source(seg, frames, tmp_path / "o", score_threshold=0.0, progress=False, overlays=False)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            segment.segment_source(seg, frames, tmp_path / "o", score_threshold=0.0, progress=False, overlays=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     coco = json.loads((tmp_path / "o" / "predictions.json").read_text())
     records = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
     assert coco["info"]["complete"] is False
