@@ -11,6 +11,14 @@ import pytest
 from sam3edge.runtime.signals import signals_deferred
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Each test starts from Python's own SIGINT handler, whatever the launcher or an earlier test left."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_ctrl_c_inside_the_block_lets_it_finish_then_raises():
     done = []
     with pytest.raises(KeyboardInterrupt):
