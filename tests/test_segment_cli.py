@@ -184,7 +184,6 @@ def test_a_run_stopped_by_an_error_keeps_every_finished_frame(toy_bundles, frame
 def test_a_ctrl_c_while_a_frame_is_being_written_lands_between_frames(toy_bundles, tmp_path, monkeypatch):
     """The signal arrives in the middle of the third frame's writes (CI once caught a SIGTERM between the COCO
     list and the lines file): the frame is finished in both or in neither, and the run stops right after it."""
-    import os
     import signal
 
     import sam3edge.runtime.segment as segment
@@ -205,7 +204,7 @@ def test_a_ctrl_c_while_a_frame_is_being_written_lands_between_frames(toy_bundle
             if "image" in obj:
                 calls.append(obj["image"]["id"])
                 if len(calls) == 3:
-                    os.kill(os.getpid(), signal.SIGINT)
+                    signal.raise_signal(signal.SIGINT)
             return real_json.dumps(obj, **kw)
 
     monkeypatch.setattr(segment, "json", Json)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 
@@ -23,7 +22,7 @@ def test_a_ctrl_c_inside_the_block_lets_it_finish_then_raises():
     done = []
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             done.append("after the signal")  # still runs: the handler only recorded it
     assert done == ["after the signal"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back in place
@@ -43,8 +42,8 @@ def test_the_handler_in_place_gets_the_signal_once_and_handlers_are_restored():
     try:
         with pytest.raises(Stop):
             with signals_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                os.kill(os.getpid(), signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
                 assert got == []
         assert got == [signal.SIGTERM]
         assert signal.getsignal(signal.SIGTERM) is on_term
@@ -59,10 +58,10 @@ def test_an_ignored_signal_stays_ignored_and_an_error_inside_wins():
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         with signals_deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
         with pytest.raises(ValueError, match="disk"):
             with signals_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
                 raise ValueError("disk full")  # the error ends the work; the recorded Ctrl-C is not raised over it
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
