@@ -43,6 +43,24 @@ def toy_width_teacher(tmp_path_factory):
 ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]
 
 
+def toy_encoder_student(seed: int = 0):
+    """A toy student (128 px) with its own text encoder, its concept cache encoded by that encoder from
+    ORCHARD_PHRASES (random weights, seeded): what export and runtime tests of text-encoder bundles start from."""
+    import torch
+
+    from sam3edge.export.onnx import text_encoder_inputs
+    from sam3edge.models.registry import create_student
+    from sam3edge.runtime.concepts import ConceptCache
+
+    torch.manual_seed(seed)
+    student = create_student("toy", input_size=128, text_mode="encoder")
+    ids, attn = text_encoder_inputs(ORCHARD_PHRASES)
+    with torch.no_grad():
+        feats, mask = student.text_encoder(torch.from_numpy(ids), torch.from_numpy(attn))
+    student.set_concepts(ConceptCache(ORCHARD_PHRASES, feats.numpy(), mask.numpy(), source="own text encoder"))
+    return student
+
+
 @pytest.fixture(scope="session")
 def toy_student_dir(tmp_path_factory):
     """The toy student at 128 px with the bundled teacher's heads and concept features (random encoder)."""

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import toy_encoder_student
 
 ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]  # as the toy_student_dir fixture (conftest.py)
 
@@ -210,16 +211,9 @@ def test_a_student_with_its_own_text_encoder_exports_a_verified_text_graph(scene
 
     from sam3edge.export.bundle import export_bundle
     from sam3edge.export.onnx import text_encoder_inputs
-    from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import save_student
-    from sam3edge.runtime.concepts import ConceptCache
 
-    torch.manual_seed(0)
-    student = create_student("toy", input_size=128, text_mode="encoder")
-    ids, attn = text_encoder_inputs(ORCHARD_PHRASES)
-    with torch.no_grad():
-        feats, mask = student.text_encoder(torch.from_numpy(ids), torch.from_numpy(attn))
-    student.set_concepts(ConceptCache(ORCHARD_PHRASES, feats.numpy(), mask.numpy(), source="own text encoder"))
+    student = toy_encoder_student()
     m = export_bundle(save_student(student, tmp_path / "s"), tmp_path / "t.sam3edge", "onnx", "fp32", calib=scenes,
                       n_verify=2, progress=False)
     assert [i["name"] for i in m["graphs"]["text_encoder"]["inputs"]] == ["input_ids", "attention_mask"]
@@ -240,21 +234,11 @@ def test_a_student_with_its_own_text_encoder_exports_a_verified_text_graph(scene
 def test_an_int8_bundle_of_a_student_with_a_text_encoder_is_written_and_cannot_saturate(scenes, tmp_path, target):
     """Every edge-* student carries a text encoder; its int8 export once failed on OpenVINO: NNCF quantizes the
     token table (a Gather: a lookup, no integer product) to the full int8 range, and the scheme check counted it."""
-    import torch
-
     from sam3edge.export.bundle import export_bundle
-    from sam3edge.export.onnx import text_encoder_inputs
-    from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import save_student
     from sam3edge.runtime import Segmenter
-    from sam3edge.runtime.concepts import ConceptCache
 
-    torch.manual_seed(0)
-    student = create_student("toy", input_size=128, text_mode="encoder")
-    ids, attn = text_encoder_inputs(ORCHARD_PHRASES)
-    with torch.no_grad():
-        feats, mask = student.text_encoder(torch.from_numpy(ids), torch.from_numpy(attn))
-    student.set_concepts(ConceptCache(ORCHARD_PHRASES, feats.numpy(), mask.numpy(), source="own text encoder"))
+    student = toy_encoder_student()
     out = tmp_path / f"{target}-int8.sam3edge"
     m = export_bundle(save_student(student, tmp_path / "s"), out, target, "int8", calib=scenes, n_verify=2,
                       progress=False)

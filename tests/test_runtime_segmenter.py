@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import toy_encoder_student
 
 ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]  # as the toy_student_dir fixture (conftest.py)
 THRESHOLD = 0.1  # the toy student's encoder is random: its best scores are ~0.16
@@ -31,21 +32,12 @@ def student(toy_student_dir):
 @pytest.fixture(scope="module")
 def encoder_bundle(scenes, tmp_path_factory):
     """A bundle of a toy student with its own text encoder (its concept cache made by that encoder)."""
-    import torch
 
     from sam3edge.export.bundle import export_bundle
-    from sam3edge.export.onnx import text_encoder_inputs
-    from sam3edge.models.registry import create_student
     from sam3edge.models.student_io import save_student
-    from sam3edge.runtime.concepts import ConceptCache
 
     root = tmp_path_factory.mktemp("encoder-bundle")
-    torch.manual_seed(0)
-    student = create_student("toy", input_size=128, text_mode="encoder")
-    ids, attn = text_encoder_inputs(ORCHARD_PHRASES)
-    with torch.no_grad():
-        feats, mask = student.text_encoder(torch.from_numpy(ids), torch.from_numpy(attn))
-    student.set_concepts(ConceptCache(ORCHARD_PHRASES, feats.numpy(), mask.numpy(), source="own text encoder"))
+    student = toy_encoder_student()
     export_bundle(save_student(student, root / "s"), root / "t.sam3edge", "onnx", "fp32", calib=scenes, n_verify=2,
                   progress=False)
     return root / "t.sam3edge"
