@@ -48,12 +48,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
-    import openvino as ov
     import torch
 
     from sam3edge.export.onnx import export_fp32
     from sam3edge.models.registry import create_student
     from sam3edge.ops.onnx import inline, rewrite_file
+    from sam3edge.runtime.backends.openvino_backend import shared_core
     from sam3edge.runtime.cpu import cpu_info
 
     torch.set_num_threads(args.threads)
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                         for k in ("image_encoder", "decoder"))
             feats = enc.run(None, {"image": image[None]})
             rewrite_file(paths["decoder"], inline)  # OpenVINO reads no model-local functions
-            ov_dec = ov.Core().compile_model(str(paths["decoder"]), "CPU", {
+            ov_dec = shared_core().compile_model(str(paths["decoder"]), "CPU", {
                 "INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
             row = {"variant": name, "overrides": overrides,

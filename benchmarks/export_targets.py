@@ -53,10 +53,10 @@ def _graph_calls(target: str, paths: dict, threads: int, precision: str, frame: 
         feats = img.run(None, {"image": frame})
         feed = dict(zip(("feat0", "feat1", "feat2"), feats)) | {"text": text, "text_mask": mask}
         return (lambda: img.run(None, {"image": frame})), (lambda: dec.run(None, feed))
-    import openvino as ov
+    from sam3edge.runtime.backends.openvino_backend import shared_core
 
     config = {"INFERENCE_NUM_THREADS": threads} | ({} if precision == "fp16" else {"INFERENCE_PRECISION_HINT": "f32"})
-    core = ov.Core()
+    core = shared_core()
     img = core.compile_model(str(paths["image_encoder"]), "CPU", config)
     dec = core.compile_model(str(paths["decoder"]), "CPU", config)
     r = img({"image": frame})

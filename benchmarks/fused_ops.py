@@ -167,11 +167,11 @@ def bench_decoder_torch(prompts: int, device: str, runs: int) -> dict:
 
 def bench_decoder_onnx(prompts: int, runs: int, threads: int) -> list[dict]:
     import onnxruntime as ort
-    import openvino as ov
 
     from sam3edge.export.onnx import export_fp32
     from sam3edge.models.registry import create_student
     from sam3edge.ops.onnx import inline
+    from sam3edge.runtime.backends.openvino_backend import shared_core
 
     torch.manual_seed(0)
     student = create_student("edge-s", text_mode="cache").eval()
@@ -197,7 +197,7 @@ def bench_decoder_onnx(prompts: int, runs: int, threads: int) -> list[dict]:
         import onnx
 
         onnx.save(inline(onnx.load(str(paths["fused"]))), str(Path(tmp) / "fused_inlined.onnx"))
-        core = ov.Core()
+        core = shared_core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
         compiled = {"plain": core.compile_model(str(paths["plain"]), "CPU", config),
                     "fused": core.compile_model(str(Path(tmp) / "fused_inlined.onnx"), "CPU", config)}

@@ -183,9 +183,8 @@ def test_cli_export_writes_a_bundle_and_reports_errors(toy_student_dir, scenes, 
 
 
 def test_openvino_fp32_and_int8_bundles_are_verified(toy_student_dir, scenes, tmp_path):
-    import openvino as ov
-
     from sam3edge.export.bundle import export_bundle
+    from sam3edge.runtime.backends.openvino_backend import shared_core
 
     for p in ("fp32", "int8"):
         out = tmp_path / f"ov-{p}.sam3edge"
@@ -200,7 +199,7 @@ def test_openvino_fp32_and_int8_bundles_are_verified(toy_student_dir, scenes, tm
         else:  # presence moved 0.067 with NNCF's first-layer-only overflow fix on an AVX2-only CPU, 0.001 with 7 bits
             assert v["score_mae"] <= 0.05 and v["max_abs_error"]["presence"] <= 0.03, v
             assert_int8_scheme_cannot_saturate(m)
-    ops = {op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "ov-int8.sam3edge/graphs/"
+    ops = {op.get_type_name() for op in shared_core().read_model(str(tmp_path / "ov-int8.sam3edge/graphs/"
                                                                              "image_encoder.xml")).get_ops()}
     assert "FakeQuantize" in ops  # NNCF int8
 

@@ -83,3 +83,38 @@ def test_outside_the_main_thread_the_block_just_runs():
     t.start()
     t.join()
     assert errors == [] and seen == [signal.default_int_handler]
+
+
+def test_a_ctrl_c_after_openvino_bundles_were_swapped_is_a_keyboard_interrupt_not_a_crash(toy_bundles, tmp_path):
+    """A robot that loads a new bundle and drops the old one, then gets a Ctrl-C. Each OpenVINO Core's CPU plugin
+    swaps the thread's alternate signal stack and puts back the one it found when released, so Cores released
+    out of order left a freed stack in place and the signal killed the process (SIGSEGV, no traceback: the full
+    test suite died this way). Run in a fresh process: the bug needs the signal stack Python had before."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "swap.py"
+    script.write_text(f"""
+import faulthandler, gc, signal
+faulthandler.enable()  # as under pytest or python -X faulthandler: a signal stack is in place before OpenVINO's
+import numpy as np
+from sam3edge.runtime.segmenter import Segmenter
+frame = np.zeros((48, 64, 3), np.uint8)
+old = Segmenter.load({str(toy_bundles["openvino"])!r}, backend="openvino", threads=1)
+old.segment(frame)
+new = Segmenter.load({str(toy_bundles["openvino"])!r}, backend="openvino", threads=1)
+new.segment(frame)
+del old  # released before the one loaded after it
+gc.collect()
+new.segment(frame)
+del new
+gc.collect()
+signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted cleanly")
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "interrupted cleanly" in proc.stdout, \
+        f"exit {proc.returncode}; stderr ends {proc.stderr[-1500:]!r}"

@@ -90,7 +90,9 @@ def detect() -> Host:
         try:
             import openvino as ov
 
-            host.openvino, host.openvino_devices = ov.__version__, list(ov.Core().available_devices)
+            from sam3edge.runtime.backends.openvino_backend import shared_core
+
+            host.openvino, host.openvino_devices = ov.__version__, list(shared_core().available_devices)
         except Exception:
             pass
     if _installed("tensorrt"):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, float_islands
+from sam3edge.runtime.backends.openvino_backend import shared_core
 from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
 SENSITIVE = (".*box_head.*", ".*presence_head.*", ".*dot_product_scoring.*", ".*ref_point_head.*")
@@ -88,7 +89,7 @@ def int8_ranges(path: Path) -> dict:
     """
     import openvino as ov
 
-    model = ov.Core().read_model(str(path))
+    model = shared_core().read_model(str(path))
     weight_max, fake_quantize = 0, False
     for op in model.get_ops():
         kind = op.get_type_name()
@@ -129,9 +130,7 @@ def _feeds_a_product(constant) -> bool:
 
 
 def openvino_runner(paths: dict, device: str = "CPU", precision_hint: str | None = "f32", threads: int = 0):
-    import openvino as ov
-
-    core = ov.Core()
+    core = shared_core()
     config = {}
     if precision_hint and device == "CPU":
         config["INFERENCE_PRECISION_HINT"] = precision_hint

@@ -10,6 +10,7 @@ number of concepts and recompiled when that number changes (``prompts_changed``)
 Threads: each thread runs its own infer request per compiled graph (``CompiledModel.__call__`` shares one,
 so concurrent calls overwrote each other's inputs and returned another image's results); outputs are copies.
 Static-shape devices recompile when the prompt count changes, so there calls run one at a time.
+Every graph compiles on this process's one ``ov.Core`` (:func:`shared_core`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ def _openvino():
     return import_package("openvino", "openvino", "OpenVINO", INSTALL_HINT)
 
 
+_core = None
+_core_lock = threading.Lock()
+
+
+def shared_core():
+    """This process's one OpenVINO ``Core``, created on first use and never released.
+
+    OpenVINO advises one Core per application; here it is also a matter of not crashing. Each Core's CPU
+    plugin installs an alternate signal stack on the thread that first compiles on it and, when released,
+    puts back the stack it found there. Cores released out of creation order (load bundle A, load B,
+    drop A, drop B) leave the thread pointing at A's freed stack, and the next signal (a Ctrl-C, a SIGTERM)
+    kills the process with SIGSEGV before any handler runs. One Core that is never released cannot do that.
+    """
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = _openvino().Core()
+        return _core
+
+
 class OpenVinoBackend(Backend):
     backend = "openvino"
     targets = ("openvino",)
@@ -48,12 +69,11 @@ class OpenVinoBackend(Backend):
     @classmethod
     def probe(cls, bundle) -> str:
         ov = _openvino()
-        return f"OpenVINO {ov.__version__} ({', '.join(ov.Core().available_devices)})"
+        return f"OpenVINO {ov.__version__} ({', '.join(shared_core().available_devices)})"
 
     def __init__(self, bundle, device: str | None = None, threads: int = 0):
         super().__init__(bundle, device, threads)
-        ov = _openvino()
-        self._core = ov.Core()
+        self._core = shared_core()
         have = self._core.available_devices
         profile = bundle.device_profile or {}
         options = profile.get("backend_options") or {}
