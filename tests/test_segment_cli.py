@@ -181,6 +181,47 @@ def test_a_run_stopped_by_an_error_keeps_every_finished_frame(toy_bundles, frame
     assert not (tmp_path / "o" / ".sam3edge-segment.lock").exists()
 
 
+def test_a_ctrl_c_while_a_frame_is_being_written_lands_between_frames(toy_bundles, tmp_path, monkeypatch):
+    """The signal arrives in the middle of the third frame's writes (CI once caught a SIGTERM between the COCO
+    list and the lines file): the frame is finished in both or in neither, and the run stops right after it."""
+    import signal
+
+    import sam3edge.runtime.segment as segment
+    from sam3edge.runtime.segmenter import Segmenter
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((40, 56, 3), 40 * i, np.uint8)).save(frames / f"f{i}.png")
+    seg = Segmenter.load(toy_bundles["onnx"], threads=1)
+    real_json, calls = segment.json, []
+
+    class Json:  # json.dumps of a frame's line record is inside the frame's writes
+        loads = staticmethod(real_json.loads)
+
+        @staticmethod
+        def dumps(obj, **kw):
+            if "image" in obj:
+                calls.append(obj["image"]["id"])
+                if len(calls) == 3:
+                    signal.raise_signal(signal.SIGINT)
+            return real_json.dumps(obj, **kw)
+
+    monkeypatch.setattr(segment, "json", Json)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            segment.segment_source(seg, frames, tmp_path / "o", score_threshold=0.0, progress=False, overlays=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    coco = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    records = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
+    assert coco["info"]["complete"] is False
+    assert [r["image"] for r in records] == coco["images"] and [i["id"] for i in coco["images"]] == [1, 2, 3]
+    assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
+    assert [a["image_id"] for a in coco["annotations"]] == [a["image_id"] for r in records for a in r["annotations"]]
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
 def test_killing_a_running_segment_keeps_every_finished_frame(toy_bundles, tmp_path, how):
     """A video run stopped from outside: SIGTERM / SIGINT unwind (exit 143 / 130) and write the COCO JSON of every
