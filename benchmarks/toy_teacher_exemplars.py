@@ -35,6 +35,7 @@ MIX = (0.5, 0.3, 0.2)
 
 
 def fine_tune(args) -> Path:
+    from sam3edge.distill.interactive import InteractivePairModel
     from sam3edge.distill.losses import LossWeights, SetCriterion
     from sam3edge.distill.scene_batches import OrchardBatches
     from sam3edge.distill.trainer import TrainConfig, Trainer
@@ -50,7 +51,8 @@ def fine_tune(args) -> Path:
                              hard_negatives=args.hard_negatives)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.05, grad_clip=1.0, log_every=20,
                       ckpt_every=250, seed=0, lr_mult={f"model.{k}": v for k, v in args.lr_mult.items()})
-    trainer = Trainer(Sam3PairModel(model), SetCriterion(LossWeights()), batches, cfg, args.run_dir)
+    pair_model = InteractivePairModel(model, rate=args.interactive) if args.interactive else Sam3PairModel(model)
+    trainer = Trainer(pair_model, SetCriterion(LossWeights()), batches, cfg, args.run_dir)
     trainer.fit(resume=True)
     out = args.run_dir / "model"
     save_sam3(model.eval(), out, dtype=torch.float16)
@@ -89,6 +91,9 @@ def main(argv=None) -> int:
                     help=f"prompt mix: text / text + boxes / boxes alone (default {','.join(map(str, MIX))})")
     ap.add_argument("--hard-negatives", type=float, default=0.0, metavar="P",
                     help="share of negative boxes put on a look-alike instance when there is one (OrchardBatches)")
+    ap.add_argument("--interactive", type=float, default=0.0, metavar="P",
+                    help="share of text + exemplar pairs whose boxes go on the phrase's own error instead "
+                         "(sam3edge.distill.interactive: SAM3's interactive exemplar training)")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--n", type=int, default=40, help="scenes per held-out set")
@@ -112,7 +117,8 @@ def main(argv=None) -> int:
     args_given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
-              "hard_negatives": args.hard_negatives, "lr": args.lr, "lr_mult": args.lr_mult,
+              "hard_negatives": args.hard_negatives, "interactive": args.interactive,
+              "lr": args.lr, "lr_mult": args.lr_mult,
               "train_s": round(train_s, 1),
               "heldout_scenes": args.n, "seeds": args.seeds,
               "before": before, "after": after, "host": {"machine": platform.machine(), "torch": torch.__version__}}
@@ -139,6 +145,7 @@ def teacher_note(args) -> str:
         return f"model {args.eval_only}"
     mult = "".join(f", {k} x{v:g}" for k, v in args.lr_mult.items())
     mult += f", hard negatives {args.hard_negatives:g}" if args.hard_negatives else ""
+    mult += f", boxes on the phrase's errors {args.interactive:g}" if args.interactive else ""
     return (f"fine-tuned {args.steps} steps at lr {args.lr}{mult} from the bundled weights on the orchard stream of "
             f"seed {TRAIN_SEED + 1000}, prompt mix text / text + boxes / boxes alone = {tuple(args.mix)}")
 

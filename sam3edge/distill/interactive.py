@@ -1,0 +1,138 @@
+"""Exemplars placed on the model's own mistakes, SAM3's interactive training of exemplar prompts.
+
+SAM3 does not teach exemplars with random boxes only: it simulates a user who corrects the model, a positive box
+on an instance the phrase missed, a negative box on something it wrongly found. With random boxes on ground-truth
+instances the phrase alone already names every target, so a small model learns to ignore the boxes (the bundled
+toy teacher, fine-tuned that way, reached text + 1 exemplar <= text; CHANGELOG, issue 16). A box on an error is
+information the phrase did not carry.
+
+:class:`InteractivePairModel` is a :class:`~sam3edge.models.sam3_heads.Sam3PairModel` for training: for the pairs
+of a batch that ask text + exemplars, it first runs the heads on the phrase alone (no gradient, the trunk's
+features reused), finds the errors against the pair's ground truth (score 0.5, box IoU 0.5) and, with probability
+``rate``, replaces the pair's boxes by one box on an error: the highest-scoring clear false positive (negative
+box on its predicted box; one that overlaps no true instance, not a near miss of one) or a missed instance
+(positive box on its true box), a coin flip when the pair has both. Pairs without errors keep the boxes the batch
+drew. Targets are unchanged: the boxes only say where the phrase went wrong. The choice is seeded by the batch's
+content, so a resumed run repeats it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sam3edge.models.sam3_heads import Sam3PairModel, run_heads, select_images
+from sam3edge.runtime.exemplars import PADDING_LABEL
+
+__all__ = ["InteractivePairModel", "error_boxes"]
+
+
+def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of xyxy boxes a [n, 4] x b [m, 4] -> [n, m]."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    union = area_a[:, None] + area_b[None] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def _cxcywh(box: torch.Tensor) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+
+
+def error_boxes(scores: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor, threshold: float = 0.5,
+                iou: float = 0.5, clear: float = 0.1) -> tuple[torch.Tensor | None, list[int]]:
+    """(best clear false positive's box or None, indices of missed ground-truth instances) of one pair.
+
+    scores [Q], boxes [Q, 4] normalised xyxy predictions; gt_boxes [n, 4] normalised xyxy. A kept prediction
+    (score >= ``threshold``) is a clear false positive when its IoU with every true box is < ``clear``: a near
+    miss of a true instance (IoU between ``clear`` and ``iou``) is a localisation error of a target, and a
+    negative box on it would contradict the target that stays. A true instance is missed when no kept prediction
+    reaches ``iou`` with it."""
+    kept = torch.nonzero(scores >= threshold).flatten()
+    if len(gt_boxes) and len(kept):
+        m = _box_iou(boxes[kept], gt_boxes)
+        fp = kept[m.max(1).values < clear]
+        missed = torch.nonzero(m.max(0).values < iou).flatten().tolist()
+    else:
+        fp, missed = kept, list(range(len(gt_boxes)))
+    worst = boxes[fp[scores[fp].argmax()]] if len(fp) else None
+    return worst, missed
+
+
+class InteractivePairModel(Sam3PairModel):
+    """:class:`Sam3PairModel` whose text + exemplar pairs get, with probability ``rate``, one box on the phrase's
+    own error (see the module docstring). Same parameters and state-dict keys as ``Sam3PairModel(model)``."""
+
+    def __init__(self, model, rate: float = 0.5, visual_phrase: str = "visual"):
+        super().__init__(model)
+        if not 0.0 <= float(rate) <= 1.0:
+            raise ValueError(f"rate is a probability in [0, 1], got {rate!r}")
+        self.rate, self.visual_phrase = float(rate), visual_phrase
+        self.last_counts = {"negative": 0, "positive": 0, "kept": 0}
+
+    def forward(self, batch):
+        vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
+        text = self.model.get_text_features(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        vis = select_images(vision, batch.pair_image)
+        boxes, labels = getattr(batch, "input_boxes", None), getattr(batch, "input_boxes_labels", None)
+        if self.training and boxes is not None and self.rate > 0:
+            boxes, labels = self.exemplars_on_errors(batch, vis, text.pooler_output)
+        return run_heads(self.model, vis, text.pooler_output, batch.attention_mask, boxes, labels)
+
+    @torch.no_grad()
+    def exemplars_on_errors(self, batch, vis=None, text_features=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's exemplar (boxes, labels) with error boxes in place (see the class); ``vis`` (per pair) and
+        ``text_features`` are computed when not given. ``last_counts``: how many pairs got a negative box, a
+        positive one, or kept theirs."""
+        boxes, labels = batch.input_boxes, batch.input_boxes_labels
+        if boxes is None:
+            raise ValueError("the batch has no exemplar boxes (OrchardBatches prompt_mix with text + boxes)")
+        if vis is None:
+            vis = select_images(self.model.get_vision_features(pixel_values=batch.pixel_values), batch.pair_image)
+        if text_features is None:
+            text_features = self.model.get_text_features(input_ids=batch.input_ids,
+                                                         attention_mask=batch.attention_mask).pooler_output
+        phrases = batch.phrases or [""] * len(batch.targets)
+        asks = [i for i, t in enumerate(batch.targets)
+                if (labels[i] != PADDING_LABEL).any() and phrases[i] != self.visual_phrase]
+        counts = {"negative": 0, "positive": 0, "kept": 0}
+        if not asks:
+            self.last_counts = counts
+            return boxes, labels
+        seed = int(batch.input_ids.sum()) * 1_000_003 + int(sum(t.num for t in batch.targets))
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.tensor(asks, device=batch.attention_mask.device)
+        sub = select_images(vis, idx)
+        out = run_heads(self.model, sub, text_features.detach()[idx], batch.attention_mask[idx])
+        scores = (out.logits.float().sigmoid() * out.presence_logits.float().sigmoid()).cpu()
+        pred = out.boxes.float().cpu()
+        new = {}
+        for row, i in enumerate(asks):
+            if float(torch.rand((), generator=gen)) >= self.rate:
+                counts["kept"] += 1
+                continue
+            gt = batch.targets[i].boxes.float().cpu()
+            fp, missed = error_boxes(scores[row], pred[row], gt)
+            use_fp = fp is not None and (not missed or float(torch.rand((), generator=gen)) < 0.5)
+            if use_fp:
+                new[i] = (_cxcywh(fp), 0)
+            elif missed:
+                k = missed[int(torch.randint(len(missed), (), generator=gen))]
+                new[i] = (_cxcywh(gt[k]), 1)
+            else:
+                counts["kept"] += 1
+                continue
+            counts["negative" if use_fp else "positive"] += 1
+        self.last_counts = counts
+        if not new:
+            return boxes, labels
+        boxes, labels = boxes.clone(), labels.clone()
+        for i, (box, lab) in new.items():
+            boxes[i] = 0.0
+            labels[i] = PADDING_LABEL
+            boxes[i, 0] = torch.tensor(box, dtype=boxes.dtype, device=boxes.device)
+            labels[i, 0] = lab
+        return boxes, labels
