@@ -47,15 +47,29 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
     example input) and the concepts' features. ``fused``: the decoder's attentions and mask path become
     ``sam3edge``-domain nodes with ONNX function bodies (:mod:`sam3edge.ops.onnx`) instead of their plain
     decomposition. ``exemplars``: also ``exemplar_encoder.onnx``, and the decoder's token axis dynamic (text tokens,
-    then any exemplar tokens).
+    then any exemplar tokens). A process exports the same student with the same inputs once
+    (:mod:`sam3edge.export.graph_memo`); later calls copy those graphs.
     """
+    from sam3edge.export.graph_memo import graph_key, reuse_graphs
+
     if not images:
         raise ValueError("export needs at least one image (verification, and calibration for int8)")
+    img = np.ascontiguousarray(images[0])
+    two = np.arange(2) % len(text)  # two example prompts: torch.export specialises a size-1 dimension to a constant
+    text, mask = np.ascontiguousarray(text[two]), np.ascontiguousarray(mask[two])
+    options = {"fused": bool(fused), "exemplars": bool(exemplars), "opset": OPSET, "max_exemplars": MAX_EXEMPLARS}
+    weights = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+    return reuse_graphs(graph_key(student, (img, text, mask), options), Path(out_dir),
+                        lambda folder: _export_fp32(student, folder, img, text, mask, fused, exemplars),
+                        expected_bytes=weights)
+
+
+def _export_fp32(student, out_dir: Path, image: np.ndarray, text: np.ndarray, mask: np.ndarray, fused: bool,
+                 exemplars: bool) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     image_graph, decoder = ImageEncoderGraph(student).eval(), DecoderGraph(student).eval()
-    img = torch.from_numpy(np.ascontiguousarray(images[0]))[None]
-    two = np.arange(2) % len(text)  # two example prompts: torch.export specialises a size-1 dimension to a constant
-    text, mask = torch.from_numpy(text[two]), torch.from_numpy(mask[two])
+    img = torch.from_numpy(image)[None]
+    text, mask = torch.from_numpy(text), torch.from_numpy(mask)
     paths = {IMAGE_GRAPH: out_dir / "image_encoder.onnx", DECODER_GRAPH: out_dir / "decoder.onnx"}
     prompts = torch.export.Dim("prompts", min=1, max=1024)
     with torch.no_grad(), warnings.catch_warnings():
