@@ -12,13 +12,17 @@ ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]  # as the toy_student_d
 
 
 @pytest.fixture(scope="module")
-def bundles(toy_student_dir, scenes, tmp_path_factory):
+def bundles(toy_student_dir, scenes, toy_bundles, tmp_path_factory):
+    """{precision: (path, manifest)} of ONNX bundles of the toy student; fp32 is the session's shared bundle (the
+    tests here only read it)."""
     from sam3edge.export.bundle import export_bundle
 
     root = tmp_path_factory.mktemp("bundles")
-    return {p: (root / f"toy-{p}.sam3edge", export_bundle(toy_student_dir, root / f"toy-{p}.sam3edge", "onnx", p,
-                                                          calib=scenes, n_verify=3, progress=False))
-            for p in ("fp32", "fp16", "int8")}
+    out = {"fp32": (toy_bundles["onnx"], json.loads((toy_bundles["onnx"] / "manifest.json").read_text()))}
+    for p in ("fp16", "int8"):
+        out[p] = (root / f"toy-{p}.sam3edge", export_bundle(toy_student_dir, root / f"toy-{p}.sam3edge", "onnx", p,
+                                                            calib=scenes, n_verify=3, progress=False))
+    return out
 
 
 def test_fp32_bundle_is_complete_checksummed_and_equal_to_pytorch(bundles):
@@ -182,13 +186,16 @@ def test_cli_export_writes_a_bundle_and_reports_errors(toy_student_dir, scenes, 
     assert "already exists" in capsys.readouterr().err
 
 
-def test_openvino_fp32_and_int8_bundles_are_verified(toy_student_dir, scenes, tmp_path):
+def test_openvino_fp32_and_int8_bundles_are_verified(toy_student_dir, scenes, toy_bundles, tmp_path):
     from sam3edge.export.bundle import export_bundle
     from sam3edge.runtime.backends.openvino_backend import shared_core
 
     for p in ("fp32", "int8"):
-        out = tmp_path / f"ov-{p}.sam3edge"
-        m = export_bundle(toy_student_dir, out, "openvino", p, calib=scenes, n_verify=3, progress=False)
+        if p == "fp32":  # the session's shared bundle
+            m = json.loads((toy_bundles["openvino"] / "manifest.json").read_text())
+        else:
+            m = export_bundle(toy_student_dir, tmp_path / f"ov-{p}.sam3edge", "openvino", p, calib=scenes,
+                              n_verify=3, progress=False)
         assert {"graphs/image_encoder.xml", "graphs/image_encoder.bin", "graphs/decoder.xml",
                 "graphs/decoder.bin"} <= set(m["files"])
         assert m["graphs"]["decoder"]["file"] == "graphs/decoder.xml" and m["target"] == "openvino"
