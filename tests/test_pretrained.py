@@ -35,12 +35,18 @@ def test_a_local_weights_file_loads_into_the_backbone_and_is_recorded(tmp_path):
 
 
 def test_timm_weights_without_a_hub_say_so_and_missing_files_are_refused_before_any_work(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     from sam3edge.distill.config import DistillConfig
     from sam3edge.models.pretrained import load_pretrained_backbone
     from sam3edge.models.registry import create_student
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a robot: the hub cannot be reached
+    # huggingface_hub reads the variable once, at import (timm was imported above): without this the call goes to
+    # the network and fails after its retries (46 s here), the same error, slower
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # and nothing is cached
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(RuntimeError, match="cannot reach the hub.*pass the file"):
         load_pretrained_backbone(create_student("toy"), "timm")
     with pytest.raises(ValueError, match="backbone_weights='nope.pth'"):
