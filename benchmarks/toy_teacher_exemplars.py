@@ -128,13 +128,16 @@ def main(argv=None) -> int:
              f"scenes per seed, {teacher_note(args)}).", "",
              "| model | seed | text (cgF1) | text + 1 exemplar (cgF1) | text, single-category pairs (pmF1) | "
              "exemplar only, 'visual' (pmF1) | "
-             "negative exemplar: FPs removed / TPs lost |", "|---|---|---|---|---|---|---|"]
-    for name, rep in (("bundled (text-trained)", before), ("fine-tuned with the prompt mix", after)):
+             "negative exemplar: FPs removed / TPs lost | of those FPs: near misses of a target; clear ones "
+             "removed |", "|---|---|---|---|---|---|---|---|"]
+    tuned = f"model {args.eval_only}" if args.eval_only else "fine-tuned with the prompt mix"
+    for name, rep in (("bundled (text-trained)", before), (tuned, after)):
         for seed, f in (rep or {}).items():
             n = f["negative_exemplar"]
             lines.append(f"| {name} | {seed} | {f['text']:.3f} | {f['text+1']:.3f} | {f['text_on_visual_pairs']:.3f} | "
                          f"{f['visual']:.3f} | {n['removed']}/{n['false_positives']} / "
-                         f"{n['tp_lost']}/{n['true_positives']} |")
+                         f"{n['tp_lost']}/{n['true_positives']} | {n.get('near_misses', '-')}; "
+                         f"{n.get('clear_removed', '-')}/{n['false_positives'] - n.get('near_misses', 0)} |")
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

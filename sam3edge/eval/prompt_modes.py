@@ -15,7 +15,9 @@ Any model is a ``run(image, phrase, boxes=None, labels=None) -> (masks bool [n, 
   cgF1's image-level MCC is 0 by definition, so both are pmF1 (positive micro F1);
 * ``negative_exemplar``: each pair's best-scoring false positive of the text prompt (IoU < 0.5 with every
   ground-truth instance) gets a negative box; how many of those disappear (no kept instance at IoU >= 0.5 with it
-  any more) and how many true positives are lost with them.
+  any more) and how many true positives are lost with them; ``near_misses``: how many of those false positives
+  overlap a true instance of the prompt (IoU >= 0.1: a target found with a poor mask, where a negative box
+  contradicts the target), ``clear_removed``: removals among the others.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def prompt_mode_figures(run: Callable, annotations: str | Path, seed: int, work:
     rng = np.random.default_rng(seed)
     preds = {m: [] for m in ("text", "text+1", "visual", "text_on_visual_pairs")}
     visual_ids = set()
-    neg = {"false_positives": 0, "removed": 0, "true_positives": 0, "tp_lost": 0}
+    neg = {"false_positives": 0, "removed": 0, "true_positives": 0, "tp_lost": 0, "near_misses": 0,
+           "clear_removed": 0}
     for file_name in data.files:
         image = load_image(data.image_path(file_name))
         for pair in data.by_file[file_name]:
@@ -144,8 +147,14 @@ def _negative_exemplar(run, image, phrase, text, gt, counts: dict) -> None:
     worst = fp[np.argmax(scores[fp])]
     after_masks, after_scores, _ = run(image, phrase, [list(boxes[worst])], [0])
     still = after_masks[after_scores >= 0.5]
+    removed = int(not len(still) or _iou(masks[[worst]], still).max() < 0.5)
     counts["false_positives"] += 1
-    counts["removed"] += int(not len(still) or _iou(masks[[worst]], still).max() < 0.5)
+    counts["removed"] += removed
+    # a near miss overlaps a true instance of the prompt (mask IoU 0.1-0.5): a localisation error of a target, which
+    # a negative box on it contradicts; a clear one overlaps none (another object, or background)
+    near = bool(len(gt)) and float(_iou(masks[[worst]], gt).max()) >= 0.1
+    counts["near_misses"] += int(near)
+    counts["clear_removed"] += 0 if near else removed
     if len(tp):
         counts["true_positives"] += len(tp)
         counts["tp_lost"] += int((_iou(masks[tp], still).max(1) < 0.5).sum()) if len(still) else len(tp)
