@@ -40,15 +40,12 @@ def toy():
     return model, batches
 
 
-def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-
-
 def test_error_boxes_land_on_the_text_prompts_errors_and_targets_stay(toy):
     """Each replaced pair holds one box: a negative on a kept prediction of the phrase alone that matches no true
     instance, or a positive on a true instance the phrase missed. The choice repeats (a resumed run sees it)."""
-    from sam3edge.distill.interactive import InteractivePairModel, _box_iou
+    from sam3edge.distill.boxes import pairwise_iou_giou
+    from sam3edge.distill.interactive import InteractivePairModel
+    from sam3edge.models.heads.layers import cxcywh_to_xyxy
     from sam3edge.models.sam3_heads import run_heads, select_images
     from sam3edge.runtime.exemplars import PADDING_LABEL
 
@@ -69,15 +66,15 @@ def test_error_boxes_land_on_the_text_prompts_errors_and_targets_stay(toy):
             if torch.equal(boxes[i], batch.input_boxes[i]) and torch.equal(labels[i], batch.input_boxes_labels[i]):
                 continue
             assert (labels[i, 1:] == PADDING_LABEL).all() and labels[i, 0] in (0, 1)
-            box = _cxcywh_to_xyxy(boxes[i, 0])
+            box = cxcywh_to_xyxy(boxes[i, 0])
             kept = out.boxes[i][scores[i] >= 0.5]
             if labels[i, 0] == 0:  # on a kept prediction that overlaps no true instance
-                assert _box_iou(box[None], kept).max() > 0.999
-                assert not len(t.boxes) or _box_iou(box[None], t.boxes).max() < 0.1
+                assert pairwise_iou_giou(box[None], kept)[0].max() > 0.999
+                assert not len(t.boxes) or pairwise_iou_giou(box[None], t.boxes)[0].max() < 0.1
                 replaced["negative"] += 1
             else:  # on a true instance no kept prediction found
-                assert _box_iou(box[None], t.boxes).max() > 0.999
-                assert not len(kept) or _box_iou(box[None], kept).max() < 0.5
+                assert pairwise_iou_giou(box[None], t.boxes)[0].max() > 0.999
+                assert not len(kept) or pairwise_iou_giou(box[None], kept)[0].max() < 0.5
                 replaced["positive"] += 1
     assert replaced["negative"] + replaced["positive"] >= 3, replaced
     assert sum(pm.last_counts.values()) > 0

@@ -20,26 +20,12 @@ from __future__ import annotations
 
 import torch
 
+from sam3edge.distill.boxes import pairwise_iou_giou
+from sam3edge.models.heads.layers import xyxy_to_cxcywh
 from sam3edge.models.sam3_heads import Sam3PairModel, run_heads, select_images
 from sam3edge.runtime.exemplars import PADDING_LABEL
 
 __all__ = ["InteractivePairModel", "error_boxes"]
-
-
-def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of xyxy boxes a [n, 4] x b [m, 4] -> [n, m]."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
-    union = area_a[:, None] + area_b[None] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
-
-
-def _cxcywh(box: torch.Tensor) -> list[float]:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
 
 
 def error_boxes(scores: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor, threshold: float = 0.5,
@@ -53,7 +39,7 @@ def error_boxes(scores: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tenso
     reaches ``iou`` with it."""
     kept = torch.nonzero(scores >= threshold).flatten()
     if len(gt_boxes) and len(kept):
-        m = _box_iou(boxes[kept], gt_boxes)
+        m = pairwise_iou_giou(boxes[kept], gt_boxes)[0]
         fp = kept[m.max(1).values < clear]
         missed = torch.nonzero(m.max(0).values < iou).flatten().tolist()
     else:
@@ -118,10 +104,10 @@ class InteractivePairModel(Sam3PairModel):
             fp, missed = error_boxes(scores[row], pred[row], gt)
             use_fp = fp is not None and (not missed or float(torch.rand((), generator=gen)) < 0.5)
             if use_fp:
-                new[i] = (_cxcywh(fp), 0)
+                new[i] = (xyxy_to_cxcywh(fp), 0)
             elif missed:
                 k = missed[int(torch.randint(len(missed), (), generator=gen))]
-                new[i] = (_cxcywh(gt[k]), 1)
+                new[i] = (xyxy_to_cxcywh(gt[k]), 1)
             else:
                 counts["kept"] += 1
                 continue
@@ -133,6 +119,6 @@ class InteractivePairModel(Sam3PairModel):
         for i, (box, lab) in new.items():
             boxes[i] = 0.0
             labels[i] = PADDING_LABEL
-            boxes[i, 0] = torch.tensor(box, dtype=boxes.dtype, device=boxes.device)
+            boxes[i, 0] = box.to(boxes)
             labels[i, 0] = lab
         return boxes, labels
