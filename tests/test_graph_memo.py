@@ -22,14 +22,14 @@ def test_the_same_key_is_exported_once_and_copied_whole(tmp_path):
     from sam3edge.export.graph_memo import memo_stats, reuse_graphs
 
     calls, before = [], memo_stats()
-    a = reuse_graphs("test-key-a", tmp_path / "a", _writer(calls))
-    b = reuse_graphs("test-key-a", tmp_path / "b", _writer(calls))
+    a = reuse_graphs(lambda: "test-key-a", tmp_path / "a", _writer(calls))
+    b = reuse_graphs(lambda: "test-key-a", tmp_path / "b", _writer(calls))
     assert len(calls) == 1 and a == {"g": tmp_path / "a" / "g.onnx"} and b == {"g": tmp_path / "b" / "g.onnx"}
     assert b["g"].read_bytes() == a["g"].read_bytes() == b"graph 1"
     assert (tmp_path / "b" / "sub" / "g.onnx.data").read_bytes() == b"weights"
     after = memo_stats()
     assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (1, 1)
-    reuse_graphs("test-key-b", tmp_path / "c", _writer(calls))  # another key: exported
+    reuse_graphs(lambda: "test-key-b", tmp_path / "c", _writer(calls))  # another key: exported
     assert len(calls) == 2 and (tmp_path / "c" / "g.onnx").read_bytes() == b"graph 2"
 
 
@@ -40,17 +40,21 @@ def test_a_failed_export_is_not_kept_and_reuse_can_be_turned_off(tmp_path, monke
         raise RuntimeError("exporter broke")
 
     with pytest.raises(RuntimeError, match="exporter broke"):
-        graph_memo.reuse_graphs("test-key-fail", tmp_path / "x", fails)
+        graph_memo.reuse_graphs(lambda: "test-key-fail", tmp_path / "x", fails)
     calls = []
-    graph_memo.reuse_graphs("test-key-fail", tmp_path / "y", _writer(calls))
+    graph_memo.reuse_graphs(lambda: "test-key-fail", tmp_path / "y", _writer(calls))
     assert len(calls) == 1  # the failure left nothing behind to serve
     monkeypatch.setenv("SAM3EDGE_REUSE_GRAPHS", "0")
-    graph_memo.reuse_graphs("test-key-fail", tmp_path / "z", _writer(calls))
+    graph_memo.reuse_graphs(lambda: "test-key-fail", tmp_path / "z", _writer(calls))
     assert calls[-1] == tmp_path / "z" and len(calls) == 2  # off: written straight to out_dir, every time
     monkeypatch.delenv("SAM3EDGE_REUSE_GRAPHS")
     big = graph_memo.MAX_ENTRY_BYTES + 1
-    graph_memo.reuse_graphs("test-key-big", tmp_path / "w", _writer(calls), expected_bytes=big)
-    graph_memo.reuse_graphs("test-key-big", tmp_path / "v", _writer(calls), expected_bytes=big)
+
+    def no_key():
+        raise AssertionError("a key was computed for graphs too big to keep")
+
+    graph_memo.reuse_graphs(no_key, tmp_path / "w", _writer(calls), expected_bytes=big)
+    graph_memo.reuse_graphs(no_key, tmp_path / "v", _writer(calls), expected_bytes=big)
     assert calls[-2:] == [tmp_path / "w", tmp_path / "v"]  # too big to keep: each export writes its own
 
 
@@ -72,7 +76,9 @@ def test_the_key_follows_weights_example_inputs_and_options(tmp_path):
     assert graph_key(student, (image, text[:, :7], mask[:, :7]), opts) != key  # another text length
     with torch.no_grad():
         next(iter(student.parameters())).view(-1)[0] += 1e-6
-    assert graph_key(student, (image, text, mask), opts) != key
+    changed = graph_key(student, (image, text, mask), opts)
+    assert changed != key
+    assert graph_key(student.to(torch.bfloat16), (image, text, mask), opts) not in (key, changed)  # no numpy twin
 
 
 def test_a_second_bundle_of_the_same_student_reuses_its_graphs_byte_for_byte(toy_bundles, toy_student_dir, scenes,

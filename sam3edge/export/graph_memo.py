@@ -42,7 +42,12 @@ _root: tempfile.TemporaryDirectory | None = None
 
 
 def _digest_array(h, a) -> None:
-    a = np.ascontiguousarray(a.detach().cpu().numpy() if torch.is_tensor(a) else a)
+    if torch.is_tensor(a):  # any dtype (bfloat16 has no numpy twin): its shape, dtype and raw bytes
+        t = a.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return
+    a = np.ascontiguousarray(a)
     h.update(f"{a.dtype}{a.shape}".encode())
     h.update(a.tobytes())
 
@@ -73,17 +78,19 @@ def _enabled() -> bool:
     return os.environ.get("SAM3EDGE_REUSE_GRAPHS", "1").strip() not in ("0", "false", "no", "off")
 
 
-def reuse_graphs(key: str, out_dir: Path, export: Callable[[Path], dict[str, Path]],
+def reuse_graphs(make_key: Callable[[], str], out_dir: Path, export: Callable[[Path], dict[str, Path]],
                  expected_bytes: int = 0) -> dict[str, Path]:
-    """The graphs of ``key`` in ``out_dir`` (name -> path): copied from the memo, or made by ``export(folder)``
-    (which writes them into ``folder`` and returns name -> path) and kept when small enough. ``expected_bytes``
-    (the weights' size): over :data:`MAX_ENTRY_BYTES`, the graphs are written straight to ``out_dir``."""
+    """The graphs of ``make_key()`` in ``out_dir`` (name -> path): copied from the memo, or made by
+    ``export(folder)`` (which writes them into ``folder`` and returns name -> path) and kept when small enough.
+    ``expected_bytes`` (the weights' size): over :data:`MAX_ENTRY_BYTES`, the graphs are written straight to
+    ``out_dir`` and no key is computed (hashing gigabytes of weights would buy nothing)."""
     global _root
     out_dir = Path(out_dir)
     if not _enabled() or expected_bytes > MAX_ENTRY_BYTES:
         with _lock:
             _stats["misses"] += 1
         return export(out_dir)
+    key = make_key()
     with _lock:  # one export at a time: torch's exporter is not made for concurrent calls either
         hit = _entries.get(key)
         if hit is None or not hit[0].is_dir():

@@ -59,7 +59,7 @@ def export_fp32(student, out_dir: Path, images: list[np.ndarray], text: np.ndarr
     text, mask = np.ascontiguousarray(text[two]), np.ascontiguousarray(mask[two])
     options = {"fused": bool(fused), "exemplars": bool(exemplars), "opset": OPSET, "max_exemplars": MAX_EXEMPLARS}
     weights = sum(t.numel() * t.element_size() for t in student.state_dict().values())
-    return reuse_graphs(graph_key(student, (img, text, mask), options), Path(out_dir),
+    return reuse_graphs(lambda: graph_key(student, (img, text, mask), options), Path(out_dir),
                         lambda folder: _export_fp32(student, folder, img, text, mask, fused, exemplars),
                         expected_bytes=weights)
 
