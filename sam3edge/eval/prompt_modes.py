@@ -152,7 +152,7 @@ def _negative_exemplar(run, image, phrase, text, gt, counts: dict) -> None:
     counts["removed"] += removed
     # a near miss overlaps a true instance of the prompt (mask IoU 0.1-0.5): a localisation error of a target, which
     # a negative box on it contradicts; a clear one overlaps none (another object, or background)
-    near = bool(len(gt)) and float(_iou(masks[[worst]], gt).max()) >= 0.1
+    near = bool(iou[kept == worst][0] >= 0.1)  # iou: each kept prediction's best with the prompt's instances
     counts["near_misses"] += int(near)
     counts["clear_removed"] += 0 if near else removed
     if len(tp):
