@@ -43,7 +43,7 @@ def fine_tune(args) -> Path:
     from sam3edge.models.sam3_load import load_sam3_model, load_tokenizer, save_sam3
 
     source = resolve_model("orchard-toy")
-    model = load_sam3_model(source, dtype=torch.float32).train()
+    model = load_sam3_model(args.init or source, dtype=torch.float32).train()
     size = int(model.config.vision_config.backbone_config.image_size)
     g = size // 14 * 4
     batches = OrchardBatches(load_tokenizer(source), seed=TRAIN_SEED + 1000, images_per_batch=args.images,
@@ -52,7 +52,7 @@ def fine_tune(args) -> Path:
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.05, grad_clip=1.0, log_every=20,
                       ckpt_every=250, seed=0, lr_mult={f"model.{k}": v for k, v in args.lr_mult.items()})
     pair_model = InteractivePairModel(model, rate=args.interactive) if args.interactive else Sam3PairModel(model)
-    trainer = Trainer(pair_model, SetCriterion(LossWeights()), batches, cfg, args.run_dir)
+    trainer = Trainer(pair_model, SetCriterion(LossWeights(boxed=args.boxed_weight)), batches, cfg, args.run_dir)
     trainer.fit(resume=True)
     out = args.run_dir / "model"
     save_sam3(model.eval(), out, dtype=torch.float16)
@@ -94,6 +94,11 @@ def main(argv=None) -> int:
     ap.add_argument("--interactive", type=float, default=0.0, metavar="P",
                     help="share of text + exemplar pairs whose boxes go on the phrase's own error instead "
                          "(sam3edge.distill.interactive: SAM3's interactive exemplar training)")
+    ap.add_argument("--boxed-weight", type=_positive, default=1.0, metavar="W",
+                    help="loss weight of an exemplar box's own instance (sam3edge.distill.losses.LossWeights boxed)")
+    ap.add_argument("--init", type=Path, default=None, metavar="MODEL",
+                    help="start from this model directory (an earlier fine-tune's RUN_DIR/model) instead of the "
+                         "bundled weights")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--n", type=int, default=40, help="scenes per held-out set")
@@ -118,6 +123,7 @@ def main(argv=None) -> int:
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
               "hard_negatives": args.hard_negatives, "interactive": args.interactive,
+              "boxed_weight": args.boxed_weight, "init": None if args.init is None else str(args.init),
               "lr": args.lr, "lr_mult": args.lr_mult,
               "train_s": round(train_s, 1),
               "heldout_scenes": args.n, "seeds": args.seeds,
@@ -149,7 +155,9 @@ def teacher_note(args) -> str:
     mult = "".join(f", {k} x{v:g}" for k, v in args.lr_mult.items())
     mult += f", hard negatives {args.hard_negatives:g}" if args.hard_negatives else ""
     mult += f", boxes on the phrase's errors {args.interactive:g}" if args.interactive else ""
-    return (f"fine-tuned {args.steps} steps at lr {args.lr}{mult} from the bundled weights on the orchard stream of "
+    mult += f", box's own instance weighted x{args.boxed_weight:g}" if args.boxed_weight != 1 else ""
+    start = f"from {args.init}" if args.init else "from the bundled weights"
+    return (f"fine-tuned {args.steps} steps at lr {args.lr}{mult} {start} on the orchard stream of "
             f"seed {TRAIN_SEED + 1000}, prompt mix text / text + boxes / boxes alone = {tuple(args.mix)}")
 
 
@@ -164,6 +172,16 @@ def _lr_mult(text: str) -> dict[str, float]:
         if not name.strip() or out[name.strip()] <= 0:
             raise argparse.ArgumentTypeError(f"--lr-mult: {item!r} needs a module name and a positive number")
     return out
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
 
 
 def _mix(text: str) -> tuple[float, float, float]:

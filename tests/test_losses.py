@@ -131,3 +131,66 @@ def test_a_teachers_score_is_its_own_target_not_scaled_by_the_students_iou():
         SetCriterion(LossWeights(aux=0.0))(out, [teacher])[0].backward()
         grads[p] = float(logit.grad)
     assert abs(grads[0.8]) < 1e-6 and grads[0.4] < -0.1  # at 0.4 the loss still pushes the score up
+
+
+def _two_instances_one_boxed(label: int):
+    """Two true instances, three queries on them / on background; one exemplar box (cxcywh) on instance 0."""
+    masks = torch.cat([_square(0, 0, 6, 6), _square(10, 10, 16, 16)])
+    target = masks_to_target(masks, (16, 16))
+    boxes = torch.cat([target.boxes, torch.tensor([[0.4, 0.0, 0.55, 0.15]])])[None]
+    logit_masks = torch.where(torch.cat([target.masks, torch.zeros(1, 16, 16)]) > 0.5, 8.0, -8.0)[None]
+    b = target.boxes[0] if label == 1 else boxes[0, 2]
+    prompt = torch.stack([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1]])[None, None]
+    return target, boxes, logit_masks, prompt, torch.tensor([[label]])
+
+
+def _score_grads(weights: LossWeights, target, boxes, masks, prompt, labels):
+    logits = torch.zeros(1, 3, requires_grad=True)
+    out = _outputs(logits, boxes, masks, torch.tensor([[0.0]]), layers=1)
+    out.prompt_boxes, out.prompt_labels = prompt, labels
+    loss, parts = SetCriterion(weights)(out, [target])
+    loss.backward()
+    return logits.grad[0], parts
+
+
+def test_a_positive_box_weighs_the_score_of_its_own_instance_and_nothing_else():
+    case = _two_instances_one_boxed(1)
+    plain, plain_parts = _score_grads(LossWeights(aux=0.0), *case)
+    boxed, _ = _score_grads(LossWeights(aux=0.0, boxed=4.0), *case)
+    # query 0 is matched to the boxed instance: 4x the gradient; query 1 (other instance) and 2 (background): same
+    assert torch.allclose(boxed[0], 4 * plain[0], rtol=1e-5) and abs(float(plain[0])) > 1e-3
+    assert torch.allclose(boxed[1:], plain[1:], rtol=1e-5)
+    # without exemplar boxes the weight changes nothing
+    target, boxes, masks, _, _ = case
+    logits = torch.zeros(1, 3)
+    loss_a, _ = SetCriterion(LossWeights(boxed=4.0))(_outputs(logits, boxes, masks, torch.zeros(1, 1)), [target])
+    loss_b, _ = SetCriterion(LossWeights())(_outputs(logits, boxes, masks, torch.zeros(1, 1)), [target])
+    assert torch.allclose(loss_a, loss_b) and plain_parts["presence"] > 0
+
+
+def test_a_second_detection_of_a_positive_boxs_instance_is_weighted_down():
+    target, boxes, masks, prompt, labels = _two_instances_one_boxed(1)
+    boxes = boxes.clone()
+    boxes[0, 2] = target.boxes[0] + 0.01  # query 2: a duplicate of the boxed instance, matched to nothing
+    plain, _ = _score_grads(LossWeights(aux=0.0), target, boxes, masks, prompt, labels)
+    boxed, _ = _score_grads(LossWeights(aux=0.0, boxed=4.0), target, boxes, masks, prompt, labels)
+    assert float(plain[2]) > 1e-3 and torch.allclose(boxed[2], 4 * plain[2], rtol=1e-5)
+    assert torch.allclose(boxed[1], plain[1], rtol=1e-5)  # the other instance's query is not the box's
+
+
+def test_a_positive_box_weighs_presence_and_a_negative_box_weighs_the_query_on_it():
+    case = _two_instances_one_boxed(1)
+    pres = {}
+    for w in (1.0, 3.0):
+        logits = torch.zeros(1, 3)
+        presence = torch.zeros(1, 1, requires_grad=True)
+        out = _outputs(logits, case[1], case[2], presence, layers=1)
+        out.prompt_boxes, out.prompt_labels = case[3], case[4]
+        SetCriterion(LossWeights(aux=0.0, boxed=w))(out, [case[0]])[0].backward()
+        pres[w] = float(presence.grad)
+    assert pres[1.0] < -1e-3 and abs(pres[3.0] - 3 * pres[1.0]) < 1e-6
+    neg = _two_instances_one_boxed(0)  # negative box on query 2's (background) box
+    plain, _ = _score_grads(LossWeights(aux=0.0), *neg)
+    boxed, _ = _score_grads(LossWeights(aux=0.0, boxed=4.0), *neg)
+    assert torch.allclose(boxed[2], 4 * plain[2], rtol=1e-5) and float(plain[2]) > 1e-3  # pushed down, 4x
+    assert torch.allclose(boxed[:2], plain[:2], rtol=1e-5)

@@ -9,6 +9,13 @@ last layer (the IoU cgF1 is computed with), box IoU on earlier layers, which hav
 sloppy instance cannot claim a confident score; a teacher's instance keeps the teacher's score as
 its target (that score is already quality-aware). Box L1 + GIoU and (last layer) mask BCE + dice
 apply to matched queries.
+
+Exemplar boxes are a user's statement about one object: a positive box says "this is an instance", a negative
+one "this is not". With ``boxed`` > 1 the score loss of the box's own instance (the query matched to the true
+instance under a positive box; unmatched queries on a box: the rejected object, or a duplicate of the boxed
+instance) and the pair's presence loss (a positive box means present) weigh ``boxed`` times as much: with the
+plain set loss a model learns to find what the phrase already finds, a box on a missed instance lifts its score
+too little to keep it, and a box on a found one adds a second detection of it (issue 16).
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sam3edge.distill.boxes import paired_iou_giou
+from sam3edge.distill.boxes import paired_iou_giou, pairwise_iou_giou
 from sam3edge.distill.distributed import global_count
 from sam3edge.distill.matcher import MatchCosts, hungarian_match
 from sam3edge.distill.targets import PairTarget
+from sam3edge.models.heads.layers import cxcywh_to_xyxy
 from sam3edge.models.heads.outputs import HeadOutputs
 
 
@@ -38,6 +46,7 @@ class LossWeights:
     focal_gamma: float = 0.0
     focal_alpha: float = -1.0  # < 0: no alpha weighting
     iou_aware: bool = True
+    boxed: float = 1.0  # weight of an exemplar box's own instance in the score / presence losses (module doc)
     costs: MatchCosts = field(default_factory=MatchCosts)
 
 
@@ -96,7 +105,9 @@ class SetCriterion(torch.nn.Module):
             if last:
                 final_matches = matches
             score_l, l1_l, giou_l = logits.new_zeros(()), logits.new_zeros(()), logits.new_zeros(())
+            presence_w = torch.ones(len(targets), dtype=logits.dtype, device=logits.device)
             for i, (t, (qi, ti)) in enumerate(zip(targets, matches)):
+                query_w, presence_w[i] = self.boxed_weights(out, i, t, qi, ti, boxes[i])
                 if t.num:
                     iou, giou = paired_iou_giou(boxes[i, qi], t.boxes[ti])
                     quality = mask_iou(out.mask_logits[i, qi], t.masks[ti]) if last else iou
@@ -109,9 +120,10 @@ class SetCriterion(torch.nn.Module):
                         # a teacher's score already says how good its instance is: taken as it is (multiplying
                         # it by the student's IoU again biases every score low, and recall with it)
                         tgt[qi] = s * quality.detach().clamp(min=0.05) if w.iou_aware and not t.teacher else s
-                    score_l = score_l + sigmoid_focal(logits[i], tgt, w.focal_gamma, w.focal_alpha).sum()
+                    score_l = score_l + (sigmoid_focal(logits[i], tgt, w.focal_gamma, w.focal_alpha) * query_w).sum()
             present = torch.tensor([t.present for t in targets], dtype=logits.dtype, device=logits.device)
-            pres_l = F.binary_cross_entropy_with_logits(out.aux_presence_logits[layer][:, 0], present)
+            pres_l = F.binary_cross_entropy_with_logits(out.aux_presence_logits[layer][:, 0], present,
+                                                        weight=presence_w)
             add("score", score_l / num_inst, lw * w.score)
             add("l1", l1_l / num_inst, lw * w.l1)
             add("giou", giou_l / num_inst, lw * w.giou)
@@ -124,6 +136,33 @@ class SetCriterion(torch.nn.Module):
         total = sum(terms.values())
         return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()} | {
             "total": float(total.detach())}
+
+    def boxed_weights(self, out: HeadOutputs, i: int, t: PairTarget, qi: torch.Tensor, ti: torch.Tensor,
+                      pred_boxes: torch.Tensor, own: float = 0.7, on_negative: float = 0.5
+                      ) -> tuple[torch.Tensor | float, float]:
+        """(score-loss weights [Q] or 1.0, presence weight) of pair ``i`` under ``LossWeights.boxed``.
+
+        A true instance is a positive box's own when their box IoU is >= ``own`` (the box was drawn on it): its
+        matched query is weighted. So is every query matched to no true instance whose predicted box
+        (``pred_boxes`` [Q, 4] xyxy) overlaps a box at IoU >= ``on_negative``: on a negative box it is the object the
+        user rejected; on a positive one, a second detection of the box's instance (one box, one instance)."""
+        boxed = self.w.boxed
+        if boxed == 1.0 or out.prompt_boxes is None or out.prompt_boxes.shape[1] == 0:
+            return 1.0, 1.0
+        labels = out.prompt_labels[i] if out.prompt_labels is not None else torch.ones(
+            out.prompt_boxes.shape[1], dtype=torch.long, device=out.prompt_boxes.device)
+        prompt = cxcywh_to_xyxy(out.prompt_boxes[i].float().detach())
+        pos, real = prompt[labels == 1], (labels == 1) | (labels == 0)  # real: not padding
+        query_w = torch.ones(pred_boxes.shape[0], dtype=pred_boxes.dtype, device=pred_boxes.device)
+        unmatched = torch.ones(pred_boxes.shape[0], dtype=torch.bool, device=pred_boxes.device)
+        unmatched[qi] = False
+        on_box = pairwise_iou_giou(pred_boxes.detach().float(), prompt)[0] >= on_negative  # [Q, K]
+        if len(pos) and t.num and len(qi):
+            own_inst = pairwise_iou_giou(t.boxes[ti].float(), pos)[0].max(1).values >= own
+            query_w[qi[own_inst]] = boxed
+        # unmatched queries on a box: a second detection of the positive box's instance, or the negative box's object
+        query_w[unmatched & on_box[:, real].any(1)] = boxed
+        return query_w, boxed if len(pos) and t.present > 0.5 else 1.0
 
     @staticmethod
     def _mask_losses(out: HeadOutputs, targets, matches):

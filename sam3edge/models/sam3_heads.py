@@ -72,6 +72,7 @@ def run_heads(model, vision: Sam3VisionEncoderOutput, text_features: torch.Tenso
         logits=aux_logits[-1], boxes=aux_boxes[-1], presence_logits=dec.presence_logits[-1],
         mask_logits=masks.pred_masks, semantic_logits=masks.semantic_seg,
         aux_logits=aux_logits, aux_boxes=aux_boxes, aux_presence_logits=dec.presence_logits,
+        prompt_boxes=input_boxes, prompt_labels=input_boxes_labels,
     )
 
 

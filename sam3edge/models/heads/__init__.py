@@ -139,6 +139,7 @@ class Sam3Heads(nn.Module):
             mask_logits=self.mask_decoder.masks(d.queries[-1], pixels),
             semantic_logits=self.mask_decoder.semantic(pixels),
             aux_logits=logits, aux_boxes=boxes, aux_presence_logits=d.presence_logits,
+            prompt_boxes=input_boxes, prompt_labels=input_boxes_labels,
         )
 
     def forward_topk(self, fpn_features: list[torch.Tensor], fpn_pos: list[torch.Tensor], text_features: torch.Tensor,

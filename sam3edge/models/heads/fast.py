@@ -278,6 +278,7 @@ class FastHeads(nn.Module):
             mask_logits=self.mask_decoder.masks(queries[-1], pixels, fused, xyxy[-1]),
             semantic_logits=self.mask_decoder.semantic(pooled, pixels),
             aux_logits=logits, aux_boxes=xyxy, aux_presence_logits=presence,
+            prompt_boxes=input_boxes, prompt_labels=input_boxes_labels,
         )
 
     def topk_from_context(self, pixels: torch.Tensor, grid: torch.Tensor, grid_pos: torch.Tensor,
