@@ -95,3 +95,21 @@ def test_siblings_come_from_the_vocabulary_and_hard_negatives_is_a_probability(t
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="hard_negatives is a probability"):
             OrchardBatches(tokenizer, hard_negatives=bad)
+
+
+def test_negative_only_gives_present_concepts_a_lone_negative_box_and_zero_changes_nothing(tokenizer):
+    from sam3edge.distill.scene_batches import OrchardBatches
+
+    base = _draws(OrchardBatches(tokenizer, prompt_mix=(0, 1, 0), hard_negatives=1.0))
+    same = _draws(OrchardBatches(tokenizer, prompt_mix=(0, 1, 0), hard_negatives=1.0, negative_only=0.0))
+    assert [(d[2], d[3], d[4]) for d in base] == [(d[2], d[3], d[4]) for d in same]
+    alone = 0
+    for scene, pair, phrase, labels, which in _draws(OrchardBatches(tokenizer, prompt_mix=(0, 1, 0),
+                                                                  hard_negatives=1.0, negative_only=1.0)):
+        own = {k for k, c in enumerate(scene.categories) if c in pair.category_ids}
+        if own and len(own) < len(scene.categories):  # present, and the image has something else to reject
+            assert labels == [0] and which[0] not in own and phrase == pair.phrase, (pair.phrase, labels)
+            alone += 1
+    assert alone > 30, alone
+    with pytest.raises(ValueError, match="negative_only is a probability"):
+        OrchardBatches(tokenizer, negative_only=2.0)

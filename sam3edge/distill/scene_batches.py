@@ -34,12 +34,16 @@ class OrchardBatches:
     of a category that shares a broader concept with the prompt's (an unripe or bruised apple for "ripe apple",
     via "apple"): the look-alikes a text prompt confuses, where a negative exemplar has something to say. Else
     (and at the default 0, which draws exactly as before) any instance that is not the prompt's.
+
+    ``negative_only``: how often a text + exemplars pair of a present concept gets a negative box alone (when the
+    image has an instance that is not the prompt's): the user who only rejects what the phrase wrongly found. With
+    positives always beside it, a model learns "a box means more like this" whatever its label (issue 16).
     """
 
     def __init__(self, tokenizer, seed: int = 0, images_per_batch: int = 4, pairs_per_image: int = 4,
                  image_size: int = 224, mask_size: tuple[int, int] = (64, 64), synonym_rate: float = 0.3,
                  min_negatives: int = 1, flip: bool = True, prompt_mix: tuple[float, float, float] = (1, 0, 0),
-                 hard_negatives: float = 0.0):
+                 hard_negatives: float = 0.0, negative_only: float = 0.0):
         self.tokenizer = tokenizer
         self.seed, self.b, self.p = seed, images_per_batch, pairs_per_image
         self.size, self.mask_size = image_size, mask_size
@@ -52,6 +56,9 @@ class OrchardBatches:
         if not 0.0 <= float(hard_negatives) <= 1.0:
             raise ValueError(f"hard_negatives is a probability in [0, 1], got {hard_negatives!r}")
         self.hard_negatives = float(hard_negatives)
+        if not 0.0 <= float(negative_only) <= 1.0:
+            raise ValueError(f"negative_only is a probability in [0, 1], got {negative_only!r}")
+        self.negative_only = float(negative_only)
         self._one_category = {p for c in ORCHARD_VOCABULARY.concepts if len(c.category_ids) == 1
                               for p in (c.phrase, *c.synonyms)}
 
@@ -74,11 +81,13 @@ class OrchardBatches:
             return [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
 
         boxes, labels = [], []
-        if own:
+        # at negative_only 0 no extra draw is made: the stream is the one it was before the option existed
+        neg_only = bool(mode == 1 and own and others and self.negative_only and rng.random() < self.negative_only)
+        if own and not neg_only:
             for k in rng.choice(sorted(own), size=min(len(own), int(rng.integers(1, 3))), replace=False):
                 boxes.append(box(int(k)))
                 labels.append(1)
-        if others and (not own or rng.random() < 0.5):
+        if others and (not own or neg_only or rng.random() < 0.5):
             pool = others
             if self.hard_negatives:
                 look_alikes = _siblings(pair.phrase)
