@@ -1,7 +1,7 @@
 """Exemplar prompts, teacher vs student, and a visual concept stored from one image.
 
-    python benchmarks/toy_teacher_exemplars.py --steps 1500        # the teacher that knows exemplars (~40 min)
-    python benchmarks/exemplar_prompts.py --teacher runs/toy_teacher_ex/model      # ~30 min on 2 cores
+    python benchmarks/exemplar_prompts.py      # the bundled teacher (it knows exemplars), ~30 min on 2 cores
+    python benchmarks/exemplar_prompts.py --teacher runs/toy_teacher_ex/model     # another teacher
 
 1. Distils the quickstart's student (``toy-fast``, the quickstart's images and steps) from ``--teacher`` with
    exemplar prompts (``distill --exemplars``: a found concept's prompt carries the teacher's own best box, with the
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", type=Path, default=REPO / "runs" / "toy_teacher_ex" / "model")
+    ap.add_argument("--teacher", type=Path, default=REPO / "sam3edge" / "teachers" / "orchard-toy",
+                    help="a teacher that knows exemplar prompts (default: the bundled one)")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "exemplar_prompts")
     ap.add_argument("--exemplars", type=float, default=0.3, help="distill --exemplars")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])

@@ -1,17 +1,31 @@
-"""Teach the bundled toy teacher exemplar prompts, and measure what they do on held-out orchard sets.
+"""Teach the toy teacher exemplar prompts, and measure what they do on held-out orchard sets.
 
     python benchmarks/toy_teacher_exemplars.py --run-dir runs/toy_teacher_ex --steps 1500          # fine-tune + eval
     python benchmarks/toy_teacher_exemplars.py --eval-only sam3edge/teachers/orchard-toy --out NAME  # eval a model
 
 SAM3 trains with a prompt mix: text only, text + exemplar boxes, boxes alone (phrase "visual"), with negative
-boxes. The bundled teacher (``benchmarks/train_toy_teacher.py``) saw text only, so boxes move its scores by
-~0.01. Here it is fine-tuned from its own weights on the orchard stream with that mix
+boxes. A teacher trained on phrases only (``benchmarks/train_toy_teacher.py``) moves its scores by ~0.01 for a box.
+Here a teacher is fine-tuned from ``--init`` on the orchard stream with that mix
 (:class:`~sam3edge.distill.scene_batches.OrchardBatches` ``prompt_mix``), the same set-prediction loss on ground
 truth, then evaluated on held-out sets (seeds the training stream never renders) per prompt mode
 (:mod:`sam3edge.eval.prompt_modes`: text; text + 1 ground-truth exemplar; the exemplar alone, on one-category
 concepts; a negative exemplar on the text prompt's best false positive).
 
-Writes ``benchmarks/results/<--out>.{json,md}``; the fine-tuned model goes to ``RUN_DIR/model`` (fp16).
+The bundled ``orchard-toy`` teacher is stage 1 (phrases, ``train_toy_teacher.py --out runs/toy_teacher_text``, or
+``git show 470c78f:sam3edge/teachers/orchard-toy/model.safetensors``) followed by three runs of this script
+(figures: ``benchmarks/results/toy_teacher_exemplars_boxed5d.md``; ~20 min a 3000-step stage on 2 cores)::
+
+    COMMON="--mix 0.2,0.6,0.2 --lr-mult geometry_encoder=10 --hard-negatives 1 --interactive 1 --no-baseline"
+    python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_text --run-dir runs/toy_teacher_int2 \
+        --steps 5000 $COMMON                        # stage 2: boxes on the phrase's own errors
+    python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_int2/model --run-dir runs/toy_teacher_boxed5 \
+        --steps 3000 --boxed-weight 5 $COMMON       # stage 3: a box's own instance weighs 5x (ran at 9b7b0b4,
+                                                    # before duplicates on a positive box were weighted too)
+    python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_boxed5/model \
+        --run-dir runs/toy_teacher_boxed5d --steps 3000 --boxed-weight 5 --publish $COMMON   # stage 4
+
+Writes ``benchmarks/results/<--out>.{json,md}``; the fine-tuned model goes to ``RUN_DIR/model`` (fp16) and, with
+``--publish``, its weights replace the bundled teacher's.
 """
 
 from __future__ import annotations
@@ -48,7 +62,7 @@ def fine_tune(args) -> Path:
     g = size // 14 * 4
     batches = OrchardBatches(load_tokenizer(source), seed=TRAIN_SEED + 1000, images_per_batch=args.images,
                              pairs_per_image=args.pairs, image_size=size, mask_size=(g, g), prompt_mix=args.mix,
-                             hard_negatives=args.hard_negatives)
+                             hard_negatives=args.hard_negatives, negative_only=args.negative_only)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.05, grad_clip=1.0, log_every=20,
                       ckpt_every=250, seed=0, lr_mult={f"model.{k}": v for k, v in args.lr_mult.items()})
     pair_model = InteractivePairModel(model, rate=args.interactive) if args.interactive else Sam3PairModel(model)
@@ -91,6 +105,9 @@ def main(argv=None) -> int:
                     help=f"prompt mix: text / text + boxes / boxes alone (default {','.join(map(str, MIX))})")
     ap.add_argument("--hard-negatives", type=float, default=0.0, metavar="P",
                     help="share of negative boxes put on a look-alike instance when there is one (OrchardBatches)")
+    ap.add_argument("--negative-only", type=float, default=0.0, metavar="P",
+                    help="share of text + exemplar pairs of present concepts given a negative box alone "
+                         "(OrchardBatches)")
     ap.add_argument("--interactive", type=float, default=0.0, metavar="P",
                     help="share of text + exemplar pairs whose boxes go on the phrase's own error instead "
                          "(sam3edge.distill.interactive: SAM3's interactive exemplar training)")
@@ -99,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--init", type=Path, default=None, metavar="MODEL",
                     help="start from this model directory (an earlier fine-tune's RUN_DIR/model) instead of the "
                          "bundled weights")
+    ap.add_argument("--publish", action="store_true",
+                    help="copy the fine-tuned weights over the bundled teacher's (sam3edge/teachers/orchard-toy)")
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--n", type=int, default=40, help="scenes per held-out set")
@@ -107,7 +126,7 @@ def main(argv=None) -> int:
                     f"training stream is seed {TRAIN_SEED + 1000})")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                    help="also evaluate the bundled teacher (its rows: benchmarks/results/toy_teacher_exemplars.md)")
+                    help="also evaluate the starting point (--init, or the bundled teacher)")
     ap.add_argument("--eval-only", type=Path, default=None, help="evaluate this model directory, train nothing")
     ap.add_argument("--out", default="toy_teacher_exemplars")
     args = ap.parse_args(argv)
@@ -116,13 +135,16 @@ def main(argv=None) -> int:
     t0 = time.time()
     model_dir = args.eval_only or fine_tune(args)
     train_s = time.time() - t0
-    before = evaluate_modes(Path(resolve_model("orchard-toy")),
-                            args.run_dir, args.n, args.seeds) if args.baseline and not args.eval_only else None
+    start = args.init or Path(resolve_model("orchard-toy"))
+    before = evaluate_modes(start, args.run_dir, args.n, args.seeds) if args.baseline and not args.eval_only else None
+    if args.publish and not args.eval_only:
+        publish(model_dir)
     after = evaluate_modes(model_dir, args.run_dir, args.n, args.seeds)
     args_given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
-              "hard_negatives": args.hard_negatives, "interactive": args.interactive,
+              "hard_negatives": args.hard_negatives, "negative_only": args.negative_only,
+              "interactive": args.interactive,
               "boxed_weight": args.boxed_weight, "init": None if args.init is None else str(args.init),
               "lr": args.lr, "lr_mult": args.lr_mult,
               "train_s": round(train_s, 1),
@@ -137,7 +159,7 @@ def main(argv=None) -> int:
              "negative exemplar: FPs removed / TPs lost | of those FPs: near misses of a target; clear ones "
              "removed |", "|---|---|---|---|---|---|---|---|"]
     tuned = f"model {args.eval_only}" if args.eval_only else "fine-tuned with the prompt mix"
-    for name, rep in (("bundled (text-trained)", before), (tuned, after)):
+    for name, rep in ((f"start: {start}", before), (tuned, after)):
         for seed, f in (rep or {}).items():
             n = f["negative_exemplar"]
             lines.append(f"| {name} | {seed} | {f['text']:.3f} | {f['text+1']:.3f} | {f['text_on_visual_pairs']:.3f} | "
@@ -149,6 +171,30 @@ def main(argv=None) -> int:
     return 0
 
 
+def publish(model_dir: Path) -> None:
+    """The fine-tuned weights become the bundled teacher's (same config and tokenizer; written atomically)."""
+    import os
+    import shutil
+
+    bundled = Path(resolve_model("orchard-toy"))
+    mine, theirs = (_architecture(json.loads((d / "config.json").read_text())) for d in (model_dir, bundled))
+    if mine != theirs:
+        raise SystemExit(f"--publish: {model_dir / 'config.json'} is not the bundled teacher's architecture "
+                         f"({bundled / 'config.json'}); the bundled weights are left as they are")
+    tmp = bundled / ".model.safetensors.tmp"
+    shutil.copyfile(model_dir / "model.safetensors", tmp)
+    os.replace(tmp, bundled / "model.safetensors")
+    print(f"published {model_dir / 'model.safetensors'} -> {bundled}")
+
+
+def _architecture(config):
+    """A config without the fields that do not change the weights' layout (dtype, transformers version)."""
+    if isinstance(config, dict):
+        return {k: _architecture(v) for k, v in config.items() if k not in ("dtype", "torch_dtype",
+                                                                            "transformers_version")}
+    return config
+
+
 def teacher_note(args) -> str:
     if args.eval_only:
         return f"model {args.eval_only}"
@@ -156,6 +202,7 @@ def teacher_note(args) -> str:
     mult += f", hard negatives {args.hard_negatives:g}" if args.hard_negatives else ""
     mult += f", boxes on the phrase's errors {args.interactive:g}" if args.interactive else ""
     mult += f", box's own instance weighted x{args.boxed_weight:g}" if args.boxed_weight != 1 else ""
+    mult += f", negative box alone {args.negative_only:g}" if args.negative_only else ""
     start = f"from {args.init}" if args.init else "from the bundled weights"
     return (f"fine-tuned {args.steps} steps at lr {args.lr}{mult} {start} on the orchard stream of "
             f"seed {TRAIN_SEED + 1000}, prompt mix text / text + boxes / boxes alone = {tuple(args.mix)}")

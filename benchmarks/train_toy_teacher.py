@@ -1,12 +1,15 @@
-"""Reproduce the bundled toy teacher: a small transformers ``Sam3Model`` trained on the orchard domain.
+"""Stage 1 of the bundled toy teacher: a small transformers ``Sam3Model`` trained on the orchard domain's phrases.
 
     python benchmarks/train_toy_teacher.py --run-dir runs/toy_teacher --steps 2800
 
 Trains from a fixed seed with the set-prediction trainer on ground truth rendered on the fly,
 then evaluates on a held-out orchard set (a seed never used for training) with the SA-Co cgF1
-metric, saves the teacher in ``save_pretrained`` layout (fp16) to ``sam3edge/teachers/orchard-toy``
+metric, saves the teacher in ``save_pretrained`` layout (fp16) to ``--out`` (default ``runs/toy_teacher_text``)
 and writes its figures to ``benchmarks/results/toy_teacher.{json,md}``. Resumable: run the same
 command again after an interruption.
+
+This phrase-trained teacher was the bundled ``orchard-toy`` until 2026-12-04 (git ``470c78f``); the bundled one is
+now this teacher fine-tuned with exemplar prompts, stages 2-4 in ``benchmarks/toy_teacher_exemplars.py``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def evaluate_teacher(model_dir_or_teacher, data_dir: Path, n: int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, default=REPO / "runs" / "toy_teacher")
-    ap.add_argument("--out", type=Path, default=REPO / "sam3edge" / "teachers" / "orchard-toy")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "toy_teacher_text")
     ap.add_argument("--steps", type=int, default=9000)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--images", type=int, default=2, help="images per step")
