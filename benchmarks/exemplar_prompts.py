@@ -140,13 +140,14 @@ def main(argv=None) -> int:
 
     command = "python benchmarks/exemplar_prompts.py " + " ".join(argv if argv is not None else
                                                                     __import__("sys").argv[1:])
-    result = {"command": command, "teacher": str(args.teacher), "exemplars": args.exemplars,
+    teacher_name = _shown(args.teacher)
+    result = {"command": command, "teacher": teacher_name, "exemplars": args.exemplars,
               "distill_and_export_s": round(distill_s, 1), "heldout_scenes": args.n, "modes": modes,
               "stored_concept": stored, "host": {"machine": platform.machine(), "torch": torch.__version__,
                                                  "threads": args.threads}}
     out = REPO / "benchmarks" / "results" / args.out
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    lines = [f"Exemplar prompts on held-out orchard sets ({args.n} scenes per seed; teacher `{args.teacher}`, "
+    lines = [f"Exemplar prompts on held-out orchard sets ({args.n} scenes per seed; teacher `{teacher_name}`, "
              f"student `toy-fast` distilled with `--exemplars {args.exemplars}`): `{command}`", "",
              "| model | seed | text (cgF1) | text + 1 exemplar (cgF1) | ratio to teacher, text / text + 1 | "
              "text, one-category pairs (pmF1) | exemplar alone (pmF1) | negative exemplar: FPs removed / TPs lost |",
@@ -171,6 +172,15 @@ def main(argv=None) -> int:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+
+def _shown(path: Path) -> str:
+    """A path as the results show it: relative to the repository when inside it (no machine's home in the file)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":
