@@ -123,7 +123,8 @@ def test_the_graphs_tensorrt_builds_from_take_exemplar_boxes_as_pytorch_does(toy
     np.testing.assert_allclose(a[0], b[0], atol=1e-4)  # scores, every concept (the last one has padding only)
     plain = got(toy["images"][0], text, mask)
     np.testing.assert_allclose(b[0][-1], plain[0][-1], atol=1e-5)  # a concept without boxes: its text-only answer
-    assert np.abs(b[0][0] - plain[0][0]).max() > 1e-3  # boxes do move the others
+    # boxes do move the others (relative change: the toy student's scores of a concept can sit near 0)
+    assert np.abs(np.log(b[0][0] + 1e-30) - np.log(plain[0][0] + 1e-30)).max() > 1e-2
 
 
 def test_the_tensorrt_build_settings_profile_the_token_and_exemplar_axes(toy, graphs):

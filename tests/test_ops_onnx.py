@@ -35,9 +35,14 @@ def _assert_same_instances(run_a, run_b, images, text, mask, score_atol=1e-4):
         scores_a, boxes_a, presence_a, masks_a, idx_a = a
         scores_b, boxes_b, presence_b, masks_b, idx_b = b
         # The same queries in the same ranks; two queries whose scores tie within rounding may swap ranks,
-        # which leaves the score of every rank unchanged.
+        # which leaves the score of every rank unchanged: a rank may hold another query only inside a tie.
         slot = idx_a == idx_b
-        assert slot.mean() >= 0.9, f"only {slot.mean():.0%} of the top-K ranks hold the same query"
+        gap = np.abs(np.diff(scores_a, axis=-1))
+        tied = np.zeros_like(slot)
+        tied[..., 1:] |= gap <= score_atol
+        tied[..., :-1] |= gap <= score_atol
+        assert (slot | tied).all(), f"ranks {np.argwhere(~(slot | tied)).tolist()} hold other queries, untied"
+        assert slot.mean() >= 0.5, f"only {slot.mean():.0%} of the top-K ranks hold the same query"
         np.testing.assert_allclose(scores_b, scores_a, rtol=0, atol=score_atol)
         np.testing.assert_allclose(presence_b, presence_a, rtol=0, atol=score_atol)
         np.testing.assert_allclose(boxes_b[slot], boxes_a[slot], rtol=0, atol=1e-4)

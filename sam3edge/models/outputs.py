@@ -18,7 +18,9 @@ class ConceptOutputs:
 
     image_features / image_pos: the FPN levels the heads consume, each [B, C, h_l, w_l].
     text_features [P, L, D], text_mask [P, L]; scores, logits [B, P, Q]; presence [B, P] (probability);
-    boxes [B, P, Q, 4] xyxy in pixels of each original image; boxes_normalized the same in [0, 1];
+    boxes [B, P, Q, 4] xyxy in pixels of each original image, clipped to it as the runtime's are
+    (``Resize.boxes_to_original``); boxes_normalized the same in [0, 1] of the frame, as the heads gave them
+    (not clipped: training targets);
     mask_logits [B, P, Q, h, w] (low resolution); semantic_logits [B, P, h, w].
     """
 
@@ -71,7 +73,8 @@ class ConceptOutputs:
         return cls(
             image_features=list(image_features), image_pos=list(image_pos), text_features=text_features,
             text_mask=text_mask, scores=logits.sigmoid() * presence_logits.sigmoid()[..., None], logits=logits,
-            presence=presence_logits.sigmoid(), boxes=boxes_n * scale[:, None, None, :], boxes_normalized=boxes_n,
+            presence=presence_logits.sigmoid(), boxes=boxes_n.clamp(0, 1) * scale[:, None, None, :],
+            boxes_normalized=boxes_n,
             mask_logits=cat("mask_logits"), semantic_logits=cat("semantic_logits")[:, :, 0],
             image_sizes=[tuple(int(v) for v in s) for s in image_sizes], phrases=list(phrases),
         )
