@@ -66,8 +66,10 @@ def test_student_output_contract_equals_the_teachers(tiny_sam3_dir):
     assert [f.shape[-1] for f in s.image_features] == [16, 8, 4] and len(s.image_pos) == 3
     assert s.image_sizes == t.image_sizes == [(90, 200), (300, 120)] and s.phrases == t.phrases
     torch.testing.assert_close(s.scores, s.logits.sigmoid() * s.presence[..., None])
-    for b, (h, w) in enumerate(s.image_sizes):  # boxes in pixels of each (non-square) original
-        torch.testing.assert_close(s.boxes[b], s.boxes_normalized[b] * torch.tensor([w, h, w, h]).float())
+    for b, (h, w) in enumerate(s.image_sizes):  # boxes in pixels of each (non-square) original, clipped to it
+        size = torch.tensor([w, h, w, h]).float()
+        torch.testing.assert_close(s.boxes[b], s.boxes_normalized[b].clamp(0, 1) * size)
+        assert (s.boxes[b] >= 0).all() and (s.boxes[b] <= size).all()
         inst = s.instances(b, 1, score_threshold=0.0)
         assert inst["masks"].shape == (q, h, w) and inst["boxes"].shape == (q, 4)
 
