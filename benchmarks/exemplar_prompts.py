@@ -174,7 +174,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 def _shown(path: Path) -> str:
     """A path as the results show it: relative to the repository when inside it (no machine's home in the file)."""
     try:

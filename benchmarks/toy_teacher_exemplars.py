@@ -173,17 +173,17 @@ def main(argv=None) -> int:
 
 def publish(model_dir: Path) -> None:
     """The fine-tuned weights become the bundled teacher's (same config and tokenizer; written atomically)."""
-    import os
     import shutil
+
+    from sam3edge.atomic import atomic_write
 
     bundled = Path(resolve_model("orchard-toy"))
     mine, theirs = (_architecture(json.loads((d / "config.json").read_text())) for d in (model_dir, bundled))
     if mine != theirs:
         raise SystemExit(f"--publish: {model_dir / 'config.json'} is not the bundled teacher's architecture "
                          f"({bundled / 'config.json'}); the bundled weights are left as they are")
-    tmp = bundled / ".model.safetensors.tmp"
-    shutil.copyfile(model_dir / "model.safetensors", tmp)
-    os.replace(tmp, bundled / "model.safetensors")
+    with open(model_dir / "model.safetensors", "rb") as src:
+        atomic_write(bundled / "model.safetensors", lambda f: shutil.copyfileobj(src, f))
     print(f"published {model_dir / 'model.safetensors'} -> {bundled}")
 
 
