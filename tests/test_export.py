@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from conftest import toy_encoder_student
 
+from sam3edge.models.student_spec import StudentSpec
+
 ORCHARD_PHRASES = ["ripe apple", "unripe apple", "leaf"]  # as the toy_student_dir fixture (conftest.py)
 
 
@@ -112,9 +114,12 @@ def assert_int8_scheme_cannot_saturate(manifest: dict) -> None:
     scheme, weight_type, weight_max, pair_sum = want[manifest["target"]]
     assert q["scheme"] == scheme and q["saturation_free"] and q["max_pair_sum"] == pair_sum, q
     assert set(q["graphs"]) == set(manifest["graphs"])
+    spec = StudentSpec.from_dict(manifest["student"]["spec"])
+    # kept float: the exemplar encoder (a few boxes per call) and a fast-head decoder (int8 does not pay there)
+    floats = {"exemplar_encoder"} | (set() if spec.int8_decoder else {"decoder"})
     for name, r in q["graphs"].items():
-        if name == "exemplar_encoder":  # kept float (a few boxes per call): no integer kernel to saturate
-            assert r == {"weight_types": [], "weight_max": 0, "activation_types": [], "max_pair_sum": 0}, r
+        if name in floats:  # no integer kernel to saturate
+            assert r == {"weight_types": [], "weight_max": 0, "activation_types": [], "max_pair_sum": 0}, (name, r)
             continue
         assert r["activation_types"] == ["uint8"] and r["weight_types"] == [weight_type], (name, r)
         assert weight_max // 2 <= r["weight_max"] <= weight_max and r["max_pair_sum"] <= 32767, (name, r)
@@ -334,3 +339,33 @@ def test_a_student_with_its_own_text_encoder_exports_without_a_concept_cache(sce
     np.testing.assert_allclose(f[0][m[0]], want[0][want_mask[0]].numpy(), atol=1e-5)
     seg.set_concepts(["a wasp on a leaf"])  # not in the cache: its text encoder graph encodes it
     assert seg.segment(np.zeros((64, 64, 3), np.uint8), score_threshold=0.0).image_size == (64, 64)
+
+
+def test_int8_leaves_a_fast_head_decoder_float_and_quantizes_it_when_the_spec_asks(scenes, tmp_path):
+    """toy-fast's int8 ONNX bundle: the image encoder is int8 (QDQ), the decoder float (no QuantizeLinear, no
+    integer weights in the manifest) and still verified; with ``export_int8_decoder=True`` the decoder is int8."""
+    import onnx
+
+    from sam3edge.export.bundle import export_bundle
+    from sam3edge.models.registry import create_student
+    from sam3edge.models.student_io import save_student
+    from sam3edge.runtime.concepts import ConceptCache
+
+    rng = np.random.default_rng(0)
+    for quantized in (False, True):
+        student = create_student("toy-fast", input_size=128, **({"export_int8_decoder": True} if quantized else {}))
+        mask = np.zeros((3, 32), bool)
+        mask[:, :3] = True
+        feats = rng.normal(0, 1, (3, 32, student.spec.heads.in_width)).astype(np.float32)
+        student.set_concepts(ConceptCache(ORCHARD_PHRASES, feats, mask, source="random"))
+        out = tmp_path / f"int8-{quantized}.sam3edge"
+        m = export_bundle(save_student(student, tmp_path / f"s{quantized}"), out, "onnx", "int8", calib=scenes,
+                          n_verify=2, progress=False)
+        assert_int8_scheme_cannot_saturate(m)
+        ops = {g: {n.op_type for n in onnx.load(str(out / "graphs" / f"{g}.onnx")).graph.node}
+               for g in ("image_encoder", "decoder")}
+        assert "QuantizeLinear" in ops["image_encoder"]
+        assert ("QuantizeLinear" in ops["decoder"]) == quantized, ops["decoder"]
+        assert bool(m["quantization"]["graphs"]["decoder"]["weight_types"]) == quantized
+        v = m["verification"]
+        assert v["failed"] == [] and v["max_abs_error"]["presence"] <= 0.1 and v["score_mae"] <= 0.05, v

@@ -173,3 +173,20 @@ def test_students_listing_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout and "edge-s-fast" in out.stdout
+
+
+def test_int8_decoder_follows_the_head_type_unless_the_spec_says():
+    """Fast heads' decoders stay float in int8 exports (hundreds of small matmuls: quantize / dequantize cost more
+    than the integer products save), SAM3-width heads' are quantized; ``export_int8_decoder`` overrides either way,
+    and a student saved before the field existed follows its head type."""
+    from sam3edge.models.student_spec import ExportDefaults, StudentSpec
+
+    assert get_student_spec("toy").int8_decoder and get_student_spec("edge-s").int8_decoder
+    assert not get_student_spec("toy-fast").int8_decoder and not get_student_spec("edge-s-fast").int8_decoder
+    assert get_student_spec("toy-fast", export_int8_decoder=True).int8_decoder
+    assert not get_student_spec("toy", export_int8_decoder=False).int8_decoder
+    old = get_student_spec("edge-s-fast").to_dict()
+    del old["export"]["int8_decoder"]
+    assert StudentSpec.from_dict(old).int8_decoder is False
+    with pytest.raises(ValueError, match="int8_decoder='yes' must be true, false or null"):
+        ExportDefaults(int8_decoder="yes")

@@ -319,12 +319,19 @@ def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.nd
     else:
         feeds = calibration_feeds(fp32, calib_images, text, mask, phrases=concept_phrases(student))
         for name, path in fp32.items():
-            if name == EXEMPLAR_GRAPH:  # a few boxes per call: float costs nothing, and keeps its ROI geometry exact
-                out[name] = Path(shutil.copyfile(path, out_dir / path.name))
-            else:
-                out[name] = to_int8(path, out_dir / path.name, feeds[name])
+            out[name] = (to_int8(path, out_dir / path.name, feeds[name]) if quantizes(student, name) else
+                         Path(shutil.copyfile(path, out_dir / path.name)))
     shutil.rmtree(work)
     return out
+
+
+def quantizes(student, graph: str) -> bool:
+    """Whether an int8 export of ``student`` quantizes ``graph`` (every target asks here): never the exemplar encoder
+    (a few boxes per call: float costs nothing and keeps its ROI geometry exact); the decoder as the student's spec
+    says (:attr:`~sam3edge.models.student_spec.StudentSpec.int8_decoder`: not for fast heads); all others."""
+    if graph == EXEMPLAR_GRAPH:
+        return False
+    return student.spec.int8_decoder if graph == DECODER_GRAPH else True
 
 
 def concept_phrases(student) -> list[str] | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, float_islands
+from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, float_islands, quantizes
 from sam3edge.runtime.backends.openvino_backend import shared_core
 from sam3edge.runtime.names import DECODER_GRAPH, EXEMPLAR_GRAPH, IMAGE_GRAPH, TEXT_GRAPH
 
@@ -48,7 +48,7 @@ def export_openvino(student, out_dir: Path, precision: str, calib_images: list[n
     out = {}
     for name, src in onnx_paths.items():
         model = ov.convert_model(str(src))
-        if precision == "int8" and name != EXEMPLAR_GRAPH:  # a few boxes per call: the exemplar encoder stays float
+        if precision == "int8" and quantizes(student, name):
             model = _quantize(model, feeds[name], float_islands(src))
         path = out_dir / f"{name}.xml"
         ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")

@@ -277,7 +277,7 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
     import shutil
 
     from sam3edge.atomic import atomic_write_text
-    from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, to_int8
+    from sam3edge.export.onnx import calibration_feeds, concept_phrases, export_fp32, quantizes, to_int8
     from sam3edge.export.spec import export_spec
     from sam3edge.export.targets import EXPORT_TARGETS
     from sam3edge.export.tensorrt_check import check_onnx_for_tensorrt
@@ -293,9 +293,9 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
         work = out_dir / ".fp32-work"
         fp32 = export_fp32(student, work, calib_images, text, mask, fused=fused, exemplars=True)
         feeds = calibration_feeds(fp32, calib_images, text, mask, phrases=concept_phrases(student))
-        # the exemplar encoder stays float, as in the ONNX target's int8 (a few boxes per call; exact ROI geometry)
-        paths = {n: Path(shutil.copyfile(p, out_dir / p.name)) if n == EXEMPLAR_GRAPH else
-                 to_int8(p, out_dir / p.name, feeds[n], symmetric=True) for n, p in fp32.items()}
+        # the graphs the ONNX target keeps float stay float here (their layers build in fp16 beside the int8 ones)
+        paths = {n: to_int8(p, out_dir / p.name, feeds[n], symmetric=True) if quantizes(student, n) else
+                 Path(shutil.copyfile(p, out_dir / p.name)) for n, p in fp32.items()}
         shutil.rmtree(work)
     from sam3edge.ops.onnx import for_tensorrt, rewrite_file
 
@@ -309,7 +309,10 @@ def export_tensorrt(student, out_dir: Path, precision: str, calib_images: list[n
               "opt_prompts": opt, "max_prompts": top, "text_length": length, "parser_ops_version": _ops_version(),
               "plugins": {"sam3edge": plugins} if plugins else {},
               "graphs": {n: {"file": p.name, "profile": {k: [list(s) for s in v] for k, v in optimization_profile(
-                  spec.graph(n), 1, opt, top, length).items()}, "notes": checks[n]["notes"]} for n, p in paths.items()}}
+                  spec.graph(n), 1, opt, top, length).items()}, "notes": checks[n]["notes"],
+                  # an int8 bundle's float graphs (no Q/DQ nodes: see onnx.quantizes) build as fp16 engines
+                  "precision": precision if precision != "int8" or quantizes(student, n) else "fp16"}
+                  for n, p in paths.items()}}
     atomic_write_text(out_dir / "tensorrt.json", json.dumps(config, indent=1))
     if available():
         build_bundle_engines(paths, spec, config)
@@ -324,7 +327,8 @@ def build_bundle_engines(paths: dict[str, Path], spec, config: dict, timing_cach
     for name, onnx_path in paths.items():
         out[name] = cached_engine_path(onnx_path, config["precision"], key)
         if not out[name].is_file():
-            build_engine(onnx_path, out[name], config["precision"], spec.graph(name),
+            precision = (config["graphs"].get(name) or {}).get("precision", config["precision"])  # per graph
+            build_engine(onnx_path, out[name], precision, spec.graph(name),
                          workspace_gb=config["workspace_gb"], gpu_fallback=config["gpu_fallback"],
                          dla_core=config["dla_core"] if name in config["dla_graphs"] else None,
                          opt_prompts=config["opt_prompts"], max_prompts=config["max_prompts"],

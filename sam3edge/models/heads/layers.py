@@ -64,8 +64,14 @@ def sine_box_embedding(boxes: torch.Tensor, num_features: int) -> torch.Tensor:
 
     The order is (cy, cx, w, h): SAM3 puts y first, and the reference-point MLP was trained so.
     """
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.cat([sine_features(v, num_features) for v in (cy, cx, w, h)], dim=-1)
+    # One Sin over [..., 4, F] with cos(a) = sin(a + pi/2) on odd channels: the same values (to 1 ulp of the angle)
+    # as four sine_features joined, without the 5 concatenations per decoder layer that exported graphs ran as
+    # reference kernels (OpenVINO, 16 concepts: Concat + Sin + Cos were ~2 ms of a ~24 ms decoder).
+    idx = torch.arange(num_features, device=boxes.device) // 2 * 2
+    period = 10000.0 ** (idx.to(boxes.dtype) / num_features)
+    phase = (torch.arange(num_features, device=boxes.device) % 2).to(boxes.dtype) * (math.pi / 2)
+    yxwh = boxes[..., [1, 0, 2, 3]]
+    return ((yxwh * (2 * math.pi))[..., None] / period + phase).sin().flatten(-2)
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
