@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sam3edge.models.bundled import resolve_model
 from sam3edge.models.student_spec import TEXT_MODES
+from sam3edge.quickstart import QuickstartConfig
 
 
 def _cmd_data_orchard(args) -> int:
@@ -577,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--student", default="toy-fast", help="registry student (see `sam3edge students`; default toy-fast, "
                                                         "the fast multi-concept heads)")
     q.add_argument("--steps", type=int, default=900, help="stage-1 distillation steps (default 900)")
-    q.add_argument("--stage2-steps", type=int, default=400,
-                   help="stage-2 (end-to-end) steps (default 400; 0: stage 1 only, enough for --student toy)")
+    q.add_argument("--stage2-steps", type=int, default=QuickstartConfig.stage2_steps,
+                   help=f"stage-2 (end-to-end) steps (default {QuickstartConfig.stage2_steps}; 0: stage 1 only, "
+                        "enough for --student toy)")
     q.add_argument("--n-train", type=int, default=160, help="rendered training scenes (default 160)")
     q.add_argument("--n-eval", type=int, default=40, help="rendered held-out scenes (default 40)")
     q.add_argument("--threads", type=int, default=2)
