@@ -65,9 +65,13 @@ def fine_tune(args) -> Path:
                              hard_negatives=args.hard_negatives, negative_only=args.negative_only)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.05, grad_clip=1.0, log_every=20,
                       ckpt_every=250, seed=0, lr_mult={f"model.{k}": v for k, v in args.lr_mult.items()})
-    pair_model = InteractivePairModel(model, rate=args.interactive) if args.interactive else Sam3PairModel(model)
+    pair_model = (InteractivePairModel(model, rate=args.interactive, negative_threshold=args.negative_threshold)
+                  if args.interactive else Sam3PairModel(model))
     trainer = Trainer(pair_model, SetCriterion(LossWeights(boxed=args.boxed_weight)), batches, cfg, args.run_dir)
     trainer.fit(resume=True)
+    if args.interactive:  # how many pairs the phrase's errors re-boxed: negatives are the rare kind
+        args.error_boxes = dict(pair_model.total_counts)
+        print("boxes on the phrase's errors (this process):", json.dumps(args.error_boxes), flush=True)
     out = args.run_dir / "model"
     save_sam3(model.eval(), out, dtype=torch.float16)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
@@ -111,6 +115,9 @@ def main(argv=None) -> int:
     ap.add_argument("--interactive", type=float, default=0.0, metavar="P",
                     help="share of text + exemplar pairs whose boxes go on the phrase's own error instead "
                          "(sam3edge.distill.interactive: SAM3's interactive exemplar training)")
+    ap.add_argument("--negative-threshold", type=float, default=0.5, metavar="S",
+                    help="with --interactive: a prediction off every target from this score on may get the negative "
+                         "box (default 0.5, clear false positives only; lower mines near ones)")
     ap.add_argument("--boxed-weight", type=_positive, default=1.0, metavar="W",
                     help="loss weight of an exemplar box's own instance (sam3edge.distill.losses.LossWeights boxed)")
     ap.add_argument("--init", type=Path, default=None, metavar="MODEL",
@@ -144,7 +151,8 @@ def main(argv=None) -> int:
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
               "hard_negatives": args.hard_negatives, "negative_only": args.negative_only,
-              "interactive": args.interactive,
+              "interactive": args.interactive, "negative_threshold": args.negative_threshold,
+              "error_boxes": getattr(args, "error_boxes", None),
               "boxed_weight": args.boxed_weight, "init": None if args.init is None else str(args.init),
               "lr": args.lr, "lr_mult": args.lr_mult,
               "train_s": round(train_s, 1),
@@ -201,6 +209,8 @@ def teacher_note(args) -> str:
     mult = "".join(f", {k} x{v:g}" for k, v in args.lr_mult.items())
     mult += f", hard negatives {args.hard_negatives:g}" if args.hard_negatives else ""
     mult += f", boxes on the phrase's errors {args.interactive:g}" if args.interactive else ""
+    mult += (f", negatives mined from score {args.negative_threshold:g}" if args.interactive and
+             args.negative_threshold != 0.5 else "")
     mult += f", box's own instance weighted x{args.boxed_weight:g}" if args.boxed_weight != 1 else ""
     mult += f", negative box alone {args.negative_only:g}" if args.negative_only else ""
     start = f"from {args.init}" if args.init else "from the bundled weights"

@@ -25,6 +25,27 @@ def test_error_boxes_finds_the_best_false_positive_and_the_missed_instances():
     assert fp is None and missed == [0, 1, 2]
 
 
+def test_a_lower_negative_threshold_mines_near_false_positives_and_leaves_misses_alone():
+    from sam3edge.distill.interactive import InteractivePairModel, error_boxes
+
+    gt = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]])
+    pred = torch.tensor([[0.1, 0.1, 0.3, 0.31],   # finds gt 0, score 0.9
+                         [0.0, 0.5, 0.2, 0.7],    # off every target, score 0.3: a near false positive
+                         [0.7, 0.0, 0.9, 0.2],    # off every target, score 0.15
+                         [0.6, 0.6, 0.9, 0.9],    # gt 1 at 0.45: missed whatever the negative threshold
+                         [0.1, 0.1, 0.3, 0.7]])   # a near miss of gt 0 (IoU 0.33), 0.4: never a negative
+    scores = torch.tensor([0.9, 0.3, 0.15, 0.45, 0.4])
+    assert error_boxes(scores, pred, gt) == (None, [1])  # nothing off-target reaches 0.5
+    fp, missed = error_boxes(scores, pred, gt, negative_threshold=0.2)
+    assert torch.equal(fp, pred[1]) and missed == [1]
+    fp, _ = error_boxes(scores, pred, gt, negative_threshold=0.1)
+    assert torch.equal(fp, pred[1])  # the highest-scoring candidate, not the first or the lowest
+    fp, missed = error_boxes(scores, pred, gt[:0], negative_threshold=0.2)  # absent concept: best above 0.2
+    assert torch.equal(fp, pred[0]) and missed == []
+    with pytest.raises(ValueError, match="negative_threshold is a score in"):
+        InteractivePairModel(torch.nn.Module(), negative_threshold=0.7)
+
+
 @pytest.fixture(scope="module")
 def toy():
     from sam3edge.distill.scene_batches import OrchardBatches

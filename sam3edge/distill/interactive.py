@@ -29,21 +29,28 @@ __all__ = ["InteractivePairModel", "error_boxes"]
 
 
 def error_boxes(scores: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor, threshold: float = 0.5,
-                iou: float = 0.5, clear: float = 0.1) -> tuple[torch.Tensor | None, list[int]]:
+                iou: float = 0.5, clear: float = 0.1, negative_threshold: float | None = None
+                ) -> tuple[torch.Tensor | None, list[int]]:
     """(best clear false positive's box or None, indices of missed ground-truth instances) of one pair.
 
     scores [Q], boxes [Q, 4] normalised xyxy predictions; gt_boxes [n, 4] normalised xyxy. A kept prediction
     (score >= ``threshold``) is a clear false positive when its IoU with every true box is < ``clear``: a near
     miss of a true instance (IoU between ``clear`` and ``iou``) is a localisation error of a target, and a
     negative box on it would contradict the target that stays. A true instance is missed when no kept prediction
-    reaches ``iou`` with it."""
+    reaches ``iou`` with it. ``negative_threshold`` (default ``threshold``): the score from which a prediction off
+    every target counts as a false positive to put a negative box on; below ``threshold`` it is a *near* false
+    positive, something the phrase half-believes (hard-negative mining: clear false positives above 0.5 are too
+    rare in the orchard for a model to learn what a negative box means from them alone)."""
     kept = torch.nonzero(scores >= threshold).flatten()
-    if len(gt_boxes) and len(kept):
-        m = pairwise_iou_giou(boxes[kept], gt_boxes)[0]
-        fp = kept[m.max(1).values < clear]
-        missed = torch.nonzero(m.max(0).values < iou).flatten().tolist()
+    low = threshold if negative_threshold is None else negative_threshold
+    candidates = torch.nonzero(scores >= low).flatten()
+    if len(gt_boxes):
+        fp = candidates[pairwise_iou_giou(boxes[candidates], gt_boxes)[0].max(1).values < clear] \
+            if len(candidates) else candidates
+        missed = (torch.nonzero(pairwise_iou_giou(boxes[kept], gt_boxes)[0].max(0).values < iou).flatten().tolist()
+                  if len(kept) else list(range(len(gt_boxes))))
     else:
-        fp, missed = kept, list(range(len(gt_boxes)))
+        fp, missed = candidates, []
     worst = boxes[fp[scores[fp].argmax()]] if len(fp) else None
     return worst, missed
 
@@ -52,12 +59,16 @@ class InteractivePairModel(Sam3PairModel):
     """:class:`Sam3PairModel` whose text + exemplar pairs get, with probability ``rate``, one box on the phrase's
     own error (see the module docstring). Same parameters and state-dict keys as ``Sam3PairModel(model)``."""
 
-    def __init__(self, model, rate: float = 0.5, visual_phrase: str = "visual"):
+    def __init__(self, model, rate: float = 0.5, visual_phrase: str = "visual", negative_threshold: float = 0.5):
         super().__init__(model)
         if not 0.0 <= float(rate) <= 1.0:
             raise ValueError(f"rate is a probability in [0, 1], got {rate!r}")
+        if not 0.0 < float(negative_threshold) <= 0.5:
+            raise ValueError(f"negative_threshold is a score in (0, 0.5], got {negative_threshold!r}")
         self.rate, self.visual_phrase = float(rate), visual_phrase
+        self.negative_threshold = float(negative_threshold)
         self.last_counts = {"negative": 0, "positive": 0, "kept": 0}
+        self.total_counts = dict(self.last_counts)  # over this process's batches (a resumed run counts anew)
 
     def forward(self, batch):
         vision = self.model.get_vision_features(pixel_values=batch.pixel_values)
@@ -101,7 +112,7 @@ class InteractivePairModel(Sam3PairModel):
                 counts["kept"] += 1
                 continue
             gt = batch.targets[i].boxes.float().cpu()
-            fp, missed = error_boxes(scores[row], pred[row], gt)
+            fp, missed = error_boxes(scores[row], pred[row], gt, negative_threshold=self.negative_threshold)
             use_fp = fp is not None and (not missed or float(torch.rand((), generator=gen)) < 0.5)
             if use_fp:
                 new[i] = (xyxy_to_cxcywh(fp), 0)
@@ -113,6 +124,8 @@ class InteractivePairModel(Sam3PairModel):
                 continue
             counts["negative" if use_fp else "positive"] += 1
         self.last_counts = counts
+        for k, v in counts.items():
+            self.total_counts[k] += v
         if not new:
             return boxes, labels
         boxes, labels = boxes.clone(), labels.clone()
