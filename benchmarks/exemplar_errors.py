@@ -10,7 +10,9 @@ Per held-out set (the sets and the random ground-truth box of each pair are thos
 * **false positives** of text and of text + box, by kind: *duplicate* (IoU >= 0.5 with a true instance another
   prediction already took), *near miss* (0.1-0.5), *clear* (< 0.1);
 * **clear false positives** of the text prompt (look-alikes or background): the score of the best one alone, then
-  with a negative box on it, then with a positive box on the same spot. A model that learned negatives lowers it.
+  with a negative box on it, then with a positive box on the same spot. A model that learned negatives lowers it;
+* **a negative box narrowing "apple"** (:func:`refine_figures`): on a kind of apple the phrase rightly finds, the
+  box should drop that instance and the others of its kind, and keep the other kinds.
 
 Writes ``benchmarks/results/<--out>.{json,md}``.
 """
@@ -89,6 +91,43 @@ def set_figures(run, annotations: Path, seed: int) -> dict:
     return f
 
 
+def refine_figures(run, annotations: Path, phrase: str = "apple") -> dict:
+    """A negative box narrowing a broad concept: per ``phrase`` pair whose instances span two or more categories, for
+    each category c there, a negative box on c's largest instance. Counts of true instances found (one-to-one, mask
+    IoU >= 0.5, score >= 0.5) by the phrase alone and with that box: the boxed instance, the *other* instances of c
+    (the matching ones a learned negative removes too), and the instances of the other categories (which must stay).
+    """
+    from sam3edge.data.coco import ConceptDataset, decode_mask
+    from sam3edge.data.images import load_image
+    from sam3edge.eval.prompt_modes import tight_box
+
+    data, dataset = json.loads(Path(annotations).read_text()), ConceptDataset.load(annotations)
+    by_pair = {}
+    for a in data["annotations"]:
+        by_pair.setdefault(a["image_id"], []).append(a)
+    f = {k: [0, 0, 0] for k in ("boxed", "same_kind", "other_kinds")}  # [instances, found by text, with the box]
+    f["cases"] = 0
+    for entry in data["images"]:
+        anns = by_pair.get(entry["id"], [])
+        if entry["text_input"] != phrase or len({a["category_id"] for a in anns}) < 2:
+            continue
+        image = load_image(dataset.image_path(entry["file_name"]))
+        gt = np.stack([decode_mask(a["segmentation"]) for a in anns]).astype(bool)
+        cats = np.asarray([a["category_id"] for a in anns])
+        text_found = _match(*run(image, phrase)[:2], gt)[0] >= 0.5
+        for c in sorted(set(cats.tolist())):
+            idx = np.flatnonzero(cats == c)
+            k = int(idx[np.argmax(gt[idx].sum((1, 2)))])
+            found = _match(*run(image, phrase, [tight_box(gt[k])], [0])[:2], gt)[0] >= 0.5
+            f["cases"] += 1
+            for name, sel in (("boxed", [k]), ("same_kind", [i for i in idx if i != k]),
+                              ("other_kinds", np.flatnonzero(cats != c).tolist())):
+                f[name][0] += len(sel)
+                f[name][1] += int(text_found[sel].sum())
+                f[name][2] += int(found[sel].sum())
+    return f
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="a SAM3 model directory (a teacher)")
@@ -117,6 +156,7 @@ def main(argv=None) -> int:
         if not ann.is_file():
             write_orchard_dataset(ann.parent, n=args.n, seed=seed, size=teacher.image_size, progress=False)
         report[seed] = set_figures(run, ann, seed)
+        report[seed]["refine"] = refine_figures(run, ann)
         print(seed, json.dumps(report[seed]), flush=True)
     command = "python benchmarks/exemplar_errors.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = REPO / "benchmarks" / "results" / args.out
@@ -132,6 +172,15 @@ def main(argv=None) -> int:
         lines.append(f"| {seed} | {f['positive_pairs']} | {f['boxed_missed_by_text']} | {f['recovered_by_box']} | "
                      f"{f['lost_by_box']} | {a['duplicate']} / {a['near']} / {a['clear']} | "
                      f"{b['duplicate']} / {b['near']} / {b['clear']} | {fps} |")
+    lines += ["", "A negative box narrowing \"apple\" (each apple kind of a pair in turn, a negative box on its "
+              "largest instance; true instances found, phrase alone -> with the box; a learned negative drops the "
+              "boxed one and the others of its kind and keeps the other kinds):", "",
+              "| seed | cases | boxed instance | other instances of its kind | instances of the other kinds |",
+              "|---|---|---|---|---|"]
+    for seed, f in report.items():
+        r = f["refine"]
+        lines.append(f"| {seed} | {r['cases']} | " + " | ".join(
+            f"{r[k][1]} -> {r[k][2]} of {r[k][0]}" for k in ("boxed", "same_kind", "other_kinds")) + " |")
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

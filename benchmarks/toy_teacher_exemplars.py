@@ -62,7 +62,8 @@ def fine_tune(args) -> Path:
     g = size // 14 * 4
     batches = OrchardBatches(load_tokenizer(source), seed=TRAIN_SEED + 1000, images_per_batch=args.images,
                              pairs_per_image=args.pairs, image_size=size, mask_size=(g, g), prompt_mix=args.mix,
-                             hard_negatives=args.hard_negatives, negative_only=args.negative_only)
+                             hard_negatives=args.hard_negatives, negative_only=args.negative_only,
+                             refine=args.refine)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=100, weight_decay=0.05, grad_clip=1.0, log_every=20,
                       ckpt_every=250, seed=0, lr_mult={f"model.{k}": v for k, v in args.lr_mult.items()})
     pair_model = (InteractivePairModel(model, rate=args.interactive, negative_threshold=args.negative_threshold)
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--negative-only", type=float, default=0.0, metavar="P",
                     help="share of text + exemplar pairs of present concepts given a negative box alone "
                          "(OrchardBatches)")
+    ap.add_argument("--refine", type=float, default=0.0, metavar="P",
+                    help="share of text + exemplar pairs of a broad concept (apple) given a negative box on one kind "
+                         "that leaves the targets with every instance of that kind (OrchardBatches refine)")
     ap.add_argument("--interactive", type=float, default=0.0, metavar="P",
                     help="share of text + exemplar pairs whose boxes go on the phrase's own error instead "
                          "(sam3edge.distill.interactive: SAM3's interactive exemplar training)")
@@ -150,7 +154,7 @@ def main(argv=None) -> int:
     args_given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/toy_teacher_exemplars.py " + " ".join(args_given),
               "model": str(model_dir), "steps": None if args.eval_only else args.steps, "prompt_mix": args.mix,
-              "hard_negatives": args.hard_negatives, "negative_only": args.negative_only,
+              "hard_negatives": args.hard_negatives, "negative_only": args.negative_only, "refine": args.refine,
               "interactive": args.interactive, "negative_threshold": args.negative_threshold,
               "error_boxes": getattr(args, "error_boxes", None),
               "boxed_weight": args.boxed_weight, "init": None if args.init is None else str(args.init),
@@ -213,6 +217,7 @@ def teacher_note(args) -> str:
              args.negative_threshold != 0.5 else "")
     mult += f", box's own instance weighted x{args.boxed_weight:g}" if args.boxed_weight != 1 else ""
     mult += f", negative box alone {args.negative_only:g}" if args.negative_only else ""
+    mult += f", negative box narrows a broad concept {args.refine:g}" if args.refine else ""
     start = f"from {args.init}" if args.init else "from the bundled weights"
     return (f"fine-tuned {args.steps} steps at lr {args.lr}{mult} {start} on the orchard stream of "
             f"seed {TRAIN_SEED + 1000}, prompt mix text / text + boxes / boxes alone = {tuple(args.mix)}")

@@ -84,6 +84,23 @@ def test_every_graph_tensorrt_builds_from_uses_only_supported_operators(graphs, 
     assert set(graphs[precision]) == {"image_encoder", "decoder", "exemplar_encoder"}
 
 
+def test_tensorrt_json_builds_each_graph_at_the_precision_its_file_holds(graphs):
+    """An int8 bundle's float graphs (the exemplar encoder; a fast-head decoder) hold no Q/DQ nodes, which an INT8
+    engine build refuses: ``tensorrt.json`` names fp16 for them, int8 for the quantized ones."""
+    import json
+
+    import onnx
+
+    for precision in ("int8", "fp32"):  # "fp32": the graphs of the fp16 export
+        config = json.loads((graphs[precision]["decoder"].parent / "tensorrt.json").read_text())
+        for name, path in graphs[precision].items():
+            quantized = "QuantizeLinear" in {n.op_type for n in onnx.load(str(path)).graph.node}
+            assert config["graphs"][name]["precision"] == ("int8" if quantized else "fp16"), (precision, name)
+    config = json.loads((graphs["int8"]["decoder"].parent / "tensorrt.json").read_text())
+    assert [config["graphs"][n]["precision"] for n in ("image_encoder", "decoder", "exemplar_encoder")] == \
+        ["int8", "int8", "fp16"]  # the toy student's SAM3-width decoder is quantized
+
+
 def test_the_onnx_targets_uint8_qdq_graph_is_refused_for_its_zero_points(graphs):
     from sam3edge.export.tensorrt_check import check_onnx_for_tensorrt
 

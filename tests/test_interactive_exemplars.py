@@ -121,3 +121,28 @@ def test_rate_zero_keeps_the_drawn_boxes_and_training_reaches_the_geometry_encod
     finally:
         pm.eval()
         model.zero_grad(set_to_none=True)
+
+
+def test_refined_pairs_keep_their_boxes_whatever_the_phrase_got_wrong(toy):
+    """A refined pair's targets ("apple" minus the kind under its negative box) hold only with its own boxes: the
+    phrase alone finds the rejected kind, and a box on that "error" would be fine, but a positive box on a missed
+    apple instead would leave targets the prompt no longer says."""
+    from sam3edge.distill.interactive import InteractivePairModel
+    from sam3edge.distill.scene_batches import OrchardBatches
+
+    model, batches = toy
+    refining = OrchardBatches(batches.tokenizer, seed=5, images_per_batch=2, pairs_per_image=6,
+                              image_size=batches.size, mask_size=batches.mask_size, prompt_mix=(0, 1, 0), refine=1.0)
+    pm = InteractivePairModel(model, rate=1.0)
+    seen = 0
+    for step in range(4):
+        batch = refining[step]
+        if not batch.refined:
+            continue
+        boxes, labels = pm.exemplars_on_errors(batch)
+        for i, flag in enumerate(batch.refined):
+            if flag:
+                seen += 1
+                assert torch.equal(boxes[i], batch.input_boxes[i]) and torch.equal(labels[i],
+                                                                                   batch.input_boxes_labels[i])
+    assert seen >= 2, seen

@@ -41,7 +41,8 @@ def _draws(batches, scenes: int = 40):
         known = _instance_boxes(scene)
         ex_rng = np.random.default_rng([7, i])
         for pair in scene_pairs(scene, rng, ORCHARD_VOCABULARY, distractors=2):
-            phrase, boxes, labels = batches._exemplars(ex_rng, scene, pair, flip=False)
+            phrase, boxes, labels, drop = batches._exemplars(ex_rng, scene, pair, flip=False)
+            assert drop == set() or batches.refine  # only refining pairs drop targets
             which = [int(np.nanargmin(np.abs(known - np.asarray(b)).sum(1))) for b in boxes]
             for b, k in zip(boxes, which):
                 np.testing.assert_allclose(b, known[k], atol=1e-9)  # every box is one instance's box
@@ -113,3 +114,41 @@ def test_negative_only_gives_present_concepts_a_lone_negative_box_and_zero_chang
     assert alone > 30, alone
     with pytest.raises(ValueError, match="negative_only is a probability"):
         OrchardBatches(tokenizer, negative_only=2.0)
+
+
+def test_refine_rejects_one_kind_of_a_broad_concept_and_drops_all_of_that_kind_from_the_targets(tokenizer):
+    """"apple" with a negative box on a bruised apple means the ripe and unripe ones: the negative box is on an
+    instance the phrase names, every instance of that kind leaves the targets (not only the boxed one), a positive
+    box (when given) is on one that stays, and the pair is marked so interactive training keeps its boxes."""
+    from sam3edge.data.orchard import render_scene, scene_rng
+    from sam3edge.distill.scene_batches import OrchardBatches
+
+    base = _draws(OrchardBatches(tokenizer, prompt_mix=(0, 1, 0), hard_negatives=1.0))
+    same = _draws(OrchardBatches(tokenizer, prompt_mix=(0, 1, 0), hard_negatives=1.0, refine=0.0))
+    assert [(d[2], d[3], d[4]) for d in base] == [(d[2], d[3], d[4]) for d in same]  # 0: the old stream
+    batches = OrchardBatches(tokenizer, prompt_mix=(0, 1, 0), refine=1.0, seed=3, images_per_batch=4,
+                             pairs_per_image=6, image_size=160, mask_size=(40, 40), flip=False)
+    refined = 0
+    for step in range(6):
+        batch = batches[step]
+        for i, flag in enumerate(batch.refined or [False] * len(batch.targets)):
+            j = int(batch.pair_image[i])
+            rng = scene_rng(batches.seed, step * batches.b + j)
+            scene = render_scene(rng, batches.size)
+            labels = batch.input_boxes_labels[i].tolist()
+            if not flag:
+                continue
+            refined += 1
+            assert labels[0] == 0 and labels[1:2] in ([], [1], [-10])
+            assert batch.phrases[i] in ("apple", "apples", "fruit")
+            known = _instance_boxes(scene)
+            boxed = [int(np.nanargmin(np.abs(known - b.numpy()).sum(1))) for b in batch.input_boxes[i]]
+            rejected = scene.categories[boxed[0]]
+            visible = [k for k, c in enumerate(scene.categories) if c in (1, 2, 3) and not np.isnan(known[k, 0])]
+            kept = [k for k in visible if scene.categories[k] != rejected]
+            assert rejected in (1, 2, 3) and kept and batch.targets[i].num == len(kept), (rejected, visible)
+            if labels[1:2] == [1]:
+                assert scene.categories[boxed[1]] != rejected
+    assert refined >= 5, refined
+    with pytest.raises(ValueError, match="refine is a probability"):
+        OrchardBatches(tokenizer, refine=-0.1)

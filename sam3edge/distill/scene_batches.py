@@ -38,12 +38,20 @@ class OrchardBatches:
     ``negative_only``: how often a text + exemplars pair of a present concept gets a negative box alone (when the
     image has an instance that is not the prompt's): the user who only rejects what the phrase wrongly found. With
     positives always beside it, a model learns "a box means more like this" whatever its label (issue 16).
+
+    ``refine``: how often a text + exemplars pair of a broad concept whose instances span two or more categories in
+    the image ("apple": ripe, unripe and bruised ones) gets a negative box on one instance of one of them and loses
+    *every* instance of that category from its targets ("apple" and a negative box on a bruised one: the ripe and
+    unripe apples), with, half the time, a positive box on an instance that stays. SAM3's negative exemplar narrows
+    the concept; this is the case where the phrase alone is right to find what the box rejects, so only the
+    negative box can say what to drop, and it must drop the matching instances it is not on. Such pairs are marked
+    ``PairBatch.refined``: interactive training does not replace their boxes.
     """
 
     def __init__(self, tokenizer, seed: int = 0, images_per_batch: int = 4, pairs_per_image: int = 4,
                  image_size: int = 224, mask_size: tuple[int, int] = (64, 64), synonym_rate: float = 0.3,
                  min_negatives: int = 1, flip: bool = True, prompt_mix: tuple[float, float, float] = (1, 0, 0),
-                 hard_negatives: float = 0.0, negative_only: float = 0.0):
+                 hard_negatives: float = 0.0, negative_only: float = 0.0, refine: float = 0.0):
         self.tokenizer = tokenizer
         self.seed, self.b, self.p = seed, images_per_batch, pairs_per_image
         self.size, self.mask_size = image_size, mask_size
@@ -59,14 +67,18 @@ class OrchardBatches:
         if not 0.0 <= float(negative_only) <= 1.0:
             raise ValueError(f"negative_only is a probability in [0, 1], got {negative_only!r}")
         self.negative_only = float(negative_only)
+        if not 0.0 <= float(refine) <= 1.0:
+            raise ValueError(f"refine is a probability in [0, 1], got {refine!r}")
+        self.refine = float(refine)
         self._one_category = {p for c in ORCHARD_VOCABULARY.concepts if len(c.category_ids) == 1
                               for p in (c.phrase, *c.synonyms)}
 
-    def _exemplars(self, rng, scene, pair, flip: bool) -> tuple[str, list, list]:
-        """(phrase to ask, boxes cxcywh, labels) of one pair under the prompt mix."""
+    def _exemplars(self, rng, scene, pair, flip: bool) -> tuple[str, list, list, set[int]]:
+        """(phrase to ask, boxes cxcywh, labels, instances the boxes drop from the targets) of one pair under the
+        prompt mix."""
         mode = int(rng.choice(3, p=self.prompt_mix))
         if mode == 0:
-            return pair.phrase, [], []
+            return pair.phrase, [], [], set()
         imap = scene.instance_map
         own = {int(imap[m].flat[0]) - 1 for m in pair.masks if m.any()}
         others = [k for k in range(len(scene.categories)) if k not in own and (imap == k + 1).any()]
@@ -80,8 +92,17 @@ class OrchardBatches:
             y0, y1 = ys.min(), ys.max() + 1
             return [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
 
+        kinds = sorted({scene.categories[k] for k in own})
+        # at refine 0 (and negative_only 0) no extra draw is made: the stream is the one it was before the option
+        if mode == 1 and len(kinds) > 1 and self.refine and rng.random() < self.refine:
+            dropped = int(rng.choice(kinds))
+            drop = {k for k in own if scene.categories[k] == dropped}
+            boxes, labels = [box(int(rng.choice(sorted(drop))))], [0]
+            if rng.random() < 0.5:
+                boxes.append(box(int(rng.choice(sorted(own - drop)))))
+                labels.append(1)
+            return pair.phrase, boxes, labels, drop
         boxes, labels = [], []
-        # at negative_only 0 no extra draw is made: the stream is the one it was before the option existed
         neg_only = bool(mode == 1 and own and others and self.negative_only and rng.random() < self.negative_only)
         if own and not neg_only:
             for k in rng.choice(sorted(own), size=min(len(own), int(rng.integers(1, 3))), replace=False):
@@ -99,10 +120,10 @@ class OrchardBatches:
         phrase = pair.phrase
         if mode == 2 and own and pair.phrase in self._one_category:
             phrase = VISUAL
-        return phrase, boxes, labels
+        return phrase, boxes, labels, set()
 
     def __getitem__(self, step: int) -> PairBatch:
-        images, phrases, targets, pair_image, exemplars = [], [], [], [], []
+        images, phrases, targets, pair_image, exemplars, refined = [], [], [], [], [], []
         for j in range(self.b):
             rng = scene_rng(self.seed, step * self.b + j)
             scene = render_scene(rng, self.size)
@@ -120,12 +141,16 @@ class OrchardBatches:
             images.append(torch.from_numpy(np.ascontiguousarray(image)))
             ex_rng = np.random.default_rng([self.seed, step, j, 1]) if self.prompt_mix[0] < 1 else None
             for p in chosen:
-                m = torch.from_numpy(np.ascontiguousarray(p.masks[:, :, ::-1] if flip else p.masks))
-                targets.append(masks_to_target(m, self.mask_size))
-                phrase, boxes, labels = (p.phrase, [], []) if ex_rng is None else \
+                phrase, boxes, labels, drop = (p.phrase, [], [], set()) if ex_rng is None else \
                     self._exemplars(ex_rng, scene, p, flip)
+                masks = p.masks
+                if drop:  # a negative box narrowed the phrase: the rejected category's instances are not targets
+                    masks = masks[[not (m.any() and int(scene.instance_map[m].flat[0]) - 1 in drop) for m in masks]]
+                m = torch.from_numpy(np.ascontiguousarray(masks[:, :, ::-1] if flip else masks))
+                targets.append(masks_to_target(m, self.mask_size))
                 phrases.append(phrase)
                 exemplars.append((boxes, labels))
+                refined.append(bool(drop))
                 pair_image.append(j)
         x = sam3_pixel_values(torch.stack(images))
         ids, mask = self.tokenizer.encode(phrases)
@@ -139,7 +164,7 @@ class OrchardBatches:
                     input_boxes[i, :len(b)] = torch.tensor(b, dtype=torch.float32)
                     input_labels[i, :len(b)] = torch.tensor(lab)
         return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases,
-                         input_boxes, input_labels)
+                         input_boxes, input_labels, refined if any(refined) else None)
 
 
 def _siblings(phrase: str) -> set[int]:

@@ -50,12 +50,16 @@ class PairBatch:
     # 0 negative, -10 padding); None: text prompts only
     input_boxes: torch.Tensor | None = None
     input_boxes_labels: torch.Tensor | None = None
+    # per pair: its targets depend on its boxes (a negative exemplar narrowed the phrase: "apple" minus the kind
+    # under the box), so nothing may replace those boxes; None: no such pair
+    refined: list[bool] | None = None
 
     def to(self, device) -> PairBatch:
         boxes = None if self.input_boxes is None else self.input_boxes.to(device)
         labels = None if self.input_boxes_labels is None else self.input_boxes_labels.to(device)
         return PairBatch(self.pixel_values.to(device), self.input_ids.to(device), self.attention_mask.to(device),
-                         self.pair_image.to(device), [t.to(device) for t in self.targets], self.phrases, boxes, labels)
+                         self.pair_image.to(device), [t.to(device) for t in self.targets], self.phrases, boxes, labels,
+                         self.refined)
 
 
 def masks_to_target(masks: torch.Tensor, mask_size: tuple[int, int]) -> PairTarget:
