@@ -12,8 +12,9 @@ truth, then evaluated on held-out sets (seeds the training stream never renders)
 concepts; a negative exemplar on the text prompt's best false positive).
 
 The bundled ``orchard-toy`` teacher is stage 1 (phrases, ``train_toy_teacher.py --out runs/toy_teacher_text``, or
-``git show 470c78f:sam3edge/teachers/orchard-toy/model.safetensors``) followed by three runs of this script
-(figures: ``benchmarks/results/toy_teacher_exemplars_boxed5d.md``; ~20 min a 3000-step stage on 2 cores)::
+``git show 470c78f:sam3edge/teachers/orchard-toy/model.safetensors``) followed by five runs of this script
+(figures: ``benchmarks/results/toy_teacher_exemplars_refine2.md``; ~15-20 min a 3000-step stage on 2 cores;
+stage 4 was the bundled teacher from git f2f7a86 to 2026-12-04's tenth session)::
 
     COMMON="--mix 0.2,0.6,0.2 --lr-mult geometry_encoder=10 --hard-negatives 1 --interactive 1 --no-baseline"
     python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_text --run-dir runs/toy_teacher_int2 \
@@ -22,7 +23,12 @@ The bundled ``orchard-toy`` teacher is stage 1 (phrases, ``train_toy_teacher.py 
         --steps 3000 --boxed-weight 5 $COMMON       # stage 3: a box's own instance weighs 5x (ran at 9b7b0b4,
                                                     # before duplicates on a positive box were weighted too)
     python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_boxed5/model \
-        --run-dir runs/toy_teacher_boxed5d --steps 3000 --boxed-weight 5 --publish $COMMON   # stage 4
+        --run-dir runs/toy_teacher_boxed5d --steps 3000 --boxed-weight 5 $COMMON   # stage 4
+    python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_boxed5d/model --run-dir runs/toy_teacher_refine \
+        --steps 3000 --boxed-weight 5 --refine 0.8 --negative-threshold 0.15 $COMMON --interactive 0.5
+                                                    # stage 5: negative boxes that narrow "apple"
+    python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_refine/model --run-dir runs/toy_teacher_refine2 \
+        --steps 2000 --boxed-weight 5 --refine 0.8 --publish $COMMON      # stage 6: interactive boxes at rate 1 again
 
 Writes ``benchmarks/results/<--out>.{json,md}``; the fine-tuned model goes to ``RUN_DIR/model`` (fp16) and, with
 ``--publish``, its weights replace the bundled teacher's.
