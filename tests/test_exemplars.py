@@ -150,7 +150,13 @@ def test_segmenter_exemplars_equal_pytorch(target, toy_bundles, toy_student_dir,
     labels = np.array([[1, 0], [-10, -10]])
     ref = torch_runner(student)(prepared.frame[0], text.astype(np.float32), mask.astype(bool), boxes, labels)
     np.testing.assert_allclose(raw.scores, ref[0], atol=1e-4)
-    np.testing.assert_allclose(raw.boxes, ref[1], atol=1e-4)
+    # each rank's box is PyTorch's at that rank, or, where scores tie (within 1e-4: queries the random encoder leaves
+    # near-identical), PyTorch's box at one of the tied ranks: top-K may order equal scores either way
+    for p in range(raw.scores.shape[0]):
+        for k in range(raw.scores.shape[1]):
+            tied = np.flatnonzero(np.abs(ref[0][p] - raw.scores[p, k]) <= 1e-4)
+            err = min(float(np.abs(raw.boxes[p, k] - ref[1][p, j]).max()) for j in tied)
+            assert err <= 1e-4, (p, k, raw.scores[p, k], raw.boxes[p, k], ref[1][p, tied])
     np.testing.assert_allclose(raw.scores[1], text_only.scores[1], atol=1e-6)  # leaf had no boxes
     inst = seg.segment(image, exemplars=exemplars, score_threshold=0.0, top_k=3)
     assert inst.masks.shape == (len(inst), 150, 200)
