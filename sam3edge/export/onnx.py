@@ -326,7 +326,8 @@ def export_onnx(student, out_dir: Path, precision: str, calib_images: list[np.nd
 
 
 def quantizes(student, graph: str) -> bool:
-    """Whether an int8 export of ``student`` quantizes ``graph`` (every target asks here): never the exemplar encoder
+    """Whether an int8 export of ``student`` quantizes ``graph`` (the targets with int8 arithmetic ask here: ONNX,
+    OpenVINO, TensorRT; Core ML's int8 is weight-only, with no arithmetic to slow down). Never the exemplar encoder
     (a few boxes per call: float costs nothing and keeps its ROI geometry exact); the decoder as the student's spec
     says (:attr:`~sam3edge.models.student_spec.StudentSpec.int8_decoder`: not for fast heads); all others."""
     if graph == EXEMPLAR_GRAPH:
