@@ -38,7 +38,7 @@ class QuickstartConfig:
     lr: float = 2e-3
     # 0: stage 1 only (enough for a student whose heads are the teacher's, e.g. "toy"). 800, not 400, since the
     # exemplar-trained teacher: at 400 the int8 students sat at 88-92 % of its held-out cgF1 depending on the CPU
-    # the run trained on, at 800 at 95-97 % (CHANGELOG 2026-12-04, tenth session)
+    # the run trained on, at 800 at 95-99 % (CHANGELOG 2026-12-04, tenth session)
     stage2_steps: int = 800
     stage2_lr: float = 4e-4
     threads: int = 2

@@ -80,7 +80,7 @@ class OrchardBatches:
         if mode == 0:
             return pair.phrase, [], [], set()
         imap = scene.instance_map
-        own = {int(imap[m].flat[0]) - 1 for m in pair.masks if m.any()}
+        own = {_instance(scene, m) for m in pair.masks if m.any()}
         others = [k for k in range(len(scene.categories)) if k not in own and (imap == k + 1).any()]
         h, w = imap.shape
 
@@ -145,7 +145,7 @@ class OrchardBatches:
                     self._exemplars(ex_rng, scene, p, flip)
                 masks = p.masks
                 if drop:  # a negative box narrowed the phrase: the rejected category's instances are not targets
-                    masks = masks[[not (m.any() and int(scene.instance_map[m].flat[0]) - 1 in drop) for m in masks]]
+                    masks = masks[[not (m.any() and _instance(scene, m) in drop) for m in masks]]
                 m = torch.from_numpy(np.ascontiguousarray(masks[:, :, ::-1] if flip else masks))
                 targets.append(masks_to_target(m, self.mask_size))
                 phrases.append(phrase)
@@ -165,6 +165,11 @@ class OrchardBatches:
                     input_labels[i, :len(b)] = torch.tensor(lab)
         return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases,
                          input_boxes, input_labels, refined if any(refined) else None)
+
+
+def _instance(scene, mask: np.ndarray) -> int:
+    """Index (into ``scene.categories``) of the instance a non-empty pair mask [H, W] is the mask of."""
+    return int(scene.instance_map[mask].flat[0]) - 1
 
 
 def _siblings(phrase: str) -> set[int]:

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from sam3edge.models.position_encoding import SCALE, TEMPERATURE  # SAM3's sine encoding, one definition
+
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -46,8 +48,8 @@ class MLP(nn.Module):
         return x
 
 
-def sine_features(x: torch.Tensor, num_features: int, temperature: float = 10000.0,
-                  scale: float = 2 * math.pi) -> torch.Tensor:
+def sine_features(x: torch.Tensor, num_features: int, temperature: float = TEMPERATURE,
+                  scale: float = SCALE) -> torch.Tensor:
     """Sine encoding of scalars x [...] -> [..., num_features]: (sin f0 x, cos f0 x, sin f1 x, cos f1 x, ...).
 
     Frequencies are temperature ** (-2i / num_features) as in DETR; the exponent is computed in
@@ -68,10 +70,10 @@ def sine_box_embedding(boxes: torch.Tensor, num_features: int) -> torch.Tensor:
     # as four sine_features joined, without the 5 concatenations per decoder layer that exported graphs ran as
     # reference kernels (OpenVINO, 16 concepts: Concat + Sin + Cos were ~2 ms of a ~24 ms decoder).
     idx = torch.arange(num_features, device=boxes.device) // 2 * 2
-    period = 10000.0 ** (idx.to(boxes.dtype) / num_features)
+    period = TEMPERATURE ** (idx.to(boxes.dtype) / num_features)
     phase = (torch.arange(num_features, device=boxes.device) % 2).to(boxes.dtype) * (math.pi / 2)
     yxwh = boxes[..., [1, 0, 2, 3]]
-    return ((yxwh * (2 * math.pi))[..., None] / period + phase).sin().flatten(-2)
+    return ((yxwh * SCALE)[..., None] / period + phase).sin().flatten(-2)
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
