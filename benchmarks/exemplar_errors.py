@@ -11,8 +11,8 @@ Per held-out set (the sets and the random ground-truth box of each pair are thos
   prediction already took), *near miss* (0.1-0.5), *clear* (< 0.1);
 * **clear false positives** of the text prompt (look-alikes or background): the score of the best one alone, then
   with a negative box on it, then with a positive box on the same spot. A model that learned negatives lowers it;
-* **a negative box narrowing "apple"** (:func:`refine_figures`): on a kind of apple the phrase rightly finds, the
-  box should drop that instance and the others of its kind, and keep the other kinds.
+* **a negative box narrowing "apple"** (:func:`~sam3edge.eval.prompt_modes.refine_figures`): on a kind of apple
+  the phrase rightly finds, the box should drop that instance and the others of its kind, and keep the other kinds.
 
 Writes ``benchmarks/results/<--out>.{json,md}``.
 """
@@ -29,31 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _match(masks, scores, gt):
-    """(best IoU of each true instance under a one-to-one match, counts of false positives by kind)."""
-    from scipy.optimize import linear_sum_assignment
-
-    from sam3edge.eval.prompt_modes import _iou
-
-    kept = masks[scores >= 0.5]
-    best, kinds = np.zeros(len(gt)), {"duplicate": 0, "near": 0, "clear": 0}
-    if not len(kept):
-        return best, kinds
-    iou = _iou(gt, kept) if len(gt) else np.zeros((0, len(kept)))
-    r, c = linear_sum_assignment(-iou) if len(gt) else (np.zeros(0, int), np.zeros(0, int))
-    best[r] = iou[r, c]
-    unmatched = np.setdiff1d(np.arange(len(kept)), c[iou[r, c] >= 0.5])
-    top = iou[:, unmatched].max(0) if len(gt) else np.zeros(len(unmatched))
-    kinds["duplicate"] += int((top >= 0.5).sum())
-    kinds["near"] += int(((top >= 0.1) & (top < 0.5)).sum())
-    kinds["clear"] += int((top < 0.1).sum())
-    return best, kinds
-
-
 def set_figures(run, annotations: Path, seed: int) -> dict:
     from sam3edge.data.coco import ConceptDataset
     from sam3edge.data.images import load_image
-    from sam3edge.eval.prompt_modes import _iou, tight_box
+    from sam3edge.eval.prompt_modes import _iou, match_instances, tight_box
 
     data = ConceptDataset.load(annotations)
     rng = np.random.default_rng(seed)  # the same draws as prompt_mode_figures
@@ -68,7 +47,7 @@ def set_figures(run, annotations: Path, seed: int) -> dict:
             text = run(image, pair.phrase)
             if k is not None:
                 with_box = run(image, pair.phrase, [tight_box(gt[k])], [1])
-                (bt, kt), (bb, kb) = _match(*text[:2], gt), _match(*with_box[:2], gt)
+                (bt, kt), (bb, kb) = match_instances(*text[:2], gt), match_instances(*with_box[:2], gt)
                 f["positive_pairs"] += 1
                 f["boxed_missed_by_text"] += int(bt[k] < 0.5)
                 f["recovered_by_box"] += int(bt[k] < 0.5 <= bb[k])
@@ -91,43 +70,6 @@ def set_figures(run, annotations: Path, seed: int) -> dict:
     return f
 
 
-def refine_figures(run, annotations: Path, phrase: str = "apple") -> dict:
-    """A negative box narrowing a broad concept: per ``phrase`` pair whose instances span two or more categories, for
-    each category c there, a negative box on c's largest instance. Counts of true instances found (one-to-one, mask
-    IoU >= 0.5, score >= 0.5) by the phrase alone and with that box: the boxed instance, the *other* instances of c
-    (the matching ones a learned negative removes too), and the instances of the other categories (which must stay).
-    """
-    from sam3edge.data.coco import ConceptDataset, decode_mask
-    from sam3edge.data.images import load_image
-    from sam3edge.eval.prompt_modes import tight_box
-
-    data, dataset = json.loads(Path(annotations).read_text()), ConceptDataset.load(annotations)
-    by_pair = {}
-    for a in data["annotations"]:
-        by_pair.setdefault(a["image_id"], []).append(a)
-    f = {k: [0, 0, 0] for k in ("boxed", "same_kind", "other_kinds")}  # [instances, found by text, with the box]
-    f["cases"] = 0
-    for entry in data["images"]:
-        anns = by_pair.get(entry["id"], [])
-        if entry["text_input"] != phrase or len({a["category_id"] for a in anns}) < 2:
-            continue
-        image = load_image(dataset.image_path(entry["file_name"]))
-        gt = np.stack([decode_mask(a["segmentation"]) for a in anns]).astype(bool)
-        cats = np.asarray([a["category_id"] for a in anns])
-        text_found = _match(*run(image, phrase)[:2], gt)[0] >= 0.5
-        for c in sorted(set(cats.tolist())):
-            idx = np.flatnonzero(cats == c)
-            k = int(idx[np.argmax(gt[idx].sum((1, 2)))])
-            found = _match(*run(image, phrase, [tight_box(gt[k])], [0])[:2], gt)[0] >= 0.5
-            f["cases"] += 1
-            for name, sel in (("boxed", [k]), ("same_kind", [i for i in idx if i != k]),
-                              ("other_kinds", np.flatnonzero(cats != c).tolist())):
-                f[name][0] += len(sel)
-                f[name][1] += int(text_found[sel].sum())
-                f[name][2] += int(found[sel].sum())
-    return f
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="a SAM3 model directory (a teacher)")
@@ -144,7 +86,7 @@ def main(argv=None) -> int:
 
     from sam3edge.atomic import atomic_write_text
     from sam3edge.data.orchard_dataset import write_orchard_dataset
-    from sam3edge.eval.prompt_modes import torch_runner
+    from sam3edge.eval.prompt_modes import refine_figures, torch_runner
     from sam3edge.models.teacher import Sam3Teacher
 
     torch.set_num_threads(args.threads)

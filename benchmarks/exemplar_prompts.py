@@ -1,6 +1,6 @@
 """Exemplar prompts, teacher vs student, and a visual concept stored from one image.
 
-    python benchmarks/exemplar_prompts.py      # the bundled teacher (it knows exemplars), ~30 min on 2 cores
+    python benchmarks/exemplar_prompts.py      # the bundled teacher (it knows exemplars), ~15 min on 2 cores, ~10 more per 2 seeds
     python benchmarks/exemplar_prompts.py --teacher runs/toy_teacher_ex/model     # another teacher
 
 1. Distils the quickstart's student (``toy-fast``, the quickstart's images and steps) from ``--teacher`` with
@@ -8,7 +8,8 @@
    phrase or alone, and the student learns the teacher's answer), then exports it (OpenVINO ``--precision``).
 2. On held-out orchard sets (seeds ``--seeds``, never trained on), per prompt mode of
    :mod:`sam3edge.eval.prompt_modes` (text; text + 1 ground-truth exemplar; the exemplar alone; a negative
-   exemplar on a false positive): the teacher, the student in PyTorch and the student's bundle.
+   exemplar on a false positive; a negative box narrowing "apple" to the other kinds): the teacher, the student in
+   PyTorch and the student's bundle.
 3. A concept from an example (``sam3edge concepts add``): for each one-category concept of a set, one image where
    it is present and one of its instances' box are stored in a copy of the bundle; on the set's other images that
    stored concept is compared with the phrase and with an exemplar box drawn on each image itself.
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     from sam3edge.data.orchard_dataset import write_orchard_dataset
     from sam3edge.distill.config import DistillConfig
     from sam3edge.distill.run import distill
-    from sam3edge.eval.prompt_modes import prompt_mode_figures, segmenter_runner, torch_runner
+    from sam3edge.eval.prompt_modes import prompt_mode_figures, refine_figures, segmenter_runner, torch_runner
     from sam3edge.export.bundle import export_bundle
     from sam3edge.models.student_io import load_student
     from sam3edge.models.teacher import Sam3Teacher
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
             write_orchard_dataset(ann.parent, n=args.n, seed=seed, size=224, progress=False)
         for name, model in models.items():
             modes.setdefault(name, {})[seed] = prompt_mode_figures(model, ann, seed, args.work / "eval")
+            modes[name][seed]["refine"] = refine_figures(model, ann)
             print(name, seed, json.dumps(modes[name][seed]), flush=True)
         stored[seed] = stored_concept_figures(bundle, ann, seed, args.work)
         print("stored", seed, json.dumps(stored[seed]), flush=True)
@@ -161,6 +163,16 @@ def main(argv=None) -> int:
             lines.append(f"| {name} | {seed} | {f['text']:.3f} | {f['text+1']:.3f} | {ratio} | "
                          f"{f['text_on_visual_pairs']:.3f} | {f['visual']:.3f} | {n['removed']}/"
                          f"{n['false_positives']} / {n['tp_lost']}/{n['true_positives']} |")
+    lines += ["", "A negative box narrowing \"apple\" (`refine_figures`: each apple kind of a pair in turn, a negative "
+              "box on its largest instance; true instances found, phrase alone -> with the box; a model that follows "
+              "negatives drops the boxed one and the others of its kind and keeps the other kinds):", "",
+              "| model | seed | cases | boxed instance | other instances of its kind | instances of the other kinds |",
+              "|---|---|---|---|---|---|"]
+    for name, per_seed in modes.items():
+        for seed, f in per_seed.items():
+            r = f["refine"]
+            lines.append(f"| {name} | {seed} | {r['cases']} | " + " | ".join(
+                f"{r[k][1]} -> {r[k][2]} of {r[k][0]}" for k in ("boxed", "same_kind", "other_kinds")) + " |")
     lines += ["", "A concept stored from one example image (`concepts add`, the student's bundle) on the set's other "
               "images: cgF1 over all its pairs against the phrase; pmF1 over the pairs where it is present against "
               "the phrase and an exemplar box drawn on each image itself.", "",

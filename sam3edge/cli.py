@@ -486,9 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--input-size", type=int, default=0, help="student input size (default: its registry entry)")
     d.add_argument("--holdout", type=float, default=0.1, help="fraction of images kept out for the report")
     d.add_argument("--exemplars", type=float, default=0.0,
-                   help="fraction of stage-2 prompts of a found concept that also carry an exemplar box (the "
-                        "teacher's best instance); the cache then holds the teacher's answers to those prompts "
-                        "(default 0: text prompts only)")
+                   help="fraction of stage-2 prompts of a found concept that carry an exemplar box, in equal "
+                        "shares: the teacher's best instance as a positive box with the phrase, the same box alone, "
+                        "and the phrase with a negative box on one of its instances; the cache then holds the "
+                        "teacher's answers to those prompts (default 0: text prompts only)")
     d.add_argument("--amp", action="store_true", help="bf16 autocast (default: on for CUDA)")
     d.add_argument("--no-init-heads", action="store_true", help="do not start the heads from the teacher's")
     d.add_argument("--backbone-weights", metavar="FILE|timm",

@@ -149,9 +149,10 @@ def test_absurd_thread_counts_are_refused_before_a_session_is_made(toy_bundles):
 
 
 def test_distill_with_exemplars_learns_the_teachers_answers_to_exemplar_prompts(orchard_small, tmp_path):
-    """--exemplars: the cache holds, for each phrase the teacher finds, its answer with its own best instance's box
-    as a positive exemplar (equal to asking the teacher directly); stage-2 batches carry those boxes (flipped with
-    the image) and the student trains on them; a cache without them refuses an exemplar rate."""
+    """--exemplars: the cache holds, for each phrase the teacher finds, its answers with its own best instance's box
+    as a positive exemplar (with the phrase and alone) and with a negative box on one of the instances it finds,
+    each equal to asking the teacher directly; stage-2 batches carry those boxes and labels (flipped with the image)
+    and the student trains on them; a cache without them refuses an exemplar rate."""
     import numpy as np
     import torch
 
@@ -167,27 +168,41 @@ def test_distill_with_exemplars_learns_the_teachers_answers_to_exemplar_prompts(
                           stage1_steps=4, concepts=["ripe apple", "leaf", "branch"]), progress=False)
     assert np.isfinite(report["stage2_final"]["total"])
     cache = TeacherCache(out / "cache")
-    assert cache.spec.extra == {"exemplars": 1}
+    assert cache.spec.extra == {"exemplars": 2}
     teacher = Sam3Teacher.from_pretrained(teacher_dir)
-    checked = 0
+
+    def asked(i, phrase, xyxy, label, prefix, p):  # the teacher asked directly vs the cache's answer
+        x0, y0, x1, y1 = xyxy
+        boxes = torch.tensor([[[(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]]])
+        got = teacher([load_image(cache.spec.images[i])], [phrase], input_boxes=boxes,
+                      input_boxes_labels=torch.full((1, 1), label, dtype=torch.long))
+        n = int(item[prefix + "count"][p])
+        top = got.scores[0, 0].float().sort(descending=True).values[:n]
+        torch.testing.assert_close(item[prefix + "scores"][p, :n], top, atol=2e-3, rtol=0)
+        return n
+
+    checked, struck, not_best = 0, 0, 0
     for i in range(len(cache)):
         item = cache.item(i)
+        assert not (item["neg_box"][item["ex_valid"] == 0]).any()  # negatives only where the phrase found something
         for p in np.flatnonzero(item["ex_valid"].numpy()):
-            x0, y0, x1, y1 = item["ex_box"][p].tolist()
-            assert item["scores"][p, 0] >= 0.5 and [x0, y0, x1, y1] == item["boxes"][p, 0].tolist()
-            boxes = torch.tensor([[[(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]]])
-            got = teacher([load_image(cache.spec.images[i])], [cache.spec.phrases[p]], input_boxes=boxes,
-                          input_boxes_labels=torch.ones(1, 1, dtype=torch.long))
-            n = int(item["ex_count"][p])
-            top = got.scores[0, 0].float().sort(descending=True).values[:n]
-            torch.testing.assert_close(item["ex_scores"][p, :n], top, atol=2e-3, rtol=0)
-            alone = teacher([load_image(cache.spec.images[i])], ["visual"], input_boxes=boxes,
-                            input_boxes_labels=torch.ones(1, 1, dtype=torch.long))
-            n = int(item["vis_count"][p])
-            top = alone.scores[0, 0].float().sort(descending=True).values[:n]
-            torch.testing.assert_close(item["vis_scores"][p, :n], top, atol=2e-3, rtol=0)
+            phrase, box = cache.spec.phrases[p], item["ex_box"][p].tolist()
+            assert item["scores"][p, 0] >= 0.5 and box == item["boxes"][p, 0].tolist()
+            asked(i, phrase, box, 1, "ex_", p)
+            asked(i, "visual", box, 1, "vis_", p)
+            # the struck-out box is one of the instances the phrase found (score >= 0.5), not always the best
+            neg = item["neg_box"][p]
+            k = int((item["boxes"][p, :int(item["count"][p])] == neg).all(1).float().argmax())
+            assert (item["boxes"][p, k] == neg).all() and item["scores"][p, k] >= 0.5
+            not_best += int(k > 0)
+            # the teacher learned negatives: the struck-out instance is gone or scores less than before
+            n = asked(i, phrase, neg.tolist(), 0, "neg_", p)
+            nb = item["neg_boxes"][p, :n]
+            same = [j for j in range(n) if (nb[j] - neg).abs().max() < 0.02]
+            struck += int(not same or max(float(item["neg_scores"][p, j]) for j in same) < float(item["scores"][p, k]))
             checked += 1
-    assert checked >= 3
+    assert checked >= 3 and struck >= checked * 0.6
+    assert not_best >= 1
     from sam3edge.models.student_io import load_student
 
     assert "visual" in load_student(out / "student").concepts  # boxes alone ask "visual"
@@ -195,15 +210,16 @@ def test_distill_with_exemplars_learns_the_teachers_answers_to_exemplar_prompts(
     from sam3edge.distill.run import _NoTokens
 
     batches = CacheBatches(cache, _NoTokens(), 128, 32, images_per_batch=2, pairs_per_image=3, exemplar_rate=1.0)
-    with_boxes = alone = 0
+    with_boxes = alone = negatives = 0
     for step in range(6):
         b = batches[step]
         if b.input_boxes is not None:
             assert b.input_boxes.shape == (len(b.phrases), 1, 4)
-            assert set(b.input_boxes_labels.flatten().tolist()) <= {1, -10}
+            assert set(b.input_boxes_labels.flatten().tolist()) <= {1, 0, -10}
             with_boxes += int((b.input_boxes_labels == 1).sum())
+            negatives += int((b.input_boxes_labels == 0).sum())
             alone += sum(p == "visual" for p in b.phrases)
-    assert with_boxes > alone > 0
+    assert with_boxes > alone > 0 and negatives > 0
     plain = tmp_path / "plain"
     distill(_cfg(teacher_dir, orchard_small, plain, student="toy-fast", steps=0, stages=[2],
                  concepts=["ripe apple", "leaf", "branch"]), progress=False)

@@ -14,6 +14,9 @@ On-disk format (``CACHE_FORMAT`` 1), a directory::
         boxes        fp32 [P, K, 4]    normalised xyxy
         mask_logits  fp16 [P, K, m, m] low-resolution mask logits
         image_size   int32 [2]         (H, W) of the original image
+    and, built with exemplar prompts (``extra["exemplars"]``, :func:`build_cache`), the same five answers per
+    phrase to the phrase + a positive box (``ex_*``), the box alone (``vis_*``) and the phrase + a negative box
+    (``neg_*``), with ``ex_box`` / ``neg_box`` fp32 [P, 4] (normalised xyxy) and ``ex_valid`` uint8 [P]
 
 Queries are kept per phrase in score order while their score is at least ``min_score``, at most
 ``max_instances`` of them: the teacher's pseudo-labels, not its 200 raw queries (at 1008 px the raw
@@ -44,6 +47,9 @@ from sam3edge.models.heads.layers import xyxy_to_cxcywh
 from sam3edge.runtime.exemplars import VISUAL
 
 CACHE_FORMAT = 1
+# ``extra["exemplars"]`` of a cache built with exemplar prompts: 1, the teacher's answers to a positive box (with the
+# phrase, alone); 2, also to a negative box (``neg_*``). A build of 2 never resumes one of 1: other inputs.
+EXEMPLAR_ANSWERS = 2
 
 
 @dataclass
@@ -207,8 +213,11 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
 
     ``exemplars``: for each phrase the teacher finds (best score >= 0.5), also its answers with that best instance's
     box as a positive exemplar, with the phrase (keys ``ex_*``; ``ex_box`` normalised xyxy, ``ex_valid``) and alone
-    (phrase "visual", keys ``vis_*``; its text features in ``text.safetensors``), so a student learns both prompts
-    from the teacher (SAM3's "1 exemplar" setting and its visual prompt, with no ground truth needed).
+    (phrase "visual", keys ``vis_*``; its text features in ``text.safetensors``), and with the phrase and a
+    *negative* box on one of the instances it finds (score >= 0.5), drawn at random per image and phrase (keys
+    ``neg_*``, ``neg_box``): a user striking out what the phrase found, whether a look-alike it should not have
+    found or one kind of a broad concept ("apple", not this kind). So a student learns all three prompts from the
+    teacher (SAM3's "1 exemplar" setting, its visual prompt and its negatives) with no ground truth needed.
 
     Writes the cache directory ``out`` (module docstring); resumes an interrupted build of the same
     inputs. ``feature_sizes``: square sizes to resample the three FPN levels to (the student's grid,
@@ -235,7 +244,7 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
                      images=[str(Path(p).resolve()) for p in images], phrases=phrases,
                      feature_sizes=list(feature_sizes) if feature_sizes else None, mask_size=mask_size,
                      min_score=float(min_score), max_instances=int(max_instances),
-                     extra={"exemplars": 1} if exemplars else {})
+                     extra={"exemplars": EXEMPLAR_ANSWERS} if exemplars else {})
     _check_spec(out, spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cache.json", json.dumps(asdict(spec), indent=1))
@@ -267,7 +276,7 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
         vision = teacher.encode_images(pixel_values)
         for b, i in enumerate(idx):
             tensors = _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score,
-                                    max_instances, phrase_chunk, run_heads, select_images, visual)
+                                    max_instances, phrase_chunk, run_heads, select_images, visual, index=i)
             tensors["image_size"] = torch.tensor(sizes[b], dtype=torch.int32)
             payload = save(tensors)
             atomic_write(item_path(out, i), lambda f, data=payload: f.write(data))
@@ -279,8 +288,8 @@ def build_cache(teacher, images: list, phrases: list[str], out: str | Path, *, b
 
 
 def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_score, max_instances, phrase_chunk,
-                  run_heads, select_images, visual=None) -> dict[str, torch.Tensor]:
-    """One image's cache entry; ``visual``: ("visual" text features, mask) for the exemplar answers (None: none)."""
+                  run_heads, select_images, visual=None, index: int = 0) -> dict[str, torch.Tensor]:
+    """Entry of image ``index``; ``visual``: ("visual" text features, mask) for the exemplar answers (None: none)."""
     p = text.shape[0]
     tensors: dict[str, torch.Tensor] = {}
     for k, (feat, (_, h, w)) in enumerate(zip(vision.fpn_hidden_states[:-1], shapes)):
@@ -297,23 +306,30 @@ def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_sc
     tensors.update(answers.tensors())
     if visual is not None:  # each found phrase again with its best instance's box: with the phrase, and alone
         found = [j for j in range(p) if answers.count[j] and answers.scores[j, 0] >= 0.5]
-        ex, vis = _Answers(p, max_instances, mask_size, min_score), _Answers(p, max_instances, mask_size, min_score)
-        box = torch.zeros(p, 4)
+        ex, vis, neg = (_Answers(p, max_instances, mask_size, min_score) for _ in range(3))
+        box, neg_box = torch.zeros(p, 4), torch.zeros(p, 4)
+        rng = np.random.default_rng([index, 4_000_037])  # the same struck-out instances on a resumed build
+        struck = {j: int(rng.integers(int((answers.scores[j] >= 0.5).sum()))) for j in found}
         for s in range(0, len(found), phrase_chunk):
-            tt = torch.tensor(found[s:s + phrase_chunk], device=device)
+            rows = found[s:s + phrase_chunk]
+            tt = torch.tensor(rows, device=device)
             ii = torch.full_like(tt, b)
             xyxy = answers.boxes[tt.cpu(), 0]
             box[tt.cpu()] = xyxy
+            neg_box[tt.cpu()] = answers.boxes[tt.cpu(), [struck[j] for j in rows]]
             cxcywh = xyxy_to_cxcywh(xyxy)[:, None].to(device, text.dtype)
             labels = torch.ones(len(tt), 1, dtype=torch.long, device=device)
             images = select_images(vision, ii)
-            ex.add(tt.tolist(), run_heads(teacher.model, images, text[tt], text_mask[tt], cxcywh, labels))
+            ex.add(rows, run_heads(teacher.model, images, text[tt], text_mask[tt], cxcywh, labels))
             vt, vm = (v.expand(len(tt), *v.shape[1:]) for v in visual)
-            vis.add(tt.tolist(), run_heads(teacher.model, images, vt, vm, cxcywh, labels))
+            vis.add(rows, run_heads(teacher.model, images, vt, vm, cxcywh, labels))
+            neg.add(rows, run_heads(teacher.model, images, text[tt], text_mask[tt],
+                                    xyxy_to_cxcywh(neg_box[tt.cpu()])[:, None].to(device, text.dtype), labels * 0))
         valid = torch.zeros(p, dtype=torch.uint8)
         valid[found] = 1
         tensors.update({f"ex_{k}": v for k, v in ex.tensors().items()}, ex_box=box, ex_valid=valid)
         tensors.update({f"vis_{k}": v for k, v in vis.tensors().items()})
+        tensors.update({f"neg_{k}": v for k, v in neg.tensors().items()}, neg_box=neg_box)
     return tensors
 
 

@@ -30,8 +30,10 @@ from sam3edge.models.teacher import sam3_pixel_values
 from sam3edge.runtime.exemplars import PADDING_LABEL, VISUAL
 
 PAIR_KEYS = ("presence", "count", "scores", "boxes", "mask_logits")  # what stage 2 reads of an item
-# and of a cache with exemplars: the teacher's answers with its best box, with the phrase (ex_) and alone (vis_)
+# and of a cache with exemplars: the teacher's answers with its best box, with the phrase (ex_) and alone (vis_),
+# and (EXEMPLAR_ANSWERS 2) with the phrase and a negative box on one of its instances (neg_)
 EXEMPLAR_KEYS = tuple(f"{m}_{k}" for m in ("ex", "vis") for k in PAIR_KEYS) + ("ex_box", "ex_valid")
+NEGATIVE_KEYS = tuple(f"neg_{k}" for k in PAIR_KEYS) + ("neg_box",)
 
 
 @dataclass
@@ -54,13 +56,15 @@ class CacheBatches:
                  ground_truth: dict | None = None, gt_rate: float = 0.5, indices: list[int] | None = None,
                  exemplar_rate: float = 0.0):
         self.cache, self.tokenizer = cache, tokenizer
-        # a found phrase is asked with the teacher's best instance box as a positive exemplar this often, with the
-        # phrase or ("visual") alone, half and half (target: the teacher's answer to that prompt); needs a cache
-        # built with exemplars
+        # a found phrase is asked with an exemplar prompt this often (target: the teacher's answer to it), in equal
+        # shares: the teacher's best instance box as a positive exemplar with the phrase, the same box alone
+        # ("visual"), and (a cache of EXEMPLAR_ANSWERS 2) the phrase with a negative box on one of its instances;
+        # needs a cache built with exemplars
         self.exemplar_rate = float(exemplar_rate)
         if self.exemplar_rate and not cache.spec.extra.get("exemplars"):
             raise ValueError(f"teacher cache {cache.root} was built without exemplar prompts; rebuild it with "
                              "exemplars (distill --exemplars) or train with exemplar_rate 0")
+        self.kinds = ("ex_", "vis_") + (("neg_",) if int(cache.spec.extra.get("exemplars", 0)) >= 2 else ())
         self.size, self.mask_size, self.seed = image_size, mask_size, seed
         self.b, self.p, self.min_score = images_per_batch, pairs_per_image, target_min_score
         self.flip, self.with_features, self.feature_sizes = flip and not with_features, with_features, feature_sizes
@@ -87,7 +91,8 @@ class CacheBatches:
         rng = np.random.default_rng([self.seed, 1_000_003, step])
         ex_rng = np.random.default_rng([self.seed, 2_000_003, step])  # its own stream: text batches stay the same
         images, phrases, targets, pair_image, boxes = [], [], [], [], []
-        keys = PAIR_KEYS + (EXEMPLAR_KEYS if self.exemplar_rate else ())
+        keys = PAIR_KEYS + ((EXEMPLAR_KEYS + (NEGATIVE_KEYS if "neg_" in self.kinds else ())) if self.exemplar_rate
+                            else ())
         for j, i in enumerate(idx):
             item = self.cache.item(i, keys)  # stage 2 never reads the (large) feature maps
             image = self._image(i)
@@ -98,15 +103,15 @@ class CacheBatches:
             for p in self._choose_phrases(item, rng):
                 phrase = self.cache.spec.phrases[p]
                 gt = self.gt.get(self.cache.spec.images[i], {}).get(phrase)
-                box = None
+                box = label = None
                 if self.exemplar_rate and int(item["ex_valid"][p]) and ex_rng.random() < self.exemplar_rate:
-                    alone = ex_rng.random() < 0.5  # the box alone (SAM3's visual prompt) half of the time
-                    t = self._teacher_target(item, p, flip, prefix="vis_" if alone else "ex_")
-                    phrase = VISUAL if alone else phrase
-                    x0, y0, x1, y1 = item["ex_box"][p].tolist()
+                    kind = self.kinds[int(ex_rng.integers(len(self.kinds)))]
+                    t = self._teacher_target(item, p, flip, prefix=kind)
+                    phrase = VISUAL if kind == "vis_" else phrase
+                    x0, y0, x1, y1 = item["neg_box" if kind == "neg_" else "ex_box"][p].tolist()
                     if flip:
                         x0, x1 = 1.0 - x1, 1.0 - x0
-                    box = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+                    box, label = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], int(kind != "neg_")
                 elif gt is not None and rng.random() < self.gt_rate:
                     t = masks_to_target(torch.from_numpy(np.asarray(gt)), (self.mask_size, self.mask_size))
                     t = _flip_target(t) if flip else t
@@ -115,13 +120,13 @@ class CacheBatches:
                 targets.append(t)
                 phrases.append(phrase)
                 pair_image.append(j)
-                boxes.append(box)
+                boxes.append((box, label))
         x = sam3_pixel_values(torch.stack(images))
         ids, mask = self.tokenizer.encode(phrases)
         input_boxes = labels = None
-        if any(b is not None for b in boxes):  # one exemplar slot; pairs without one are padding (text only)
-            input_boxes = torch.tensor([b or [0.0] * 4 for b in boxes], dtype=torch.float32)[:, None]
-            labels = torch.tensor([[1 if b is not None else PADDING_LABEL] for b in boxes])
+        if any(b is not None for b, _ in boxes):  # one exemplar slot; pairs without one are padding (text only)
+            input_boxes = torch.tensor([b or [0.0] * 4 for b, _ in boxes], dtype=torch.float32)[:, None]
+            labels = torch.tensor([[PADDING_LABEL if b is None else lab] for b, lab in boxes])
         return PairBatch(x, torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor(pair_image), targets, phrases,
                          input_boxes, labels)
 

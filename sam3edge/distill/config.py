@@ -30,8 +30,9 @@ class DistillConfig:
     init_layers: str = "first"  # which teacher layers the student's start from: first | last | spread
     init_queries: str = "first"  # which teacher query slots: first | used (most used on the training images)
     holdout: float = 0.1  # fraction of images kept out of training for the report
-    # fraction of a found phrase's stage-2 prompts that carry the teacher's best instance box as a positive
-    # exemplar (the cache then holds the teacher's answers to those prompts too); 0: text prompts only
+    # fraction of a found phrase's stage-2 prompts that carry an exemplar box: the teacher's best instance as a
+    # positive one (with the phrase, or alone) or a negative one on an instance it finds, in equal shares (the cache
+    # then holds the teacher's answers to those prompts too); 0: text prompts only
     exemplars: float = 0.0
     gt_rate: float = 0.5
     cache_batch: int = 1

@@ -17,7 +17,9 @@ Any model is a ``run(image, phrase, boxes=None, labels=None) -> (masks bool [n, 
   ground-truth instance) gets a negative box; how many of those disappear (no kept instance at IoU >= 0.5 with it
   any more) and how many true positives are lost with them; ``near_misses``: how many of those false positives
   overlap a true instance of the prompt (IoU >= 0.1: a target found with a poor mask, where a negative box
-  contradicts the target), ``clear_removed``: removals among the others.
+  contradicts the target), ``clear_removed``: removals among the others;
+* :func:`refine_figures`: a negative box narrowing a broad concept ("apple" but not this kind): the boxed
+  instance and the others of its kind should go, the other kinds stay.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import numpy as np
 
 from sam3edge.runtime.exemplars import VISUAL
 
-__all__ = ["prompt_mode_figures", "segmenter_runner", "single_category_phrases", "subset_pairs", "tight_box",
-           "torch_runner"]
+__all__ = ["match_instances", "prompt_mode_figures", "refine_figures", "segmenter_runner", "single_category_phrases",
+           "subset_pairs", "tight_box", "torch_runner"]
 
 
 def torch_runner(model) -> Callable:
@@ -158,6 +160,63 @@ def _negative_exemplar(run, image, phrase, text, gt, counts: dict) -> None:
     if len(tp):
         counts["true_positives"] += len(tp)
         counts["tp_lost"] += int((_iou(masks[tp], still).max(1) < 0.5).sum()) if len(still) else len(tp)
+
+
+def match_instances(masks, scores, gt):
+    """(best mask IoU of each true instance of ``gt`` [n, H, W] under a one-to-one (Hungarian) match with the kept
+    predictions (``scores`` >= 0.5), counts of the unmatched kept ones by kind: *duplicate* (IoU >= 0.5 with a true
+    instance another prediction already took), *near* miss (0.1-0.5), *clear* (< 0.1))."""
+    from scipy.optimize import linear_sum_assignment
+
+    kept = masks[scores >= 0.5]
+    best, kinds = np.zeros(len(gt)), {"duplicate": 0, "near": 0, "clear": 0}
+    if not len(kept):
+        return best, kinds
+    iou = _iou(gt, kept) if len(gt) else np.zeros((0, len(kept)))
+    r, c = linear_sum_assignment(-iou) if len(gt) else (np.zeros(0, int), np.zeros(0, int))
+    best[r] = iou[r, c]
+    unmatched = np.setdiff1d(np.arange(len(kept)), c[iou[r, c] >= 0.5])
+    top = iou[:, unmatched].max(0) if len(gt) else np.zeros(len(unmatched))
+    kinds["duplicate"] += int((top >= 0.5).sum())
+    kinds["near"] += int(((top >= 0.1) & (top < 0.5)).sum())
+    kinds["clear"] += int((top < 0.1).sum())
+    return best, kinds
+
+
+def refine_figures(run, annotations: Path, phrase: str = "apple") -> dict:
+    """A negative box narrowing a broad concept: per ``phrase`` pair whose instances span two or more categories, for
+    each category c there, a negative box on c's largest instance. Counts of true instances found (one-to-one, mask
+    IoU >= 0.5, score >= 0.5) by the phrase alone and with that box: the boxed instance, the *other* instances of c
+    (the matching ones a learned negative removes too), and the instances of the other categories (which must stay).
+    """
+    from sam3edge.data.coco import ConceptDataset, decode_mask
+    from sam3edge.data.images import load_image
+
+    data, dataset = json.loads(Path(annotations).read_text()), ConceptDataset.load(annotations)
+    by_pair = {}
+    for a in data["annotations"]:
+        by_pair.setdefault(a["image_id"], []).append(a)
+    f = {k: [0, 0, 0] for k in ("boxed", "same_kind", "other_kinds")}  # [instances, found by text, with the box]
+    f["cases"] = 0
+    for entry in data["images"]:
+        anns = by_pair.get(entry["id"], [])
+        if entry["text_input"] != phrase or len({a["category_id"] for a in anns}) < 2:
+            continue
+        image = load_image(dataset.image_path(entry["file_name"]))
+        gt = np.stack([decode_mask(a["segmentation"]) for a in anns]).astype(bool)
+        cats = np.asarray([a["category_id"] for a in anns])
+        text_found = match_instances(*run(image, phrase)[:2], gt)[0] >= 0.5
+        for c in sorted(set(cats.tolist())):
+            idx = np.flatnonzero(cats == c)
+            k = int(idx[np.argmax(gt[idx].sum((1, 2)))])
+            found = match_instances(*run(image, phrase, [tight_box(gt[k])], [0])[:2], gt)[0] >= 0.5
+            f["cases"] += 1
+            for name, sel in (("boxed", [k]), ("same_kind", [i for i in idx if i != k]),
+                              ("other_kinds", np.flatnonzero(cats != c).tolist())):
+                f[name][0] += len(sel)
+                f[name][1] += int(text_found[sel].sum())
+                f[name][2] += int(found[sel].sum())
+    return f
 
 
 def subset_pairs(data: dict, ids: set) -> dict:
