@@ -1,6 +1,6 @@
 """Exemplar prompts, teacher vs student, and a visual concept stored from one image.
 
-    python benchmarks/exemplar_prompts.py      # the bundled teacher (it knows exemplars), ~15 min on 2 cores
+    python benchmarks/exemplar_prompts.py      # the bundled teacher (it knows exemplars), ~11 min on 2 cores
     python benchmarks/exemplar_prompts.py --teacher runs/toy_teacher_ex/model     # another teacher
 
 1. Distils the quickstart's student (``toy-fast``, the quickstart's images and steps) from ``--teacher`` with
