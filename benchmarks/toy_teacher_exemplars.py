@@ -14,7 +14,9 @@ concepts; a negative exemplar on the text prompt's best false positive).
 The bundled ``orchard-toy`` teacher is stage 1 (phrases, ``train_toy_teacher.py --out runs/toy_teacher_text``, or
 ``git show 470c78f:sam3edge/teachers/orchard-toy/model.safetensors``) followed by five runs of this script
 (figures: ``benchmarks/results/toy_teacher_exemplars_refine2.md``; ~15-20 min a 3000-step stage on 2 cores;
-stage 4 was the bundled teacher from git f2f7a86 to 2026-12-04's tenth session)::
+stage 4 was the bundled teacher from git f2f7a86 to 2026-12-04's tenth session, stage 6 until its eleventh) and
+stage 7, its text encoder alone taught that "a basket" and "baskets" mean "basket"
+(``toy_teacher_paraphrases.py``; figures: ``toy_teacher_exemplars_stage7.md``)::
 
     COMMON="--mix 0.2,0.6,0.2 --lr-mult geometry_encoder=10 --hard-negatives 1 --interactive 1 --no-baseline"
     python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_text --run-dir runs/toy_teacher_int2 \
@@ -29,6 +31,8 @@ stage 4 was the bundled teacher from git f2f7a86 to 2026-12-04's tenth session):
                                                     # stage 5: negative boxes that narrow "apple"
     python benchmarks/toy_teacher_exemplars.py --init runs/toy_teacher_refine/model --run-dir runs/toy_teacher_refine2 \
         --steps 2000 --boxed-weight 5 --refine 0.8 --publish $COMMON      # stage 6: interactive boxes at rate 1 again
+    python benchmarks/toy_teacher_paraphrases.py --init runs/toy_teacher_refine2/model \
+        --run-dir runs/toy_teacher_para --steps 1500 --publish                      # stage 7 (text encoder only)
 
 Writes ``benchmarks/results/<--out>.{json,md}``; the fine-tuned model goes to ``RUN_DIR/model`` (fp16) and, with
 ``--publish``, its weights replace the bundled teacher's.

@@ -166,3 +166,25 @@ def test_unreachable_hub_id_fails_fast_with_advice(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
     with pytest.raises(RuntimeError, match="cannot be reached.*hf download"):
         load_sam3_model("facebook/sam3-does-not-exist-locally")
+
+
+def test_the_bundled_teacher_reads_an_article_or_a_plural_as_the_phrase_itself():
+    """SAM3's text encoder puts "basket", "a basket" and "baskets" together; the toy teacher learned its orchard
+    phrases from scratch as codes of their own (pooled cosine -0.2 to -0.5 with those forms) until its text encoder
+    was taught otherwise (benchmarks/toy_teacher_paraphrases.py). A student's text encoder, distilled on a corpus
+    holding "a basket" but not "basket", can only be right about "basket" where this holds (issue 16)."""
+    from sam3edge.data.orchard import ORCHARD_VOCABULARY
+    from sam3edge.data.phrase_corpus import paraphrases
+
+    teacher = Sam3Teacher.from_pretrained(TOY_DIR)
+    phrases = [c.phrase for c in ORCHARD_VOCABULARY.concepts] + list(ORCHARD_VOCABULARY.distractors)
+    worst = {}
+    with torch.no_grad():
+        for phrase in phrases:
+            forms = [q for q in paraphrases(phrase)  # the article and plural forms (not "small basket")
+                     if q.split()[0] in ("a", "the") or q.split()[-1] != phrase.split()[-1]]
+            feats, mask = teacher.encode_text([phrase] + forms)
+            m = mask.float()[..., None]
+            pooled = torch.nn.functional.normalize((feats.float() * m).sum(1) / m.sum(1), dim=-1)
+            worst[phrase] = float((pooled[1:] @ pooled[0]).min())
+    assert min(worst.values()) >= 0.75, worst
