@@ -220,6 +220,11 @@ def test_distill_with_exemplars_learns_the_teachers_answers_to_exemplar_prompts(
             negatives += int((b.input_boxes_labels == 0).sum())
             alone += sum(p == "visual" for p in b.phrases)
     assert with_boxes > alone > 0 and negatives > 0
+    cache.spec.extra = {"exemplars": 1}  # a cache built before negative answers: positives only, no neg_ keys read
+    old = CacheBatches(cache, _NoTokens(), 128, 32, images_per_batch=2, pairs_per_image=3, exemplar_rate=1.0)
+    labels = [old[step].input_boxes_labels for step in range(6)]
+    assert all(lab is None or 0 not in lab.flatten().tolist() for lab in labels)
+    assert any(lab is not None and 1 in lab.flatten().tolist() for lab in labels)
     plain = tmp_path / "plain"
     distill(_cfg(teacher_dir, orchard_small, plain, student="toy-fast", steps=0, stages=[2],
                  concepts=["ripe apple", "leaf", "branch"]), progress=False)

@@ -304,7 +304,8 @@ def _item_tensors(teacher, vision, b, text, text_mask, shapes, mask_size, min_sc
         ii = torch.full_like(tt, b)
         answers.add(tt.tolist(), run_heads(teacher.model, select_images(vision, ii), text[tt], text_mask[tt]))
     tensors.update(answers.tensors())
-    if visual is not None:  # each found phrase again with its best instance's box: with the phrase, and alone
+    if visual is not None:  # each found phrase again with its best instance's box (with the phrase, and alone)
+        # and with a negative box on one of its instances
         found = [j for j in range(p) if answers.count[j] and answers.scores[j, 0] >= 0.5]
         ex, vis, neg = (_Answers(p, max_instances, mask_size, min_score) for _ in range(3))
         box, neg_box = torch.zeros(p, 4), torch.zeros(p, 4)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sam3edge.data.images import load_image, resize_batch
-from sam3edge.distill.cache import TeacherCache
+from sam3edge.distill.cache import EXEMPLAR_ANSWERS, TeacherCache
 from sam3edge.distill.targets import PairBatch, PairTarget, masks_to_target
 from sam3edge.models.teacher import sam3_pixel_values
 from sam3edge.runtime.exemplars import PADDING_LABEL, VISUAL
@@ -64,7 +64,8 @@ class CacheBatches:
         if self.exemplar_rate and not cache.spec.extra.get("exemplars"):
             raise ValueError(f"teacher cache {cache.root} was built without exemplar prompts; rebuild it with "
                              "exemplars (distill --exemplars) or train with exemplar_rate 0")
-        self.kinds = ("ex_", "vis_") + (("neg_",) if int(cache.spec.extra.get("exemplars", 0)) >= 2 else ())
+        negatives = int(cache.spec.extra.get("exemplars", 0)) >= EXEMPLAR_ANSWERS  # a cache of 1: positives only
+        self.kinds = ("ex_", "vis_") + (("neg_",) if negatives else ())
         self.size, self.mask_size, self.seed = image_size, mask_size, seed
         self.b, self.p, self.min_score = images_per_batch, pairs_per_image, target_min_score
         self.flip, self.with_features, self.feature_sizes = flip and not with_features, with_features, feature_sizes
