@@ -2,7 +2,7 @@
 teacher's embeddings, on phrases it never saw and on held-out orchard sets.
 
     make demo      # or any distillation run of a cache-mode student; here the quickstart's toy-fast student
-    python benchmarks/text_encoder.py --student runs/quickstart/run/student      # ~5 min
+    python benchmarks/text_encoder.py --student runs/quickstart/run/student      # ~6 min on 2 cores
 
 1. The student (its heads, image encoder and concept cache as distilled) gets a text encoder (text mode
    ``both``; the registry's TextEncoderConfig, token table copied from the teacher), distilled on a corpus of
@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam3edge.atomic import atomic_write_text  # noqa: E402
+from sam3edge.distill.config import TEXT_STEPS_MIN  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", type=Path, default=REPO / "runs" / "quickstart" / "run" / "student")
     ap.add_argument("--teacher", default="orchard-toy")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=TEXT_STEPS_MIN, help="default: distill's (TEXT_STEPS_MIN)")
     ap.add_argument("--corpus", type=int, default=12000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[4242, 9001])
     ap.add_argument("--n", type=int, default=100, help="scenes per held-out set")

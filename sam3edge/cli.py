@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from sam3edge.distill.config import TEXT_STEPS_MIN
 from sam3edge.models.bundled import resolve_model
 from sam3edge.models.student_spec import TEXT_MODES
 from sam3edge.quickstart import QuickstartConfig
@@ -480,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "encoder (its own text encoder), both (cache for known phrases, an encoder distilled on a "
                         "broad phrase corpus for any other); default: the registry entry's")
     d.add_argument("--text-steps", type=int, default=None,
-                   help="text-encoder distillation steps (default: the stage-1 steps)")
+                   help=f"text-encoder distillation steps (default: the stage-1 steps, at least {TEXT_STEPS_MIN})")
     d.add_argument("--text-corpus", type=int, default=12000,
                    help="phrases of the corpus a text encoder is distilled on (5 %% held out for the report)")
     d.add_argument("--input-size", type=int, default=0, help="student input size (default: its registry entry)")

@@ -141,6 +141,18 @@ def test_distill_settings_that_would_train_nothing_or_diverge_are_refused_before
     assert not (tmp_path / "run").exists()
 
 
+def test_a_text_encoder_trains_at_least_text_steps_min_unless_told(tmp_path):
+    """The encoder's steps default to the stage-1 steps but never below TEXT_STEPS_MIN (at the stage-1 default of
+    500 it reached 96 % of the cache's cgF1 on phrases it never saw); an explicit count wins."""
+    from sam3edge.distill.config import TEXT_STEPS_MIN, DistillConfig
+
+    base = {"teacher": "orchard-toy", "images": str(tmp_path), "concepts": ["leaf"], "student": "edge-s",
+            "out": str(tmp_path / "run")}
+    assert DistillConfig(**base).text_encoder_steps == TEXT_STEPS_MIN >= 5000
+    assert DistillConfig(**base, stage1_steps=2 * TEXT_STEPS_MIN).text_encoder_steps == 2 * TEXT_STEPS_MIN
+    assert DistillConfig(**base, text_steps=7).text_encoder_steps == 7
+
+
 def test_absurd_thread_counts_are_refused_before_a_session_is_made(toy_bundles):
     from sam3edge.runtime.segmenter import Segmenter
 

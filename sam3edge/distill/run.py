@@ -157,7 +157,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, devi
             from sam3edge.distill.text_corpus import distill_text_encoder
 
             report["text"] = distill_text_encoder(
-                student, teacher, list(cache.spec.phrases), out, steps=cfg.text_steps or cfg.stage1,
+                student, teacher, list(cache.spec.phrases), out, steps=cfg.text_encoder_steps,
                 lr=cfg.stage1_lr, corpus_size=cfg.text_corpus, seed=cfg.seed, amp=cfg.amp, device=device,
                 resume=resume, progress=progress)
             report["text_final"] = _last_row(out / "stage1_text" / "log.csv")
