@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     from sam3edge.atomic import atomic_write_text
     from sam3edge.data.orchard_dataset import write_orchard_dataset
-    from sam3edge.eval.prompt_modes import refine_figures, torch_runner
+    from sam3edge.eval.prompt_modes import refine_cells, refine_figures, torch_runner
     from sam3edge.models.teacher import Sam3Teacher
 
     torch.set_num_threads(args.threads)
@@ -119,10 +119,7 @@ def main(argv=None) -> int:
               "boxed one and the others of its kind and keeps the other kinds):", "",
               "| seed | cases | boxed instance | other instances of its kind | instances of the other kinds |",
               "|---|---|---|---|---|"]
-    for seed, f in report.items():
-        r = f["refine"]
-        lines.append(f"| {seed} | {r['cases']} | " + " | ".join(
-            f"{r[k][1]} -> {r[k][2]} of {r[k][0]}" for k in ("boxed", "same_kind", "other_kinds")) + " |")
+    lines += [f"| {seed} | {refine_cells(f['refine'])} |" for seed, f in report.items()]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

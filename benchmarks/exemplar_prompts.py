@@ -105,7 +105,13 @@ def main(argv=None) -> int:
     from sam3edge.data.orchard_dataset import write_orchard_dataset
     from sam3edge.distill.config import DistillConfig
     from sam3edge.distill.run import distill
-    from sam3edge.eval.prompt_modes import prompt_mode_figures, refine_figures, segmenter_runner, torch_runner
+    from sam3edge.eval.prompt_modes import (
+        prompt_mode_figures,
+        refine_cells,
+        refine_figures,
+        segmenter_runner,
+        torch_runner,
+    )
     from sam3edge.export.bundle import export_bundle
     from sam3edge.models.student_io import load_student
     from sam3edge.models.teacher import Sam3Teacher
@@ -168,11 +174,8 @@ def main(argv=None) -> int:
               "negatives drops the boxed one and the others of its kind and keeps the other kinds):", "",
               "| model | seed | cases | boxed instance | other instances of its kind | instances of the other kinds |",
               "|---|---|---|---|---|---|"]
-    for name, per_seed in modes.items():
-        for seed, f in per_seed.items():
-            r = f["refine"]
-            lines.append(f"| {name} | {seed} | {r['cases']} | " + " | ".join(
-                f"{r[k][1]} -> {r[k][2]} of {r[k][0]}" for k in ("boxed", "same_kind", "other_kinds")) + " |")
+    lines += [f"| {name} | {seed} | {refine_cells(f['refine'])} |" for name, per_seed in modes.items()
+              for seed, f in per_seed.items()]
     lines += ["", "A concept stored from one example image (`concepts add`, the student's bundle) on the set's other "
               "images: cgF1 over all its pairs against the phrase; pmF1 over the pairs where it is present against "
               "the phrase and an exemplar box drawn on each image itself.", "",

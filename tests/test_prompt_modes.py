@@ -86,3 +86,7 @@ def test_refine_figures_tell_a_model_that_follows_a_negative_box_from_one_that_i
         assert ignores[name][2] == n  # a box that is ignored changes nothing
     assert follows["boxed"][2] == 0 and follows["same_kind"][2] == 0  # the kind under the box is gone
     assert follows["other_kinds"][2] == follows["other_kinds"][0] > 0  # and the other kinds all stay
+    from sam3edge.eval.prompt_modes import refine_cells
+
+    n = follows["boxed"][0]
+    assert refine_cells(follows).startswith(f"{follows['cases']} | {n} -> 0 of {n} | ")  # the tables' cells

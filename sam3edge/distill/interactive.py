@@ -93,7 +93,7 @@ class InteractivePairModel(Sam3PairModel):
             text_features = self.model.get_text_features(input_ids=batch.input_ids,
                                                          attention_mask=batch.attention_mask).pooler_output
         phrases = batch.phrases or [""] * len(batch.targets)
-        refined = getattr(batch, "refined", None) or [False] * len(batch.targets)
+        refined = batch.refined or [False] * len(batch.targets)
         asks = [i for i, t in enumerate(batch.targets)  # a refined pair's targets hold only with its own boxes
                 if (labels[i] != PADDING_LABEL).any() and phrases[i] != self.visual_phrase and not refined[i]]
         counts = {"negative": 0, "positive": 0, "kept": 0}

@@ -32,8 +32,8 @@ import numpy as np
 
 from sam3edge.runtime.exemplars import VISUAL
 
-__all__ = ["match_instances", "prompt_mode_figures", "refine_figures", "segmenter_runner", "single_category_phrases",
-           "subset_pairs", "tight_box", "torch_runner"]
+__all__ = ["match_instances", "prompt_mode_figures", "refine_cells", "refine_figures", "segmenter_runner",
+           "single_category_phrases", "subset_pairs", "tight_box", "torch_runner"]
 
 
 def torch_runner(model) -> Callable:
@@ -217,6 +217,13 @@ def refine_figures(run, annotations: Path, phrase: str = "apple") -> dict:
                 f[name][1] += int(text_found[sel].sum())
                 f[name][2] += int(found[sel].sum())
     return f
+
+
+def refine_cells(figures: dict) -> str:
+    """Markdown cells of :func:`refine_figures`: cases, then per instance group "found by the phrase -> with the
+    box of all"."""
+    return f"{figures['cases']} | " + " | ".join(f"{figures[k][1]} -> {figures[k][2]} of {figures[k][0]}"
+                                                  for k in ("boxed", "same_kind", "other_kinds"))
 
 
 def subset_pairs(data: dict, ids: set) -> dict:
