@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # default text-encoder steps when none are given: the stage-1 steps, but at least these. The encoder trains alone on
-# cached teacher features (edge-s's: ~0.22 s a step of 64 phrases on 2 CPU cores, so ~18 min); with 1500 steps a toy
-# student's encoder reached 96 % of the cache's cgF1 on phrases it never saw, with 5000 99-100 % (CHANGELOG
-# 2026-12-04, eleventh session)
+# cached teacher features; with 1500 steps a toy student's encoder reached 96 % of the cache's cgF1 on phrases it
+# never saw, with 5000 99-100 % (benchmarks/results/text_encoder_quickstart_*.md; the cost: CHANGELOG 2026-12-04,
+# eleventh session)
 TEXT_STEPS_MIN = 5000
 
 
